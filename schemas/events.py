@@ -1,0 +1,130 @@
+"""The published event contracts, as pydantic models.
+
+The JSON Schema files beside this module are generated from these models
+(``python -m schemas.generate``); a test fails when they drift. The service serializes events on
+its hot path without going through these models, and the contract tests check that what it writes
+validates against them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import ErrorCode
+
+ARTICLE_EVENT_TYPE = "io.markeringest.article.ingested.v1"
+DEAD_LETTER_EVENT_TYPE = "io.markeringest.record.deadlettered.v1"
+ARTICLE_DATASCHEMA = "urn:marker-ingest:schema:article-ingested:v1"
+DEAD_LETTER_SCHEMA = "urn:marker-ingest:schema:record-dead-lettered:v1"
+
+MAX_FN = 10**18 - 1
+"""FN is at most 18 decimal digits, so it fits a signed 64-bit integer in every consumer."""
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArticleData(_Contract):
+    """One valid record: the ``data`` of an article event."""
+
+    fn: Annotated[int, Field(ge=0, le=MAX_FN, description="The article's number (FN).")]
+    date: Annotated[dt.date, Field(description="The article's date (DATE), ISO YYYY-MM-DD.")]
+    title: Annotated[str, Field(min_length=1, description="The title (TITLE), trimmed.")]
+    text: Annotated[str, Field(min_length=1, description="The body (TEXT), trimmed.")]
+    extra: Annotated[
+        dict[str, str],
+        Field(description="Other well-formed fields, by lower-cased name (S-O-U-R-C-E -> source)."),
+    ]
+    sha256: Annotated[
+        Sha256Hex,
+        Field(
+            description="SHA-256 of the normalized record: fn, date, title, text, then each extra "
+            "field as name=value in name order, joined by U+001F, encoded as UTF-8."
+        ),
+    ]
+
+
+class ArticleIngested(_Contract):
+    """An article event: a CloudEvents 1.0 event in structured JSON mode."""
+
+    specversion: Literal["1.0"]
+    id: Annotated[
+        str,
+        Field(
+            description="Deterministic from the source coordinates: "
+            "'<topic>:<partition>:<offset>:<record index>'. A redelivered message yields the same id."
+        ),
+    ]
+    source: Annotated[str, Field(description="'urn:marker-ingest:topic:<input topic>'.")]
+    type: Literal["io.markeringest.article.ingested.v1"]
+    subject: Annotated[str, Field(description="The article's FN, as text.")]
+    time: Annotated[dt.datetime, Field(description="The input message's Kafka timestamp (RFC 3339).")]
+    datacontenttype: Literal["application/json"]
+    dataschema: Literal["urn:marker-ingest:schema:article-ingested:v1"]
+    kafkatopic: Annotated[str, Field(description="Extension: input topic.")]
+    kafkapartition: Annotated[int, Field(ge=0, description="Extension: input partition.")]
+    kafkaoffset: Annotated[int, Field(ge=0, description="Extension: input offset.")]
+    recordindex: Annotated[int, Field(ge=0, description="Extension: index of the record in its payload.")]
+    data: ArticleData
+
+
+class SourceCoordinates(_Contract):
+    """Where the dead-lettered input came from."""
+
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+    record_index: Annotated[
+        int, Field(ge=0, description="Index of the record in its payload; 0 for a payload-level error.")
+    ]
+    key_base64: Annotated[str | None, Field(description="The input message key, base64; null if none.")]
+    timestamp: Annotated[dt.datetime | None, Field(description="The input message's Kafka timestamp.")]
+
+
+class ErrorDetail(_Contract):
+    """What was wrong, precisely."""
+
+    code: ErrorCode
+    message: Annotated[str, Field(description="A human explanation; wording may change, codes do not.")]
+    field: Annotated[
+        str | None, Field(description="The field concerned, lower-cased (fn, date...), where one applies.")
+    ]
+    position: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description="Character offset in the decoded payload (after any BOM) where the problem "
+            "starts; a byte offset for invalid_encoding; null where no position applies.",
+        ),
+    ]
+
+
+class RawInput(_Contract):
+    """The failing input, so that it can be fixed and redriven."""
+
+    text: Annotated[str | None, Field(description="The record (or payload) as text; null if not UTF-8.")]
+    base64: Annotated[str | None, Field(description="The payload as base64 when it is not valid UTF-8.")]
+    truncated: Annotated[bool, Field(description="True when text/base64 is a truncated copy.")]
+    size_bytes: Annotated[int, Field(ge=0, description="Size of the original record or payload in bytes.")]
+
+
+class RecordDeadLettered(_Contract):
+    """A dead-letter event: one record (or one whole payload) that could not become an article."""
+
+    id: Annotated[str, Field(description="Deterministic, same scheme as article event ids.")]
+    type: Literal["io.markeringest.record.deadlettered.v1"]
+    scope: Annotated[
+        Literal["record", "payload"],
+        Field(description="'payload' when the whole message failed (see the payload-level codes)."),
+    ]
+    time: Annotated[dt.datetime, Field(description="When the service dead-lettered it (RFC 3339).")]
+    service_version: str
+    source: SourceCoordinates
+    error: ErrorDetail
+    raw: RawInput

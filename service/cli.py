@@ -1,0 +1,174 @@
+"""The ``marker-ingest`` command: translates arguments into calls, and nothing more.
+
+Sub-commands: ``run`` (the service), ``parse`` (the core over files, offline), and the operator
+tools registered by their modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from service import __version__
+from service.events import Source, process_payload
+from service.settings import Settings
+
+EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _write(stream: IO[str], line: str) -> None:
+    stream.write(line + "\n")
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    """Run the core over files; article events to stdout, dead letters to a file or a summary."""
+    settings = build_settings(args)
+    limits = settings.limits
+    paths: list[str] = args.files
+    dead_out: IO[bytes] | None = None
+    try:
+        if args.dead_letters:
+            dead_out = open(args.dead_letters, "wb")  # noqa: SIM115 - closed in finally
+        codes: Counter[str] = Counter()
+        articles = 0
+        out = sys.stdout.buffer
+        now = dt.datetime.now(dt.UTC)
+        for index, path in enumerate(paths):
+            try:
+                payload = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+            except OSError as exc:
+                _write(sys.stderr, f"marker-ingest parse: cannot read {path}: {exc.strerror}")
+                return EXIT_USAGE
+            source = Source(topic="stdin" if path == "-" else path, partition=0, offset=index)
+            for outcome in process_payload(payload, source, limits, now=now, version=__version__):
+                if outcome.error is None:
+                    articles += 1
+                    out.write(outcome.value + b"\n")
+                    continue
+                codes[outcome.error.value] += 1
+                if dead_out is not None:
+                    dead_out.write(outcome.value + b"\n")
+                else:
+                    _write(sys.stderr, f"{path}: record {outcome.record_index}: {_describe(outcome.value)}")
+        out.flush()
+    finally:
+        if dead_out is not None:
+            dead_out.close()
+    dead = sum(codes.values())
+    by_code = ", ".join(f"{code}={n}" for code, n in sorted(codes.items()))
+    _write(
+        sys.stderr,
+        f"{len(paths)} file(s), {articles + dead} record(s): {articles} article(s), {dead} dead letter(s)"
+        + (f" ({by_code})" if by_code else ""),
+    )
+    return EXIT_DEAD_LETTERS if dead else EXIT_OK
+
+
+def _describe(dead_letter: bytes) -> str:
+    import orjson
+
+    error = orjson.loads(dead_letter)["error"]
+    where = f" at {error['position']}" if error["position"] is not None else ""
+    return f"{error['code']}{where}: {error['message']}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the service until a signal, or until a burst or --max-messages is done."""
+    from service.app import run_service
+
+    return run_service(build_settings(args))
+
+
+_FLAG_TO_FIELD = {
+    "bootstrap_servers": "kafka_bootstrap_servers",
+    "input_topic": "input_topic",
+    "output_topic": "output_topic",
+    "dlq_topic": "dlq_topic",
+    "group_id": "group_id",
+    "max_messages": "max_messages",
+    "burst": "burst",
+    "http_port": "http_port",
+    "log_format": "log_format",
+    "log_level": "log_level",
+    "max_payload_bytes": "max_payload_bytes",
+}
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in _FLAG_TO_FIELD.items()
+        if getattr(args, flag, None) not in (None, False)
+    }
+    return Settings(**overrides)
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka (the rest comes from the environment)."""
+    p.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    p.add_argument("--input-topic", help="overrides INGEST_INPUT_TOPIC")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], help="overrides INGEST_LOG_FORMAT")
+    p.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides INGEST_LOG_LEVEL"
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="marker-ingest", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"marker-ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("parse", help="run the parser over files, offline (lint a feed)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="marker-text files; - reads stdin")
+    p.add_argument("--dead-letters", metavar="PATH", help="write dead-letter events here (JSON Lines)")
+    p.add_argument("--max-payload-bytes", type=int, help="overrides INGEST_MAX_PAYLOAD_BYTES")
+    p.set_defaults(handler=cmd_parse)
+
+    p = sub.add_parser("run", help="run the service")
+    add_connection_flags(p)
+    p.add_argument("--output-topic", help="overrides INGEST_OUTPUT_TOPIC")
+    p.add_argument("--dlq-topic", help="overrides INGEST_DLQ_TOPIC")
+    p.add_argument("--group-id", help="overrides INGEST_GROUP_ID")
+    p.add_argument("--http-port", type=int, help="overrides INGEST_HTTP_PORT")
+    p.add_argument("--max-messages", type=int, metavar="N", help="stop after N input messages")
+    p.add_argument("--burst", action="store_true", help="drain the input topic, then exit")
+    p.set_defaults(handler=cmd_run)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+    """Sub-commands that live in their own modules register themselves here."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``marker-ingest`` console script."""
+    args = make_parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except ValidationError as exc:
+        _write(sys.stderr, f"marker-ingest: invalid settings: {_settings_errors(exc)}")
+        return EXIT_USAGE
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "settings"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

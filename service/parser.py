@@ -1,0 +1,191 @@
+"""The marker-text scanner: decoded payload text in, records (fields or a structural problem) out.
+
+A field is ``<NAME>-S-T-A-R-T. value <NAME>-E-N-D.`` where ``<NAME>`` is upper-case ASCII letters
+joined by hyphens (``F-N``, ``D-A-T-E``). A marker must not be glued to a preceding letter, digit
+or hyphen. The full format is in ``docs/format.md``. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from schemas.errors import ErrorCode
+
+# One pass over the text finds every marker suffix; the name is then read backwards. A regex led
+# by the literal "-" runs at C speed, whereas one that matches the name first backtracks at every
+# capital letter (measured 40x slower on a 5 KB record).
+_MARKER_SUFFIX = re.compile(r"-(?:S-T-A-R-T|E-N-(D))\.")
+
+FN = "fn"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A precise reason for rejecting a record or a payload."""
+
+    code: ErrorCode
+    message: str
+    field: str | None = None
+    position: int | None = None
+
+
+class FieldValue(NamedTuple):
+    """A field's trimmed value and the character offset where the value starts."""
+
+    value: str
+    position: int
+
+
+@dataclass(slots=True)
+class ScannedRecord:
+    """One record as found in the payload: its span, its fields, and its first problem if any."""
+
+    start: int
+    end: int = 0
+    fields: dict[str, FieldValue] = field(default_factory=dict)
+    problem: Problem | None = None
+    seen_fn: bool = False
+
+    def fail(self, problem: Problem) -> None:
+        """Keep the first problem: it is the earliest in the text."""
+        if self.problem is None:
+            self.problem = problem
+
+
+class Marker(NamedTuple):
+    """A START or END marker: where it starts and ends, and the field name it carries."""
+
+    start: int
+    end: int
+    name: str
+    is_end: bool
+
+
+def find_markers(text: str) -> list[Marker]:
+    """Every well-formed marker in ``text``, in order."""
+    markers: list[Marker] = []
+    append = markers.append
+    for m in _MARKER_SUFFIX.finditer(text):
+        suffix_at = m.start()
+        j = suffix_at - 1
+        if j < 0 or not "A" <= text[j] <= "Z":
+            continue
+        while j >= 2 and text[j - 1] == "-" and "A" <= text[j - 2] <= "Z":
+            j -= 2
+        if j > 0:
+            before = text[j - 1]
+            if before == "-" or before.isalnum():
+                continue
+        name = text[j:suffix_at:2].lower()
+        append(Marker(j, m.end(), name, m.group(1) is not None))
+    return markers
+
+
+def _first_non_space(text: str, start: int, end: int) -> int | None:
+    """The offset of the first non-white-space character in text[start:end], or None."""
+    if start >= end:
+        return None
+    gap = text[start:end]
+    if gap.isspace():
+        return None
+    return start + (len(gap) - len(gap.lstrip()))
+
+
+def _stray(record: ScannedRecord, text: str, start: int, end: int) -> None:
+    at = _first_non_space(text, start, end)
+    if at is not None:
+        snippet = text[at : min(end, at + 40)].rstrip()
+        record.fail(Problem(ErrorCode.STRAY_TEXT, f"text outside any field: {snippet!r}", None, at))
+
+
+def scan(text: str, max_records: int) -> list[ScannedRecord] | Problem:
+    """Split ``text`` into records and their fields.
+
+    Returns the records (each may carry a structural problem), or a payload-level ``Problem``
+    when there are no markers or more than ``max_records`` records (scanning stops there).
+    """
+    markers = find_markers(text)
+    if not markers:
+        return Problem(ErrorCode.NO_MARKERS, "no field markers (such as F-N-S-T-A-R-T.) in the payload")
+
+    records: list[ScannedRecord] = []
+    record = ScannedRecord(start=0)
+    open_marker: Marker | None = None
+    last_end = 0
+
+    for marker in markers:
+        if open_marker is not None:
+            if marker.is_end and marker.name == open_marker.name:
+                raw = text[open_marker.end : marker.start]
+                value = raw.strip()
+                position = open_marker.end + (len(raw) - len(raw.lstrip()))
+                if marker.name in record.fields:
+                    record.fail(
+                        Problem(
+                            ErrorCode.DUPLICATE_FIELD,
+                            f"field {marker.name!r} appears twice in the record",
+                            marker.name,
+                            open_marker.start,
+                        )
+                    )
+                else:
+                    record.fields[marker.name] = FieldValue(value, position)
+                open_marker = None
+                last_end = marker.end
+                continue
+            record.fail(
+                Problem(
+                    ErrorCode.UNTERMINATED_FIELD,
+                    f"field {open_marker.name!r} has no END marker before the next marker",
+                    open_marker.name,
+                    open_marker.start,
+                )
+            )
+            open_marker = None
+        else:
+            _stray(record, text, last_end, marker.start)
+
+        if marker.name == FN and not marker.is_end and record.seen_fn:
+            record.end = marker.start
+            records.append(record)
+            if len(records) >= max_records:
+                return _too_many(max_records)
+            record = ScannedRecord(start=marker.start)
+
+        if marker.is_end:
+            record.fail(
+                Problem(
+                    ErrorCode.UNMATCHED_END,
+                    f"END marker for {marker.name!r} with no open field of that name",
+                    marker.name,
+                    marker.start,
+                )
+            )
+        else:
+            if marker.name == FN:
+                record.seen_fn = True
+            open_marker = marker
+        last_end = marker.end
+
+    if open_marker is not None:
+        record.fail(
+            Problem(
+                ErrorCode.UNTERMINATED_FIELD,
+                f"field {open_marker.name!r} has no END marker before the end of the payload",
+                open_marker.name,
+                open_marker.start,
+            )
+        )
+    else:
+        _stray(record, text, last_end, len(text))
+    record.end = len(text)
+    records.append(record)
+    if len(records) > max_records:
+        return _too_many(max_records)
+    return records
+
+
+def _too_many(max_records: int) -> Problem:
+    return Problem(ErrorCode.TOO_MANY_RECORDS, f"more than {max_records} records in one payload (split it)")

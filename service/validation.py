@@ -1,0 +1,96 @@
+"""Record validation: a scanned record's fields in, an ``ArticleData`` or a precise ``Problem`` out.
+
+Cheap checks first give each failure an exact field, position and message; the pydantic model then
+enforces the published contract. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode
+from schemas.events import ArticleData
+from service.limits import Limits
+from service.parser import FieldValue, Problem
+
+REQUIRED = ("fn", "date", "title", "text")
+_FN_MAX_DIGITS = 18
+
+
+def _invalid(name: str, fv: FieldValue, why: str) -> Problem:
+    return Problem(ErrorCode.INVALID_FIELD, f"{name}: {why}", name, fv.position)
+
+
+def _check_fn(fv: FieldValue) -> int | Problem:
+    v = fv.value
+    if not (v.isascii() and v.isdigit()):
+        return _invalid("fn", fv, f"expected a non-negative integer, got {v[:40]!r}")
+    if len(v) > _FN_MAX_DIGITS:
+        return _invalid("fn", fv, f"at most {_FN_MAX_DIGITS} digits allowed, got {len(v)}")
+    return int(v)
+
+
+def _check_date(fv: FieldValue) -> dt.date | Problem:
+    v = fv.value
+    if not (len(v) == 10 and v[4] == "-" and v[7] == "-" and v.isascii()):
+        return _invalid("date", fv, f"expected YYYY-MM-DD, got {v[:40]!r}")
+    y, m, d = v[:4], v[5:7], v[8:]
+    if not (y.isdigit() and m.isdigit() and d.isdigit()):
+        return _invalid("date", fv, f"expected YYYY-MM-DD, got {v!r}")
+    try:
+        return dt.date(int(y), int(m), int(d))
+    except ValueError:
+        return _invalid("date", fv, f"no such date: {v!r}")
+
+
+def _check_text(name: str, fv: FieldValue, max_chars: int) -> Problem | None:
+    if not fv.value:
+        return _invalid(name, fv, "must not be empty")
+    if len(fv.value) > max_chars:
+        return _invalid(name, fv, f"{len(fv.value)} characters, over the limit of {max_chars}")
+    return None
+
+
+def content_digest(fn: int, date: str, title: str, text: str, extra: dict[str, str]) -> str:
+    """SHA-256 (hex) of the normalized record, as documented on ``ArticleData.sha256``."""
+    parts = [str(fn), date, title, text]
+    parts.extend(f"{k}={extra[k]}" for k in sorted(extra))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def validate_record(fields: dict[str, FieldValue], limits: Limits) -> ArticleData | Problem:
+    """Validate one well-formed record's fields into the article contract."""
+    for name in REQUIRED:
+        if name not in fields:
+            return Problem(ErrorCode.MISSING_FIELD, f"required field {name!r} is missing", name, None)
+    fn = _check_fn(fields["fn"])
+    if isinstance(fn, Problem):
+        return fn
+    date = _check_date(fields["date"])
+    if isinstance(date, Problem):
+        return date
+    problem = _check_text("title", fields["title"], limits.max_title_chars) or _check_text(
+        "text", fields["text"], limits.max_text_chars
+    )
+    if problem is not None:
+        return problem
+    extra = {k: fv.value for k, fv in fields.items() if k not in REQUIRED}
+    title, text = fields["title"].value, fields["text"].value
+    sha256 = content_digest(fn, fields["date"].value, title, text, extra)
+    try:
+        return ArticleData(
+            fn=fn,
+            date=date,
+            title=title,
+            text=text,
+            extra=extra,
+            sha256=sha256,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = str(err["loc"][0]) if err["loc"] else None
+        position = fields[where].position if where in fields else None
+        return Problem(ErrorCode.INVALID_FIELD, f"{where}: {err['msg']}", where, position)
