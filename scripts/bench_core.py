@@ -1,0 +1,304 @@
+"""Benchmark the functional core (``process_payload``) on ~5 KB marker records. Not a test.
+
+Measures, in one run and on the same records:
+
+* ``full``: decode, scan, validate (pydantic ``ArticleData``), build and serialize the CloudEvent,
+  one record per payload, as the service does for each Kafka message;
+* ``multi``: the same path with several records per payload;
+* ``baseline``: a naive parser, four non-greedy regexes (FN, DATE, TITLE, TEXT) and a pydantic
+  model validate, with no envelope, id, hash or serialization: the floor a rewrite would start from.
+
+Records are the seed fixture and generated variants of the same size with distinct FNs (some with
+non-ASCII typography, as real feeds have). Each variant is timed ``--repeat`` times; the best and
+median of the repetitions are reported. Usage::
+
+    python scripts/bench_core.py [--records N] [--repeat R] [--per-payload K] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import pydantic
+from pydantic import BaseModel, Field
+
+from service.events import Source, process_payload
+from service.limits import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "tests" / "fixtures" / "seed_2433.txt"
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+VERSION = "bench"
+TOPIC = "bench.articles"
+
+_FIELD = re.compile(r"([A-Z](?:-[A-Z])*)-S-T-A-R-T\.(.*?)\1-E-N-D\.", re.S)
+# Typographic characters that make a record non-ASCII, as copy from a real newsroom often is.
+_TYPOGRAPHY = {"'": "\u2019", " - ": " \u2014 ", '"': "\u201c"}
+
+
+# --- the records ---------------------------------------------------------------------------------
+
+
+def _seed_fields() -> dict[str, str]:
+    text = SEED.read_text(encoding="utf-8")
+    return {m.group(1): m.group(2).strip() for m in _FIELD.finditer(text)}
+
+
+def _record(fn: int, date: str, title: str, body: str) -> str:
+    return (
+        f"F-N-S-T-A-R-T. {fn} F-N-E-N-D.  D-A-T-E-S-T-A-R-T. {date} D-A-T-E-E-N-D.  "
+        f"T-I-T-L-E-S-T-A-R-T. {title} T-I-T-L-E-E-N-D.  T-E-X-T-S-T-A-R-T. {body} T-E-X-T-E-N-D.\n"
+    )
+
+
+def make_records(count: int, unicode_share: float, rng: random.Random) -> list[str]:
+    """The seed record first, then variants of the same size: distinct FN, date, sentence order."""
+    seed = SEED.read_text(encoding="utf-8")
+    fields = _seed_fields()
+    sentences = re.split(r"(?<=[.!?]) +", fields["T-E-X-T"])
+    records = [seed]
+    for i in range(1, count):
+        shuffled = sentences[:]
+        rng.shuffle(shuffled)
+        body = " ".join(shuffled)
+        title = fields["T-I-T-L-E"]
+        if rng.random() < unicode_share:
+            for ascii_char, typographic in _TYPOGRAPHY.items():
+                body = body.replace(ascii_char, typographic)
+            title = title.replace(" but ", " \u2014 ")
+        date = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}"
+        records.append(_record(100_000 + i, date, title, body))
+    return records
+
+
+# --- the naive baseline --------------------------------------------------------------------------
+
+_NAIVE = {
+    name: re.compile(rf"{marker}-S-T-A-R-T\.(.*?){marker}-E-N-D\.", re.S)
+    for name, marker in (("fn", "F-N"), ("date", "D-A-T-E"), ("title", "T-I-T-L-E"), ("text", "T-E-X-T"))
+}
+
+
+class NaiveArticle(BaseModel):
+    """What a naive parser would validate: the four fields, nothing else."""
+
+    fn: Annotated[int, Field(ge=0)]
+    date: dt.date
+    title: Annotated[str, Field(min_length=1)]
+    text: Annotated[str, Field(min_length=1)]
+
+
+def naive_parse(value: bytes) -> NaiveArticle | None:
+    """Four regex searches and a pydantic validate; no envelope, id, hash or serialization."""
+    text = value.decode("utf-8")
+    found: dict[str, str] = {}
+    for name, pattern in _NAIVE.items():
+        m = pattern.search(text)
+        if m is None:
+            return None
+        found[name] = m.group(1).strip()
+    return NaiveArticle.model_validate(found)
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+def pin_to_one_core() -> str:
+    """Pin this process to one CPU so that the figures are for one core; say what was done."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (os.sched_setaffinity is not available on this platform)"
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[-1]  # the last allowed CPU: CPU 0 tends to take more interrupts
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:
+        return f"not pinned ({exc.strerror})"
+    return f"pinned to CPU {cpu} (of {len(cpus)} allowed)"
+
+
+def time_runs(run: Callable[[], object], repeat: int) -> list[float]:
+    """Wall time of ``repeat`` calls of ``run``, after one untimed warm-up call."""
+    run()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(name: str, what: str, times: list[float], records: int, size: int) -> dict[str, Any]:
+    best, median = min(times), statistics.median(times)
+    return {
+        "name": name,
+        "what": what,
+        "records": records,
+        "bytes": size,
+        "repeat": len(times),
+        "best_s": best,
+        "median_s": median,
+        "records_per_s_best": records / best,
+        "records_per_s_median": records / median,
+        "mb_per_s_best": size / best / 1e6,
+        "mb_per_s_median": size / median / 1e6,
+        "us_per_record_best": best / records * 1e6,
+        "us_per_record_median": median / records * 1e6,
+    }
+
+
+def run_full(payloads: Sequence[bytes], sources: Sequence[Source], expected: int) -> Callable[[], None]:
+    limits = Limits()
+
+    def run() -> None:
+        articles = 0
+        for value, source in zip(payloads, sources, strict=True):
+            for outcome in process_payload(value, source, limits, now=NOW, version=VERSION):
+                articles += outcome.error is None
+        if articles != expected:
+            raise SystemExit(f"bench: expected {expected} article events, got {articles}")
+
+    return run
+
+
+def run_naive(payloads: Sequence[bytes]) -> Callable[[], None]:
+    def run() -> None:
+        for value in payloads:
+            if naive_parse(value) is None:
+                raise SystemExit("bench: the naive baseline failed to parse a record")
+
+    return run
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=5000, help="records per variant (default 5000)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed repetitions per variant (default 7)")
+    parser.add_argument(
+        "--per-payload", type=int, default=10, help="records per payload in the multi variant (default 10)"
+    )
+    parser.add_argument(
+        "--unicode-share",
+        type=float,
+        default=0.25,
+        help="share of generated records with non-ASCII typography (default 0.25)",
+    )
+    parser.add_argument("--seed", type=int, default=2433, help="random seed for the variants")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    args = parser.parse_args(argv)
+    if args.records < 1 or args.repeat < 1 or args.per_payload < 1:
+        parser.error("--records, --repeat and --per-payload must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    pinning = "not pinned (--no-pin)" if args.no_pin else pin_to_one_core()
+    records = make_records(args.records, args.unicode_share, random.Random(args.seed))
+    singles = [r.encode() for r in records]
+    k = args.per_payload
+    multis = [b"".join(singles[i : i + k]) for i in range(0, len(singles), k)]
+    size = sum(map(len, singles))
+    # One Source per message, built outside the timed loop: the consumer builds it, not the core.
+    single_sources = [Source(TOPIC, 0, i, 1_714_564_800_000 + i, None) for i in range(len(singles))]
+    multi_sources = [Source(TOPIC, 1, i, 1_714_564_800_000 + i, None) for i in range(len(multis))]
+
+    n = len(singles)
+    results = [
+        summarize(
+            "full",
+            "process_payload, 1 record/payload",
+            time_runs(run_full(singles, single_sources, n), args.repeat),
+            n,
+            size,
+        ),
+        summarize(
+            "multi",
+            f"process_payload, {k} records/payload",
+            time_runs(run_full(multis, multi_sources, n), args.repeat),
+            n,
+            size,
+        ),
+        summarize(
+            "baseline",
+            "naive 4 regexes + pydantic",
+            time_runs(run_naive(singles), args.repeat),
+            n,
+            size,
+        ),
+    ]
+    by_name = {r["name"]: r for r in results}
+    ratios = {
+        f"{name}/baseline": {
+            "best": by_name[name]["records_per_s_best"] / by_name["baseline"]["records_per_s_best"],
+            "median": by_name[name]["records_per_s_median"] / by_name["baseline"]["records_per_s_median"],
+        }
+        for name in ("full", "multi")
+    }
+    info = {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "pydantic": pydantic.VERSION,
+        "orjson": orjson.__version__,
+        "machine": platform.machine(),
+        "cpu_pinning": pinning,
+        "records": n,
+        "mean_record_bytes": size / n,
+        "non_ascii_records": sum(not r.isascii() for r in records),
+        "per_payload": k,
+        "repeat": args.repeat,
+    }
+
+    if args.json:
+        print(json.dumps({"info": info, "results": results, "ratios": ratios}, indent=2))
+        return 0
+
+    print(f"marker-ingest core benchmark: Python {info['python']}, pydantic {info['pydantic']}, ", end="")
+    print(f"orjson {info['orjson']}, {info['machine']}")
+    print(f"CPU: {pinning}")
+    print(
+        f"records: {n} ({info['non_ascii_records']} non-ASCII), mean {info['mean_record_bytes']:.0f} bytes, "
+        f"{size / 1e6:.1f} MB per pass; {args.repeat} timed passes after a warm-up"
+    )
+    print()
+    header = f"{'variant':<10} {'what':<36} {'records/s best':>15} {'median':>10} {'MB/s best':>10} "
+    header += f"{'median':>8} {'us/rec best':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r['name']:<10} {r['what']:<36} {r['records_per_s_best']:>15,.0f} "
+            f"{r['records_per_s_median']:>10,.0f} {r['mb_per_s_best']:>10.1f} {r['mb_per_s_median']:>8.1f} "
+            f"{r['us_per_record_best']:>12.2f}"
+        )
+    print()
+    for name, ratio in ratios.items():
+        print(
+            f"ratio ours/baseline ({name}, records/s): "
+            f"best {ratio['best']:.2f}x, median {ratio['median']:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
