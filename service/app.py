@@ -1,0 +1,404 @@
+"""The imperative shell: consume → process → produce → commit, at least once.
+
+The loop fetches a batch, turns every message into outcomes with the pure core, sends each outcome
+to the output or dead-letter topic, waits until the broker has acknowledged all of them
+(``acks=all``), and only then commits the batch's offsets. Infrastructure errors are retried with
+capped exponential backoff and jitter, and nothing is committed past them. Partitions being revoked
+are drained first; SIGTERM/SIGINT stop fetching, finish the batch in flight and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from service import __version__
+from service.events import Outcome, Source, process_payload
+from service.logs import configure_logging
+from service.settings import Settings
+
+ERROR_CODE_HEADER = "marker-ingest-error-code"
+
+log = structlog.get_logger("marker_ingest")
+
+
+@dataclass(slots=True)
+class _Send:
+    """One outcome on its way to the broker."""
+
+    tp: TopicPartition
+    offset: int
+    topic: str
+    outcome: Outcome
+    headers: list[tuple[str, bytes]]
+    future: asyncio.Future[Any] | None = None
+    error: BaseException | None = None
+
+
+class GraceExpired(Exception):
+    """Raised inside the loop when shutdown took longer than the grace period."""
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial, self.cap, self.attempt = initial, cap, 0
+
+    def next_delay(self) -> float:
+        """The next sleep, in seconds; grows until the cap."""
+        ceiling = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self.attempt = 0
+
+
+class Ingestor:
+    """The service: one consumer, one producer, one loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._limits = settings.limits
+        self._stop_requested = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stop_deadline: float | None = None
+        self.messages_done = 0
+        self.records_done = 0
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def request_stop(self) -> None:
+        """Stop fetching; finish, acknowledge and commit the batch in flight; then return."""
+        if not self._stop_requested.is_set():
+            log.info("stop.requested", grace_seconds=self.settings.shutdown_grace_seconds)
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+            self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once a stop was requested."""
+        await self._stop_requested.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop_requested.is_set()
+
+    def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+        s = self.settings
+        common = s.kafka_client_kwargs()
+        consumer = AIOKafkaConsumer(
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            max_partition_fetch_bytes=max(1024 * 1024, s.max_payload_bytes + 64 * 1024),
+            fetch_max_bytes=min(50 * 1024 * 1024, s.max_bytes_in_flight),
+            **common,
+        )
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=s.kafka_enable_idempotence,
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            max_request_size=2 * s.max_payload_bytes + 1024 * 1024,
+            compression_type=None if s.kafka_compression_type == "none" else s.kafka_compression_type,
+            **common,
+        )
+        return consumer, producer
+
+    async def _start_clients(self) -> bool:
+        """Start both clients, waiting with backoff while the broker is unreachable."""
+        backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+        while not self.stopping:
+            consumer, producer = self._make_clients()
+            try:
+                await producer.start()
+                await consumer.start()
+            except KafkaError as exc:
+                delay = backoff.next_delay()
+                log.warning("broker.unreachable", error=repr(exc), retry_in=round(delay, 2))
+                await _stop_quietly(producer, consumer)
+                await self._sleep(delay)
+                continue
+            consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
+            self.consumer, self.producer = consumer, producer
+            return True
+        return False
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit status (0 clean, 1 grace period expired)."""
+        log.info("service.starting", version=__version__, settings=self.settings.redacted())
+        if not await self._start_clients():
+            return 0
+        log.info("service.started", input_topic=self.settings.input_topic, group_id=self.settings.group_id)
+        try:
+            await self._loop()
+        except GraceExpired:
+            log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
+            return 1
+        finally:
+            await _stop_quietly(
+                self.producer, self.consumer, limit_seconds=self.settings.shutdown_grace_seconds
+            )
+            log.info("service.stopped", messages=self.messages_done, records=self.records_done)
+        return 0
+
+    # ----------------------------------------------------------------- the loop
+
+    async def _loop(self) -> None:
+        s = self.settings
+        assert self.consumer is not None
+        idle_since = time.monotonic()
+        while not self.stopping:
+            max_records = s.batch_max_messages
+            if s.max_messages is not None:
+                max_records = min(max_records, s.max_messages - self.messages_done)
+            try:
+                batch = await self.consumer.getmany(timeout_ms=s.batch_timeout_ms, max_records=max_records)
+            except KafkaError as exc:
+                log.warning("fetch.failed", error=repr(exc))
+                await self._sleep(s.retry_initial_seconds)
+                continue
+            if not batch:
+                if s.burst and (
+                    await self._caught_up() or time.monotonic() - idle_since > s.burst_idle_seconds
+                ):
+                    log.info("burst.drained", messages=self.messages_done)
+                    return
+                continue
+            idle_since = time.monotonic()
+            self._idle.clear()
+            try:
+                offsets = await self._process_batch(batch)
+                await self._commit(offsets)
+            finally:
+                self._idle.set()
+            if s.max_messages is not None and self.messages_done >= s.max_messages:
+                log.info("max_messages.reached", messages=self.messages_done)
+                return
+
+    async def _caught_up(self) -> bool:
+        """True when every assigned partition's position has reached its high watermark."""
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None or await self.consumer.position(tp) < high:
+                return False
+        return True
+
+    async def _process_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> dict[TopicPartition, int]:
+        """Process, send and await acknowledgement of every outcome; return the offsets to commit."""
+        s = self.settings
+        now = dt.datetime.now(dt.UTC)
+        sends: list[_Send] = []
+        in_flight = 0
+        offsets: dict[TopicPartition, int] = {}
+        for tp, messages in batch.items():
+            for msg in messages:
+                source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key)
+                outcomes = process_payload(msg.value, source, self._limits, now=now, version=__version__)
+                in_flight += len(msg.value or b"")
+                for outcome in outcomes:
+                    send = self._prepare(tp, msg.offset, msg.headers, outcome)
+                    await self._send(send)
+                    sends.append(send)
+                    in_flight += len(outcome.value)
+                    _log_record(tp, msg.offset, outcome)
+                self.records_done += len(outcomes)
+                offsets[tp] = msg.offset + 1
+                if in_flight >= s.max_bytes_in_flight:
+                    await self._await_acks(sends)
+                    sends, in_flight = [], 0
+        await self._await_acks(sends)
+        self.messages_done += sum(len(m) for m in batch.values())
+        return offsets
+
+    def _prepare(
+        self, tp: TopicPartition, offset: int, headers: Sequence[tuple[str, bytes]], outcome: Outcome
+    ) -> _Send:
+        if outcome.error is None:
+            return _Send(tp, offset, self.settings.output_topic, outcome, [])
+        dl_headers = [(k, v) for k, v in headers if k != ERROR_CODE_HEADER]
+        dl_headers.append((ERROR_CODE_HEADER, outcome.error.value.encode()))
+        return _Send(tp, offset, self.settings.dlq_topic, outcome, dl_headers)
+
+    async def _send(self, send: _Send) -> None:
+        assert self.producer is not None
+        send.error = None
+        try:
+            send.future = await self.producer.send(
+                send.topic,
+                send.outcome.value,
+                key=send.outcome.key,
+                headers=send.headers or None,
+            )
+        except KafkaError as exc:
+            send.future, send.error = None, exc
+
+    async def _await_acks(self, sends: list[_Send]) -> None:
+        """Wait until the broker acknowledged every send; resend failures until it has.
+
+        After a failure, everything from the first failed outcome of that input partition onward is
+        sent again, in input order, so the last copy of each event keeps the input order.
+        """
+        backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+        pending = sends
+        while pending:
+            for send in pending:
+                if send.future is not None:
+                    try:
+                        await send.future
+                    except KafkaError as exc:
+                        send.error = exc
+            failed_from: dict[TopicPartition, int] = {}
+            for i, send in enumerate(pending):
+                if send.error is not None and send.tp not in failed_from:
+                    failed_from[send.tp] = i
+            if not failed_from:
+                return
+            retry = [s for i, s in enumerate(pending) if s.tp in failed_from and i >= failed_from[s.tp]]
+            first = pending[min(failed_from.values())]
+            delay = backoff.next_delay()
+            log.warning(
+                "send.retrying",
+                error=repr(first.error),
+                destination=first.topic,
+                topic=first.tp.topic,
+                partition=first.tp.partition,
+                offset=first.offset,
+                outcomes=len(retry),
+                retry_in=round(delay, 2),
+                attempt=backoff.attempt,
+            )
+            await self._sleep(delay, during_shutdown_limit=True)
+            for send in retry:
+                await self._send(send)
+            pending = retry
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit; a commit refused because of a rebalance is logged, not fatal (nothing is lost)."""
+        assert self.consumer is not None
+        if not offsets:
+            return
+        backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+        while True:
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning(
+                    "commit.refused",
+                    error=repr(exc),
+                    detail="partitions were reassigned; their new owner reprocesses from the last commit",
+                )
+                return
+            except KafkaError as exc:
+                delay = backoff.next_delay()
+                log.warning("commit.retrying", error=repr(exc), retry_in=round(delay, 2))
+                await self._sleep(delay, during_shutdown_limit=True)
+                continue
+            log.debug("commit.done", offsets={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
+            return
+
+    async def drain(self, revoked: set[TopicPartition]) -> None:
+        """Called before partitions are revoked: wait until the batch in flight is acked and committed."""
+        if revoked:
+            log.info("partitions.revoking", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+        await self._idle.wait()
+
+    async def _sleep(self, seconds: float, *, during_shutdown_limit: bool = False) -> None:
+        """Sleep, but raise ``GraceExpired`` once a stop was requested and the grace period is over."""
+        if during_shutdown_limit and self._stop_deadline is not None:
+            remaining = self._stop_deadline - time.monotonic()
+            if remaining <= 0:
+                raise GraceExpired
+            seconds = min(seconds, remaining)
+        await asyncio.sleep(seconds)
+
+
+def _log_record(tp: TopicPartition, offset: int, outcome: Outcome) -> None:
+    """The canonical log line: one per record."""
+    log.info(
+        "record",
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        record_index=outcome.record_index,
+        outcome="article" if outcome.error is None else "dead_letter",
+        error_code=None if outcome.error is None else outcome.error.value,
+        event_id=outcome.event_id,
+    )
+
+
+class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._ingestor.drain(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions.assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+async def _stop_quietly(
+    *clients: AIOKafkaConsumer | AIOKafkaProducer | None, limit_seconds: float = 10.0
+) -> None:
+    for client in clients:
+        if client is None:
+            continue
+        try:
+            await asyncio.wait_for(client.stop(), limit_seconds)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
+
+
+async def serve(settings: Settings) -> int:
+    """Run the service in the current event loop, stopping cleanly on SIGTERM or SIGINT."""
+    ingestor = Ingestor(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ingestor.request_stop)
+    task = asyncio.create_task(ingestor.run())
+    try:
+        return await _run_with_grace(task, ingestor)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
+    """Await the service; once a stop is requested it gets the grace period, then it is cancelled."""
+    stop_wait = asyncio.create_task(ingestor.wait_stop_requested())
+    done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        stop_wait.cancel()
+        return task.result()
+    try:
+        return await asyncio.wait_for(task, ingestor.settings.shutdown_grace_seconds + 5)
+    except TimeoutError:
+        log.error("stop.forced", detail="the service did not stop within the grace period")
+        return 1
+
+
+def run_service(settings: Settings) -> int:
+    """Entry point of ``marker-ingest run``."""
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(serve(settings))
