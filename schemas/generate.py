@@ -1,0 +1,286 @@
+"""Generate the published contract files from the pydantic models.
+
+``python -m schemas.generate`` writes, beside this module:
+
+- ``article-ingested.v1.schema.json`` and ``record-dead-lettered.v1.schema.json``: JSON Schema
+  (draft 2020-12) of ``ArticleIngested`` and ``RecordDeadLettered``, with each error code's meaning;
+- ``asyncapi.yaml``: an AsyncAPI 3.0.0 document of the input, output and dead-letter channels.
+
+``python -m schemas.generate --check`` writes nothing; it exits 1 and names the files that differ
+from what the models generate. The output is deterministic, so the committed files can be checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
+
+from schemas.errors import ErrorCode
+from schemas.events import (
+    ARTICLE_DATASCHEMA,
+    ARTICLE_EVENT_TYPE,
+    DEAD_LETTER_EVENT_TYPE,
+    DEAD_LETTER_SCHEMA,
+    ArticleIngested,
+    RecordDeadLettered,
+)
+from service import __version__
+from service.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+ARTICLE_SCHEMA_FILE = "article-ingested.v1.schema.json"
+DEAD_LETTER_SCHEMA_FILE = "record-dead-lettered.v1.schema.json"
+ASYNCAPI_FILE = "asyncapi.yaml"
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+GENERATED_BY = "Generated from schemas/events.py by `python -m schemas.generate`; do not edit."
+KAFKA_BINDING_VERSION = "0.5.0"
+
+
+class _ContractSchema(GenerateJsonSchema):
+    """Pydantic's generator, plus each error code's documented meaning."""
+
+    def enum_schema(self, schema: core_schema.EnumSchema) -> JsonSchemaValue:
+        result = super().enum_schema(schema)
+        if schema["cls"] is ErrorCode:
+            result["oneOf"] = [
+                {"const": code.value, "description": code.description, "x-payload-level": code.payload_level}
+                for code in ErrorCode
+            ]
+        return result
+
+
+def json_schema(model: type[BaseModel], schema_id: str) -> dict[str, Any]:
+    """The JSON Schema of ``model`` as serialized, identified by ``schema_id``."""
+    body = model.model_json_schema(mode="serialization", schema_generator=_ContractSchema)
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": schema_id, "$comment": GENERATED_BY, **body}
+
+
+def _default(field: str) -> str:
+    """A setting's default, never the environment's value: the document must not depend on it."""
+    value = Settings.model_fields[field].default
+    assert isinstance(value, str), field
+    return value
+
+
+def _variable(field: str) -> str:
+    """The environment variable that sets a setting."""
+    alias = Settings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices), field
+    name = alias.choices[0]
+    assert isinstance(name, str), field
+    return name
+
+
+def _channel(field: str, title: str, description: str, message: str) -> dict[str, Any]:
+    """A channel at the default topic of the setting ``field``, carrying one message."""
+    return {
+        "address": _default(field),
+        "title": title,
+        "description": f"{description} The address is the default; {_variable(field)} names another topic.",
+        "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+    }
+
+
+def asyncapi() -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of the service's three channels and what it does with them."""
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "marker-ingest",
+            "version": __version__,
+            "description": (
+                "Consumes marker-text news feeds and publishes one event per record: a CloudEvents 1.0 "
+                "article event for a valid record, a dead-letter event for a record (or a whole "
+                "payload) that could not become an article. Topic names are configurable; the "
+                "addresses below are the defaults."
+            ),
+            "license": {"name": "Apache-2.0"},
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "kafka": {
+                "host": "{bootstrapServers}",
+                "protocol": "kafka",
+                "description": f"Any Kafka-protocol cluster ({_variable('kafka_bootstrap_servers')}).",
+                "variables": {
+                    "bootstrapServers": {
+                        "default": _default("kafka_bootstrap_servers"),
+                        "description": _variable("kafka_bootstrap_servers"),
+                    }
+                },
+            }
+        },
+        "channels": {
+            "rawFeed": _channel(
+                "input_topic",
+                "Raw feed",
+                "Marker-text news feeds, one or more records per message.",
+                "rawFeed",
+            ),
+            "articles": _channel(
+                "output_topic", "Articles", "One article event per valid record.", "articleIngested"
+            ),
+            "deadLetters": _channel(
+                "dlq_topic",
+                "Dead letters",
+                "One dead-letter event per invalid record, or one per payload when the whole message failed.",
+                "recordDeadLettered",
+            ),
+        },
+        "operations": {
+            "receiveRawFeed": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/rawFeed"},
+                "summary": f"Consume feeds in a consumer group ({_variable('group_id')}).",
+                "messages": [{"$ref": "#/channels/rawFeed/messages/rawFeed"}],
+                "bindings": {
+                    "kafka": {
+                        "groupId": {"type": "string", "default": _default("group_id")},
+                        "clientId": {"type": "string", "default": _default("kafka_client_id")},
+                        "bindingVersion": KAFKA_BINDING_VERSION,
+                    }
+                },
+            },
+            "sendArticleIngested": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/articles"},
+                "summary": "Publish an article event for each valid record.",
+                "messages": [{"$ref": "#/channels/articles/messages/articleIngested"}],
+            },
+            "sendRecordDeadLettered": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/deadLetters"},
+                "summary": "Publish a dead-letter event for each record or payload that failed.",
+                "messages": [{"$ref": "#/channels/deadLetters/messages/recordDeadLettered"}],
+            },
+        },
+        "components": {
+            "messages": {
+                "rawFeed": {
+                    "name": "rawFeed",
+                    "title": "Marker-text feed",
+                    "summary": "One or more records of marker text, UTF-8 (a leading BOM is ignored).",
+                    "description": (
+                        "Each record is a run of fields `<NAME>-S-T-A-R-T. value <NAME>-E-N-D.`; an "
+                        "F-N field starts a new record. FN, DATE, TITLE and TEXT are required; other "
+                        "fields are kept as extras. See docs/format.md."
+                    ),
+                    "contentType": "text/plain",
+                    "payload": {"type": "string", "description": "Marker text."},
+                    "bindings": {
+                        "kafka": {
+                            "key": {
+                                "type": ["string", "null"],
+                                "description": (
+                                    "Optional, any bytes. Not parsed; copied as the key of the "
+                                    "message's dead letters, and base64 into source.key_base64."
+                                ),
+                            },
+                            "bindingVersion": KAFKA_BINDING_VERSION,
+                        }
+                    },
+                },
+                "articleIngested": {
+                    "name": "articleIngested",
+                    "title": "Article ingested",
+                    "summary": f"A CloudEvents 1.0 event (structured JSON mode), type {ARTICLE_EVENT_TYPE}.",
+                    "description": (
+                        "The event id is deterministic from the input coordinates, so a redelivered "
+                        "input yields the same ids: deduplicate on id. Schema: "
+                        f"{ARTICLE_DATASCHEMA} (JSON Schema draft 2020-12)."
+                    ),
+                    "contentType": "application/json",
+                    "payload": {"$ref": f"./{ARTICLE_SCHEMA_FILE}"},
+                    "bindings": {
+                        "kafka": {
+                            "key": {
+                                "type": "string",
+                                "pattern": "^[0-9]{1,18}$",
+                                "description": "The article's FN as text, so that one article's "
+                                "events stay in one partition.",
+                            },
+                            "bindingVersion": KAFKA_BINDING_VERSION,
+                        }
+                    },
+                },
+                "recordDeadLettered": {
+                    "name": "recordDeadLettered",
+                    "title": "Record dead-lettered",
+                    "summary": f"Why a record or a payload failed, type {DEAD_LETTER_EVENT_TYPE}.",
+                    "description": (
+                        "error.code is a stable public code (listed with its meaning in the schema); "
+                        "raw holds the failing input so that it can be fixed and redriven. Schema: "
+                        f"{DEAD_LETTER_SCHEMA} (JSON Schema draft 2020-12)."
+                    ),
+                    "contentType": "application/json",
+                    "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},
+                    "bindings": {
+                        "kafka": {
+                            "key": {
+                                "type": ["string", "null"],
+                                "description": "The input message's key, unchanged (null if it had none).",
+                            },
+                            "bindingVersion": KAFKA_BINDING_VERSION,
+                        }
+                    },
+                },
+            }
+        },
+    }
+
+
+def _json_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render() -> dict[str, str]:
+    """Every generated file's name and exact text."""
+    doc = yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True, width=100)
+    return {
+        ARTICLE_SCHEMA_FILE: _json_text(json_schema(ArticleIngested, ARTICLE_DATASCHEMA)),
+        DEAD_LETTER_SCHEMA_FILE: _json_text(json_schema(RecordDeadLettered, DEAD_LETTER_SCHEMA)),
+        ASYNCAPI_FILE: f"# {GENERATED_BY}\n{doc}",
+    }
+
+
+def stale_files(directory: Path = HERE) -> list[Path]:
+    """The generated files in ``directory`` that are missing or differ from what the models generate."""
+    stale = []
+    for name, text in render().items():
+        path = directory / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            stale.append(path)
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the contract files, or with ``--check`` report the ones that are out of date."""
+    parser = argparse.ArgumentParser(prog="python -m schemas.generate", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for path in stale:
+            sys.stderr.write(f"{os.path.relpath(path)}: differs from what the models generate\n")
+        if stale:
+            sys.stderr.write("run `python -m schemas.generate` and commit the result\n")
+            return 1
+        return 0
+    for name, text in render().items():
+        (HERE / name).write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
