@@ -1,0 +1,25 @@
+"""Shared set-up of the unit suite: hypothesis profiles.
+
+The default profile ("dev") keeps the whole unit suite well under a minute on a small machine. Long
+runs select another profile through the environment::
+
+    HYPOTHESIS_PROFILE=fuzz pytest tests/unit/test_properties.py -q -p no:cacheprovider
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# Wall-clock deadlines are flaky on a shared machine; the budgets below bound the run time instead.
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile("ci", max_examples=300, deadline=None, print_blob=True)
+settings.register_profile(
+    "fuzz",
+    max_examples=20_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
