@@ -35,6 +35,7 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
+from service.app import ERROR_CODE_HEADER
 from service.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -177,6 +178,19 @@ def asyncapi() -> dict[str, Any]:
                         "fields are kept as extras. See docs/format.md."
                     ),
                     "contentType": "text/plain",
+                    "headers": {
+                        "type": "object",
+                        "properties": {
+                            ERROR_CODE_HEADER: {
+                                "type": "string",
+                                "description": "Set by the service on dead letters. On input (a redriven "
+                                "dead letter) it is dropped, so a stale code is never carried over.",
+                            }
+                        },
+                        "additionalProperties": {
+                            "description": "Not read; copied onto the message's dead letters, if any."
+                        },
+                    },
                     "payload": {"type": "string", "description": "Marker text."},
                     "bindings": {
                         "kafka": {
@@ -224,6 +238,18 @@ def asyncapi() -> dict[str, Any]:
                         f"{DEAD_LETTER_SCHEMA} (JSON Schema draft 2020-12)."
                     ),
                     "contentType": "application/json",
+                    "headers": {
+                        "type": "object",
+                        "required": [ERROR_CODE_HEADER],
+                        "properties": {
+                            ERROR_CODE_HEADER: {
+                                "type": "string",
+                                "enum": [code.value for code in ErrorCode],
+                                "description": "error.code, to route or count without parsing the payload.",
+                            }
+                        },
+                        "additionalProperties": {"description": "The input message's headers, copied."},
+                    },
                     "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},
                     "bindings": {
                         "kafka": {
