@@ -9,8 +9,16 @@ runs select another profile through the environment::
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
+# The test modules import their shared builders (markertext.py) as a top-level module, whether or not
+# this directory is a package.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 # Wall-clock deadlines are flaky on a shared machine; the budgets below bound the run time instead.
 settings.register_profile("dev", max_examples=60, deadline=None)
