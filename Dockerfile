@@ -1,0 +1,23 @@
+# marker-ingest: `docker build -t marker-ingest .`, then see docker-compose.yml.
+# The build stage installs the project into a virtual environment; the image only copies it, runs as
+# a non-root user and needs no network at run time.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/marker-ingest
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY service ./service
+RUN /opt/marker-ingest/bin/pip install .
+
+FROM python:3.11-slim
+ENV PATH=/opt/marker-ingest/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin ingest
+COPY --from=build /opt/marker-ingest /opt/marker-ingest
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+ENTRYPOINT ["marker-ingest"]
+CMD ["run"]
