@@ -1,0 +1,89 @@
+"""docker-compose.yml and the Dockerfile agree with the settings and the package; no Docker needed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TOPIC_VARIABLES = ("INGEST_INPUT_TOPIC", "INGEST_OUTPUT_TOPIC", "INGEST_DLQ_TOPIC")
+
+
+def _services() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services: dict[str, Any] = compose["services"]
+    return services
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _setting_variables() -> set[str]:
+    names: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        assert isinstance(alias, AliasChoices)
+        names.update(choice for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def _created_topics(service: dict[str, Any]) -> set[str]:
+    command = service["command"]
+    script = command if isinstance(command, str) else " ".join(command)
+    topics = set()
+    for line in script.splitlines():
+        words = shlex.split(line)
+        if "--create" in words:
+            assert "--if-not-exists" in words, line
+            topics.add(words[words.index("--topic") + 1])
+    return topics
+
+
+def test_every_variable_set_on_ingest_is_a_setting() -> None:
+    env = _environment(_services()["ingest"])
+    ours = {name for name in env if name.startswith(("INGEST_", "KAFKA_"))}
+    assert ours, "the ingest service sets no INGEST_*/KAFKA_* variable"
+    assert ours - _setting_variables() == set()
+
+
+def test_the_ingest_environment_makes_valid_settings() -> None:
+    env = _environment(_services()["ingest"])
+    settings = Settings.model_validate(env)
+    assert settings.kafka_bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def test_the_topics_service_creates_the_topics_ingest_uses() -> None:
+    services = _services()
+    env = _environment(services["ingest"])
+    assert _created_topics(services["topics"]) == {env[name] for name in TOPIC_VARIABLES}
+    assert services["ingest"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_ingest_can_be_scaled() -> None:
+    ingest = _services()["ingest"]
+    assert "container_name" not in ingest
+    assert "ports" not in ingest
+
+
+def test_the_image_runs_the_console_script() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    scripts = {target: name for name, target in pyproject["project"]["scripts"].items()}
+    script = scripts["service.cli:main"]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    instructions = dict(re.findall(r"^(ENTRYPOINT|CMD)\s+(.+)$", dockerfile, re.MULTILINE))
+    assert json.loads(instructions["ENTRYPOINT"]) == [script]
+    assert json.loads(instructions["CMD"]) == ["run"]
+    assert re.search(r"^USER\s+(?!root\b|0\b)\S+", dockerfile, re.MULTILINE), "the image must not run as root"
