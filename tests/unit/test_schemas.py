@@ -21,6 +21,7 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
+SEED = (ROOT / "tests" / "fixtures" / "seed_2433.txt").read_bytes()
 SAMPLES = sorted((ROOT / "service" / "samples" / "feed").glob("*.txt"))
 NOW = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -116,9 +117,9 @@ def test_asyncapi_names_the_three_channels_at_the_default_topics() -> None:
 
 
 def test_sample_events_validate_against_the_schemas() -> None:
-    payloads = [path.read_bytes() for path in SAMPLES] + [None, b"", b"\xff\xfe not utf-8"]
+    payloads = [SEED, None, b"", b"\xff\xfe not utf-8"] + [path.read_bytes() for path in SAMPLES]
     outcomes = [o for p in payloads for o in _outcomes(p)]
-    outcomes += _outcomes(SAMPLES[0].read_bytes(), key=None)
+    outcomes += _outcomes(SEED, key=None)
     outcomes += _outcomes(b"x" * 2_000, limits=Limits(max_payload_bytes=1_000))
     article_key = re.compile(
         _asyncapi()["components"]["messages"]["articleIngested"]["bindings"]["kafka"]["key"]["pattern"]
@@ -154,7 +155,7 @@ def test_sample_events_validate_against_the_schemas() -> None:
     ],
 )
 def test_the_article_schema_rejects_what_the_contract_forbids(path: tuple[str, ...], value: object) -> None:
-    outcome = next(o for o in _outcomes(SAMPLES[0].read_bytes()) if o.is_article)
+    outcome = next(o for o in _outcomes(SEED) if o.is_article)
     event = orjson.loads(outcome.value)
     target = event
     for part in path[:-1]:
