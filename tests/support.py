@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from service import __version__
-from service.broker import create_topics
 from service.events import Source, process_payload
 from service.limits import Limits
 from service.settings import Settings
+from service.topics import create_topics, read_topic
 
 Coord = tuple[int, int, int]
 """(input partition, input offset, record index)."""
@@ -127,39 +127,9 @@ async def produce(
     ]
 
 
-async def read_all(bootstrap: str, topic: str, *, settle_seconds: float = 1.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning to the high watermark (read from fetches)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        for _ in range(50):
-            if parts:
-                break
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        quiet_since = asyncio.get_running_loop().time()
-        while True:
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                records.extend(msgs)
-            if batch:
-                quiet_since = asyncio.get_running_loop().time()
-                continue
-            caught_up = True
-            for tp in tps:
-                high = consumer.highwater(tp)
-                if high is None or await consumer.position(tp) < high:
-                    caught_up = False
-            if caught_up or asyncio.get_running_loop().time() - quiet_since > settle_seconds + 5:
-                return records
-    finally:
-        await consumer.stop()
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic``, to its end."""
+    return await read_topic(bootstrap, topic)
 
 
 def expected_outcomes(
