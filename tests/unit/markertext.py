@@ -7,6 +7,7 @@ and compute expected offsets with ``str.index`` on the payload they built.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,25 @@ def error_of(payload: bytes | str | None, limits: Limits | None = None) -> dict[
     assert "error" in event, f"expected a dead letter, got {event}"
     error: dict[str, Any] = event["error"]
     return error
+
+
+# --- docs/format.md -------------------------------------------------------------------------------
+
+FORMAT_DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
+_FENCE = re.compile(r"^```(\w*)\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
+
+
+def doc_section(heading: str) -> str:
+    """The text of docs/format.md under ``heading`` (a whole heading line), up to the next heading
+    of the same or a higher level."""
+    doc = FORMAT_DOC.read_text(encoding="utf-8")
+    level = heading.split(" ", 1)[0]
+    start_at = doc.index(f"\n{heading}\n") + 1
+    following = re.compile(rf"^#{{1,{len(level)}}} ", re.MULTILINE)
+    nxt = following.search(doc, start_at + len(heading))
+    return doc[start_at : nxt.start() if nxt else len(doc)]
+
+
+def fenced_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced code blocks of a section: (info string, content without the final newline)."""
+    return [(m.group(1), m.group(2)) for m in _FENCE.finditer(section)]

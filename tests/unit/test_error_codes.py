@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import base64
+import json
+import re
 
 import pytest
-from markertext import decode, end, error_of, fld, only, record, run, start
+from markertext import decode, doc_section, end, error_of, fenced_blocks, fld, only, record, run, start
 
 from schemas.errors import DESCRIPTIONS, PAYLOAD_LEVEL, ErrorCode
 from service.limits import Limits
@@ -385,3 +388,37 @@ def test_dead_letters_of_every_code_carry_the_code_on_the_outcome() -> None:
         event = decode(outcomes[0])
         assert event["error"]["code"] == code
         assert event["scope"] == ("payload" if ErrorCode(code).payload_level else "record")
+
+
+# --- the examples of docs/format.md ---------------------------------------------------------------
+
+
+def _documented_examples() -> dict[str, tuple[bytes, Limits, dict[str, object]]]:
+    section = doc_section("## Error codes")
+    examples = {}
+    for part in re.split(r"^### ", section, flags=re.MULTILINE)[1:]:
+        code = re.match(r"`(\w+)`\n", part)
+        assert code is not None, part[:40]
+        blocks = fenced_blocks(part)
+        assert [info for info, _ in blocks][-1] == "json"
+        info, body = blocks[0]
+        assert info in ("text", "python")
+        payload = body.encode("utf-8") if info == "text" else ast.literal_eval(body)
+        limits = Limits(**{name.lower(): int(v) for name, v in re.findall(r"`INGEST_(MAX_\w+)=(\d+)`", part)})
+        examples[code.group(1)] = (payload, limits, json.loads(blocks[-1][1]))
+    return examples
+
+
+def test_the_format_doc_has_an_example_for_every_code() -> None:
+    assert set(_documented_examples()) == DOCUMENTED_CODES
+
+
+@pytest.mark.parametrize("code", sorted(DOCUMENTED_CODES))
+def test_the_format_doc_example_yields_its_documented_error(code: str) -> None:
+    payload, limits, documented = _documented_examples()[code]
+    error = error_of(payload, limits)
+    assert documented["code"] == code
+    # The message is for humans and may be reworded; code, field and position are the contract.
+    assert {k: error[k] for k in ("code", "field", "position")} == {
+        k: documented[k] for k in ("code", "field", "position")
+    }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
+import re
 
 import pytest
 from markertext import (
@@ -14,7 +16,9 @@ from markertext import (
     TIMESTAMP_RFC3339,
     VERSION,
     decode,
+    doc_section,
     end,
+    fenced_blocks,
     fld,
     only,
     record,
@@ -410,3 +414,34 @@ def test_the_seed_article_validates_and_round_trips_through_the_model() -> None:
     assert dumped.pop("time") == "2024-01-24T12:40:00Z"
     assert written.pop("time") == "2024-01-24T12:40:00.000Z"
     assert dumped == written
+
+
+# --- the examples of docs/format.md ---------------------------------------------------------------
+
+
+def test_the_format_doc_event_examples_are_what_the_core_writes() -> None:
+    blocks = fenced_blocks(doc_section("## Events"))
+    assert [info for info, _ in blocks] == ["text", "json", "json"]
+    payload = blocks[0][1] + "\n"
+    source = Source("news.raw", 3, 1042, timestamp_ms=1_706_100_000_000, key=b"feed-7")
+    now = dt.datetime(2024, 1, 24, 12, 40, 1, 250000, tzinfo=dt.UTC)
+    outcomes = run(payload, source=source, now=now)
+    assert len(outcomes) == 2
+    article, dead = (decode(o) for o in outcomes)
+    assert article == json.loads(blocks[1][1])
+    assert outcomes[0].key == b"7"
+    documented = json.loads(blocks[2][1])
+    documented["error"].pop("message")
+    dead["error"].pop("message")
+    assert {**dead, "service_version": "0.1.0"} == documented
+    assert outcomes[1].key == b"feed-7"
+
+
+def test_the_format_doc_digest_example() -> None:
+    section = doc_section("## The content digest")
+    assert "e0c581973f349670cdfd1d96dfedd84c1ce517c65a92d737470e23b4a338d028" in section
+    example = re.search(r"digests `([^`]+)`", section)
+    assert example is not None
+    parts = example.group(1).split("␟")
+    assert _digest(*parts) == "2fd3e382d87d3176031836ee0df2a38d9d932ec5ff0d4b4c9c9cb9d031bc9edb"
+    assert "2fd3e382d87d3176031836ee0df2a38d9d932ec5ff0d4b4c9c9cb9d031bc9edb" in doc_section("## Events")

@@ -6,7 +6,7 @@ import hashlib
 import itertools
 
 import pytest
-from markertext import FIXTURES, decode, end, fld, only, record, run, start
+from markertext import FIXTURES, decode, doc_section, end, fenced_blocks, fld, only, record, run, start
 
 from schemas.errors import ErrorCode
 from service.limits import Limits
@@ -406,3 +406,16 @@ def test_scan_stops_at_too_many_records() -> None:
     problem = scan(" ".join(record(fn=str(n)) for n in range(4)), max_records=3)
     assert not isinstance(problem, list)
     assert problem.code is ErrorCode.TOO_MANY_RECORDS
+
+
+def test_the_format_doc_multi_record_example() -> None:
+    blocks = fenced_blocks(doc_section("## Records"))
+    assert blocks[0][0] == "text"
+    payload = blocks[0][1]
+    outcomes = run(payload)
+    assert [(o.record_index, o.fn, o.error) for o in outcomes] == [
+        (0, 1, None),
+        (1, None, ErrorCode.STRAY_TEXT),
+        (2, 3, None),
+    ]
+    assert decode(outcomes[1])["error"]["position"] == payload.index("-- continued")
