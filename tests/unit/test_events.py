@@ -98,6 +98,32 @@ def test_event_time_is_the_message_timestamp_else_now(timestamp_ms: int | None, 
     assert decode(run(record(), source=source)[0])["time"] == expected
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: _from_ms divides by 1000.0 in floating point; from about year 2300 on, "
+    "the event time can be one millisecond early",
+)
+def test_the_latest_representable_timestamp_is_used_as_is() -> None:
+    source = Source("news.raw", 0, 1, timestamp_ms=253_402_300_799_999)
+    assert decode(run(record(), source=source)[0])["time"] == "9999-12-31T23:59:59.999Z"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: a Kafka timestamp past year 9999 makes process_payload raise ValueError",
+)
+@pytest.mark.parametrize("payload", [record(), "no markers"])
+def test_a_timestamp_past_year_9999_does_not_make_the_core_raise(payload: str) -> None:
+    # Kafka timestamps are any int64 the producer chose (CreateTime); the core must not raise on them.
+    source = Source("news.raw", 0, 1, timestamp_ms=253_402_300_800_000)
+    outcomes = run(payload, source=source)
+    assert len(outcomes) == 1
+    if outcomes[0].is_article:
+        ArticleIngested.model_validate_json(outcomes[0].value)
+    else:
+        RecordDeadLettered.model_validate_json(outcomes[0].value)
+
+
 def test_rfc3339_converts_to_utc_with_milliseconds() -> None:
     moment = dt.datetime(2024, 1, 24, 14, 40, 0, 999999, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     assert rfc3339(moment) == "2024-01-24T12:40:00.999Z"

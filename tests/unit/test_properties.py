@@ -116,7 +116,8 @@ sources = st.builds(
     topic=st.text(min_size=1, max_size=20),
     partition=st.integers(0, 2**31 - 1),
     offset=st.integers(0, 2**63 - 1),
-    timestamp_ms=st.one_of(st.none(), st.integers(-1, 2**41)),
+    # Up to 9999-12-31T23:59:59.999Z; later ones are a known core bug (see test_events.py).
+    timestamp_ms=st.one_of(st.none(), st.integers(-(2**63), 253_402_300_799_999)),
     key=st.one_of(st.none(), st.binary(max_size=20)),
 )
 bom = st.sampled_from([b"", b"\xef\xbb\xbf"])
