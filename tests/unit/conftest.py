@@ -21,7 +21,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 # Wall-clock deadlines are flaky on a shared machine; the budgets below bound the run time instead.
-settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", max_examples=300, deadline=None, print_blob=True)
 settings.register_profile(
     "fuzz",
