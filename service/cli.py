@@ -152,7 +152,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Sub-commands that live in their own modules register themselves here."""
-    return [_register_demo]
+    from service import produce
+
+    return [_register_demo, produce.register]
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,14 +1,45 @@
-"""Pushing marker-text files to the input topic: what upstream producers and the demo use."""
+"""Pushing marker-text files to the input topic: ``marker-ingest produce``, and what the demo uses.
+
+One message per file (key = the file name), or with ``--per-record`` one per record as the core's
+scanner splits it (key = the record's FN). ``--lint`` runs the core over every message first and
+refuses a file whose messages it would dead-letter. A progress bar is drawn on a terminal.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-from aiokafka import AIOKafkaProducer
+import orjson
+import structlog
 
+from service import __version__
+from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
+from service.events import Source, process_payload
+from service.limits import Limits
+from service.logs import configure_logging
+from service.parser import Problem, scan
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+_BOM = b"\xef\xbb\xbf"
+
+EXIT_REFUSED = EXIT_DEAD_LETTERS
+"""Exit status when a file was refused or a send failed."""
+
+Message = tuple[bytes | None, bytes]
+"""A (key, value) pair to send."""
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -40,10 +71,143 @@ class PushReport:
     messages: int = 0
     bytes: int = 0
     refused: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def messages_per_second(self) -> float:
+        """Throughput over the whole push, acknowledgements included."""
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------- the core
+
+
+def split_records(data: bytes, name: str) -> list[Message]:
+    """One message per record of ``data``, keyed by its FN (else by ``name``).
+
+    Records are split by the core's scanner (``rec.start..rec.end``, trimmed). A file the scanner
+    cannot split (not UTF-8, no markers) stays one message keyed by ``name``, so the service
+    dead-letters it with the precise reason.
+    """
+    whole: list[Message] = [(name.encode(), data)]
+    body = data[len(_BOM) :] if data.startswith(_BOM) else data
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return whole
+    records = scan(text, len(text) + 1)
+    if isinstance(records, Problem):
+        return whole
+    messages: list[Message] = []
+    for rec in records:
+        chunk = text[rec.start : rec.end].strip()
+        fn = rec.fields.get("fn")
+        key = fn.value if fn is not None and fn.value else name
+        messages.append((key.encode(), chunk.encode()))
+    return messages or whole
+
+
+def file_messages(data: bytes, name: str, *, per_record: bool) -> list[Message]:
+    """The messages a file becomes."""
+    return split_records(data, name) if per_record else [(name.encode(), data)]
+
+
+def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> str | None:
+    """The first dead letter the core would make of these messages, described; None when all pass."""
+    now = dt.datetime.now(dt.UTC)
+    for index, (key, value) in enumerate(messages):
+        source = Source(topic=name, partition=0, offset=index, key=key)
+        for outcome in process_payload(value, source, limits, now=now, version=__version__):
+            if outcome.error is None:
+                continue
+            error = orjson.loads(outcome.value)["error"]
+            where = "" if error["position"] is None else f" at {error['position']}"
+            return (
+                f"message {index} record {outcome.record_index}: {error['code']}{where}: {error['message']}"
+            )
+    return None
+
+
+def render_bar(
+    *, done_bytes: int, total_bytes: int, files: int, total_files: int, messages: int, width: int = 30
+) -> str:
+    """One line of progress: a bar over the bytes read, then files and messages."""
+    fraction = 1.0 if total_bytes <= 0 else min(1.0, done_bytes / total_bytes)
+    filled = int(fraction * width)
+    bar = "#" * filled + "-" * (width - filled)
+    return f"[{bar}] {fraction * 100:3.0f}%  {files}/{total_files} file(s)  {messages} message(s)"
+
+
+def render_summary(report: PushReport, topic: str) -> str:
+    """The summary printed at the end."""
+    refused = f"; refused {len(report.refused)} file(s)" if report.refused else ""
+    return (
+        f"pushed {report.files} file(s) as {report.messages} message(s), {report.bytes} bytes, "
+        f"to {topic} in {report.seconds:.2f} s ({report.messages_per_second:.1f} messages/s){refused}\n"
+    )
+
+
+class ProgressBar:
+    """A self-drawn progress bar on a terminal stream; it draws nothing when the stream is not one."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        total_bytes: int,
+        total_files: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 0.1,
+    ) -> None:
+        self.enabled = stream.isatty()
+        self._stream, self._clock, self._interval = stream, clock, interval
+        self.total_bytes, self.total_files = total_bytes, total_files
+        self.done_bytes = self.files = self.messages = 0
+        self._drawn_at: float | None = None
+
+    def file_done(self, size: int) -> None:
+        """A file was read (and queued or refused)."""
+        self.done_bytes += size
+        self.files += 1
+        self._draw()
+
+    def message_sent(self, _size: int) -> None:
+        """A message was handed to the producer."""
+        self.messages += 1
+        self._draw()
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        if self.enabled:
+            self._draw(force=True)
+            self._stream.write("\n")
+            self._stream.flush()
+
+    def _draw(self, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = self._clock()
+        if not force and self._drawn_at is not None and now - self._drawn_at < self._interval:
+            return
+        self._drawn_at = now
+        line = render_bar(
+            done_bytes=self.done_bytes,
+            total_bytes=self.total_bytes,
+            files=self.files,
+            total_files=self.total_files,
+            messages=self.messages,
+        )
+        self._stream.write("\r" + line)
+        self._stream.flush()
+
+
+# --------------------------------------------------------------------------------------- the shell
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
     """A producer with the service's connection, security and durability settings."""
+    from aiokafka import AIOKafkaProducer
+
     return AIOKafkaProducer(
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
@@ -90,3 +254,132 @@ async def push_files(settings: Settings, files: list[Path], *, topic: str | None
 
     report.messages = await push_messages(settings, messages(), topic=topic)
     return report
+
+
+async def produce_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    topic: str | None = None,
+    per_record: bool = False,
+    lint: bool = False,
+    progress: ProgressBar | None = None,
+) -> PushReport:
+    """Push ``files`` one message per file (or per record); with ``lint``, refuse bad files whole."""
+    report = PushReport()
+    limits = settings.limits
+    started = time.monotonic()
+
+    def messages() -> Iterator[Message]:
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                report.refused.append((path, f"cannot read: {exc.strerror}"))
+                continue
+            batch = file_messages(data, path.name, per_record=per_record)
+            problem = first_problem(batch, limits, name=str(path)) if lint else None
+            if progress is not None:
+                progress.file_done(len(data))
+            if problem is not None:
+                report.refused.append((path, problem))
+                continue
+            report.files += 1
+            for key, value in batch:
+                report.bytes += len(value)
+                yield key, value
+
+    on_sent = progress.message_sent if progress is not None else None
+    try:
+        report.messages = await push_messages(settings, messages(), topic=topic, on_sent=on_sent)
+    finally:
+        report.seconds = time.monotonic() - started
+        if progress is not None:
+            progress.close()
+    return report
+
+
+@contextlib.contextmanager
+def tool_logging(settings: Settings) -> Iterator[None]:
+    """Logging for an operator tool (the Kafka client's warnings on stderr), restored afterwards.
+
+    The tools print their reports themselves; restoring the configuration keeps an in-process call
+    (as the tests make) from changing how the rest of the process logs.
+    """
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``produce`` to the ``marker-ingest`` command."""
+    p = sub.add_parser(
+        "produce",
+        help="push marker-text files or directories to the input topic",
+        description="Push files (directories: every file under them) to the input topic, one message "
+        "per file keyed by its name, or one per record keyed by its FN. Exit 0 when everything was "
+        "pushed, 1 when a file was refused by --lint or a send failed, 2 on usage errors.",
+    )
+    add_connection_flags(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories of marker text")
+    p.add_argument("--topic", help="push here instead of the input topic")
+    p.add_argument(
+        "--per-record", action="store_true", help="one message per record (key = its FN) instead of per file"
+    )
+    p.add_argument(
+        "--lint",
+        action="store_true",
+        help="refuse (and do not send) a file of which the parser would dead-letter anything",
+    )
+    p.set_defaults(handler=cmd_produce)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Run ``marker-ingest produce``."""
+    from aiokafka.errors import KafkaError
+
+    settings = build_settings(args)
+    topic: str = args.topic or settings.input_topic
+    if topic in (settings.output_topic, settings.dlq_topic):
+        sys.stderr.write("marker-ingest produce: --topic must not be the output or dead-letter topic\n")
+        return EXIT_USAGE
+    try:
+        files = collect_files(args.paths)
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"marker-ingest produce: no such file or directory: {exc}\n")
+        return EXIT_USAGE
+    total = 0
+    for path in files:
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    progress = ProgressBar(sys.stderr, total, len(files))
+    with tool_logging(settings):
+        try:
+            report = asyncio.run(
+                produce_files(
+                    settings,
+                    files,
+                    topic=topic,
+                    per_record=args.per_record,
+                    lint=args.lint,
+                    progress=progress,
+                )
+            )
+        except KafkaError as exc:
+            sys.stderr.write(f"marker-ingest produce: send failed: {exc!r}\n")
+            return EXIT_REFUSED
+    for path, why in report.refused:
+        sys.stderr.write(f"refused {path}: {why}\n")
+    sys.stdout.write(render_summary(report, topic))
+    sys.stdout.flush()
+    return EXIT_REFUSED if report.refused else EXIT_OK
