@@ -152,9 +152,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Sub-commands that live in their own modules register themselves here."""
-    from service import produce
+    from service import produce, redrive
 
-    return [_register_demo, produce.register]
+    return [_register_demo, produce.register, redrive.register]
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,525 @@
+"""The pure part of ``marker-ingest redrive``: selection, original bytes, headers, dedup, the report."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import os
+
+import orjson
+import pytest
+from markertext import NOW, VERSION, record
+
+from schemas.errors import ErrorCode
+from service import redrive as rd
+from service.cli import EXIT_USAGE, main
+from service.events import Source, process_payload
+from service.limits import Limits
+from service.redrive import (
+    REDRIVE_COUNT_HEADER,
+    DeadLetterRecord,
+    Filters,
+    SkipReason,
+    build_report,
+    original_bytes,
+    parse_dead_letter,
+    parse_time,
+    plan_redrive,
+    redrive_count,
+    redriven_headers,
+    render_json,
+    render_text,
+    would_succeed,
+)
+
+INPUT = "news.raw"
+ERROR_HEADER = "marker-ingest-error-code"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("INGEST_", "KAFKA_")):
+            monkeypatch.delenv(name)
+
+
+class DLQ:
+    """A dead-letter topic in memory, filled by running the real core over payloads."""
+
+    def __init__(self) -> None:
+        self.records: list[DeadLetterRecord] = []
+        self._next_input_offset = 0
+
+    def add(
+        self,
+        payload: bytes | str | None,
+        *,
+        partition: int = 0,
+        offset: int | None = None,
+        key: bytes | None = b"file.txt",
+        limits: Limits | None = None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+        now: dt.datetime = NOW,
+    ) -> list[DeadLetterRecord]:
+        """Process ``payload`` as the service would and append its dead letters; return them."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if offset is None:
+            offset = self._next_input_offset
+        self._next_input_offset = offset + 1
+        source = Source(INPUT, partition, offset, 1_706_100_000_000, key)
+        added = []
+        for outcome in process_payload(payload, source, limits or Limits(), now=now, version=VERSION):
+            if outcome.error is None:
+                continue
+            dl_headers = (*headers, (ERROR_HEADER, outcome.error.value.encode()))
+            rec = DeadLetterRecord(0, len(self.records), outcome.key, outcome.value, dl_headers)
+            self.records.append(rec)
+            added.append(rec)
+        return added
+
+
+def _event(rec: DeadLetterRecord) -> rd.RecordDeadLettered:
+    event = parse_dead_letter(rec.value)
+    assert event is not None
+    return event
+
+
+BAD_DATE = record(fn="7", date="2024-02-30")
+NO_MARKERS = "just words"
+MISSING_TITLE = "F-N-S-T-A-R-T. 8 F-N-E-N-D. D-A-T-E-S-T-A-R-T. 2024-01-01 D-A-T-E-E-N-D. " + (
+    "T-E-X-T-S-T-A-R-T. body T-E-X-T-E-N-D."
+)
+
+
+# --- original bytes, key, headers ------------------------------------------------------------------
+
+
+def test_a_record_level_dead_letter_gives_back_the_records_text() -> None:
+    payload = " ".join([record(fn="1"), BAD_DATE, record(fn="2")])
+    [rec] = DLQ().add(payload)
+    event = _event(rec)
+    assert event.scope == "record"
+    assert event.source.record_index == 1
+    assert original_bytes(event) == BAD_DATE.encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xef\xbb\xbf" + record(fn="1").encode() + b"\xff\xfe\x80 tail",
+        b"\x00\x01\x02\xfe\xff" * 50,
+        b"\xc3",
+    ],
+    ids=["bom-then-invalid", "binary", "cut-sequence"],
+)
+def test_an_invalid_utf8_payload_comes_back_byte_for_byte(payload: bytes) -> None:
+    [rec] = DLQ().add(payload)
+    event = _event(rec)
+    assert event.error.code is ErrorCode.INVALID_ENCODING
+    assert event.raw.text is None
+    assert original_bytes(event) == payload
+
+
+def test_a_utf8_payload_level_dead_letter_keeps_its_bom_and_spacing() -> None:
+    payload = "\ufeff  just words, no markers \n\n".encode()
+    [rec] = DLQ().add(payload)
+    assert original_bytes(_event(rec)) == payload
+
+
+def test_a_truncated_raw_copy_gives_nothing() -> None:
+    limits = Limits(max_dead_letter_raw_bytes=1024)
+    [rec] = DLQ().add("x" * 5000, limits=limits)
+    event = _event(rec)
+    assert event.raw.truncated
+    assert original_bytes(event) is None
+
+
+def test_a_raw_copy_shorter_than_its_size_gives_nothing() -> None:
+    [rec] = DLQ().add(NO_MARKERS)
+    event = orjson.loads(rec.value or b"")
+    event["raw"]["size_bytes"] += 1
+    assert original_bytes(rd.RecordDeadLettered.model_validate(event)) is None
+
+
+def test_the_original_key_comes_from_key_base64() -> None:
+    [rec] = DLQ().add(NO_MARKERS, key=b"\x00binary key")
+    assert rd.original_key(_event(rec)) == b"\x00binary key"
+    [rec] = DLQ().add(NO_MARKERS, key=None)
+    assert rd.original_key(_event(rec)) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "count"),
+    [
+        ([], 0),
+        ([("trace", b"t")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"2")], 2),
+        ([(REDRIVE_COUNT_HEADER, b"1"), (REDRIVE_COUNT_HEADER, b"3")], 3),
+        ([(REDRIVE_COUNT_HEADER, b"two")], None),
+        ([(REDRIVE_COUNT_HEADER, b"-1")], None),
+        ([(REDRIVE_COUNT_HEADER, b"")], None),
+        ([(REDRIVE_COUNT_HEADER, "٣".encode())], None),
+    ],
+)
+def test_redrive_count_is_read_from_the_headers(headers: list[tuple[str, bytes]], count: int | None) -> None:
+    assert redrive_count(headers) == count
+
+
+def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
+    headers = [("trace", b"t-1"), (ERROR_HEADER, b"no_markers"), (REDRIVE_COUNT_HEADER, b"1"), ("b", b"")]
+    assert redriven_headers(headers, 2) == (("trace", b"t-1"), ("b", b""), (REDRIVE_COUNT_HEADER, b"2"))
+
+
+def test_the_error_code_header_is_the_services() -> None:
+    from service.app import ERROR_CODE_HEADER
+
+    assert rd.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
+
+
+# --- selection ------------------------------------------------------------------------------------
+
+
+def _ids(plan: rd.Plan) -> list[str]:
+    return [d.dead_letter_id for d in plan.decisions]
+
+
+@pytest.fixture
+def dlq() -> DLQ:
+    """Six dead letters over two input partitions and two days."""
+    q = DLQ()
+    day1 = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
+    day2 = dt.datetime(2024, 3, 2, 12, tzinfo=dt.UTC)
+    q.add(BAD_DATE, partition=0, offset=0, now=day1)
+    q.add(NO_MARKERS, partition=0, offset=1, now=day1)
+    q.add(MISSING_TITLE, partition=1, offset=0, now=day1)
+    q.add(BAD_DATE, partition=1, offset=1, now=day2)
+    q.add(NO_MARKERS, partition=0, offset=2, now=day2)
+    q.add(MISSING_TITLE, partition=0, offset=3, now=day2)
+    return q
+
+
+def test_without_filters_everything_is_selected(dlq: DLQ) -> None:
+    plan = plan_redrive(dlq.records, Filters())
+    assert plan.read == 6
+    assert len(plan.decisions) == 6
+    assert all(d.skip is None and d.message is not None for d in plan.decisions)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(codes=frozenset({ErrorCode.INVALID_FIELD})), ["0:0", "1:1"]),
+        (
+            Filters(codes=frozenset({ErrorCode.INVALID_FIELD, ErrorCode.NO_MARKERS})),
+            ["0:0", "0:1", "1:1", "0:2"],
+        ),
+        (Filters(since=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)), ["1:1", "0:2", "0:3"]),
+        (Filters(until=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)), ["0:0", "0:1", "1:0"]),
+        (Filters(until=dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)), []),
+        (
+            Filters(since=dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)),
+            ["0:0", "0:1", "1:0", "1:1", "0:2", "0:3"],
+        ),
+        (Filters(partition=1), ["1:0", "1:1"]),
+        (Filters(partition=0, from_offset=1, to_offset=2), ["0:1", "0:2"]),
+        (Filters(from_offset=1), ["0:1", "1:1", "0:2", "0:3"]),
+        (Filters(to_offset=0), ["0:0", "1:0"]),
+        (Filters(limit=2), ["0:0", "0:1"]),
+        (Filters(codes=frozenset({ErrorCode.MISSING_FIELD}), limit=1), ["1:0"]),
+    ],
+    ids=[
+        "code",
+        "codes",
+        "since",
+        "until",
+        "until-excludes",
+        "since-includes",
+        "partition",
+        "partition-offsets",
+        "from-offset",
+        "to-offset",
+        "limit",
+        "code-limit",
+    ],
+)
+def test_filters_select_by_code_time_partition_offset_and_limit(
+    dlq: DLQ, filters: Filters, expected: list[str]
+) -> None:
+    plan = plan_redrive(dlq.records, filters)
+    assert [i.removeprefix(f"{INPUT}:").removesuffix(":0") for i in _ids(plan)] == expected
+
+
+def test_the_limit_stops_reading(dlq: DLQ) -> None:
+    plan = plan_redrive(dlq.records, Filters(partition=1, limit=1))
+    assert _ids(plan) == [f"{INPUT}:1:0:0"]
+    assert plan.read == 3
+
+
+def test_payload_level_copies_of_one_input_are_selected_once() -> None:
+    q = DLQ()
+    [first] = q.add(b"\xff binary", offset=5)
+    # The same input dead-lettered again (a redelivery), and a copy claiming another record index.
+    q.add(b"\xff binary", offset=5)
+    other_index = orjson.loads(first.value or b"")
+    other_index["source"]["record_index"] = 1
+    q.records.append(DeadLetterRecord(0, 2, first.key, orjson.dumps(other_index), first.headers))
+    plan = plan_redrive(q.records, Filters())
+    assert len(plan.decisions) == 1
+    assert plan.duplicates == 2
+    assert len(plan.messages) == 1
+
+
+def test_record_level_dead_letters_of_one_input_publish_each_record() -> None:
+    bad_fn = record(fn="x1")
+    payload = " ".join([BAD_DATE, record(fn="3"), bad_fn])
+    q = DLQ()
+    q.add(payload, offset=4)
+    q.add(payload, offset=4)  # a redelivered copy
+    plan = plan_redrive(q.records, Filters())
+    assert [m.value for _, m in plan.messages] == [BAD_DATE.encode(), bad_fn.encode()]
+    assert plan.duplicates == 2
+
+
+def test_records_that_are_not_dead_letters_are_counted_not_selected(dlq: DLQ) -> None:
+    records = [
+        DeadLetterRecord(0, 100, None, b"not json"),
+        DeadLetterRecord(0, 101, None, None),
+        *dlq.records,
+    ]
+    records.append(DeadLetterRecord(0, 102, None, b'{"id": "x"}'))
+    plan = plan_redrive(records, Filters())
+    assert plan.unreadable == [(0, 100), (0, 101), (0, 102)]
+    assert len(plan.decisions) == 6
+
+
+def test_a_message_carries_key_headers_and_the_next_count() -> None:
+    q = DLQ()
+    q.add(NO_MARKERS, key=b"k-9", headers=(("trace", b"t"), (REDRIVE_COUNT_HEADER, b"1")))
+    [(decision, msg)] = plan_redrive(q.records, Filters()).messages
+    assert decision.redrive_count == 1
+    assert msg.key == b"k-9"
+    assert msg.value == NO_MARKERS.encode()
+    assert msg.headers == (("trace", b"t"), (REDRIVE_COUNT_HEADER, b"2"))
+
+
+@pytest.mark.parametrize(
+    ("count", "max_redrives", "skip"),
+    [
+        (b"2", 3, None),
+        (b"3", 3, SkipReason.MAX_REDRIVES),
+        (b"7", 3, SkipReason.MAX_REDRIVES),
+        (b"0", 1, None),
+    ],
+)
+def test_a_dead_letter_at_the_redrive_limit_is_skipped(
+    count: bytes, max_redrives: int, skip: SkipReason
+) -> None:
+    q = DLQ()
+    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, count),))
+    [decision] = plan_redrive(q.records, Filters(), max_redrives=max_redrives).decisions
+    assert decision.skip is skip
+    assert (decision.message is None) == (skip is not None)
+
+
+def test_truncated_and_malformed_count_dead_letters_are_skipped() -> None:
+    q = DLQ()
+    q.add("y" * 3000, limits=Limits(max_dead_letter_raw_bytes=1024))
+    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"many"),))
+    plan = plan_redrive(q.records, Filters())
+    assert [d.skip for d in plan.decisions] == [SkipReason.TRUNCATED, SkipReason.INVALID_REDRIVE_COUNT]
+    assert plan.messages == []
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+def test_would_succeed_uses_the_limits_it_is_given() -> None:
+    small = Limits(max_payload_bytes=500, max_records_per_payload=2)
+    q = DLQ()
+    q.add(record(fn="1", text="x" * 600), limits=small)
+    q.add(" ".join(record(fn=str(i)) for i in range(3)), limits=small)
+    q.add(BAD_DATE, limits=small)
+    plan = plan_redrive(q.records, Filters())
+    assert [d.code for d in plan.decisions] == [
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.TOO_MANY_RECORDS,
+        ErrorCode.INVALID_FIELD,
+    ]
+    for limits, expected in [(small, [False, False, False]), (Limits(), [True, True, False])]:
+        assert [would_succeed(m, limits, topic=INPUT, now=NOW) for _, m in plan.messages] == expected
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def _mixed_plan() -> rd.Plan:
+    q = DLQ()
+    q.add(BAD_DATE)
+    q.add(NO_MARKERS)
+    q.add(NO_MARKERS, offset=1)  # a duplicate
+    q.add("z" * 3000, limits=Limits(max_dead_letter_raw_bytes=1024))
+    q.add(MISSING_TITLE, headers=((REDRIVE_COUNT_HEADER, b"3"),))
+    return plan_redrive(q.records, Filters())
+
+
+def test_the_report_counts_by_code_and_by_skip_reason() -> None:
+    plan = _mixed_plan()
+    failed = [f"{INPUT}:0:1:0"]
+    report = build_report(plan, dlq_topic="dlq", target_topic=INPUT, dry_run=False, failed=failed)
+    assert (report.read, report.selected, report.duplicates, report.redriven) == (5, 4, 1, 1)
+    assert report.skipped == {"max_redrives": 1, "publish_failed": 1, "truncated": 1}
+    assert report.would_succeed is None
+    assert {code: (c.selected, c.redriven, c.skipped) for code, c in report.by_code.items()} == {
+        "invalid_field": (1, 1, 0),
+        "missing_field": (1, 0, 1),
+        "no_markers": (2, 0, 2),
+    }
+    assert [(s["id"], s["reason"]) for s in report.skipped_dead_letters] == [
+        (f"{INPUT}:0:1:0", "publish_failed"),
+        (f"{INPUT}:0:2:0", "truncated"),
+        (f"{INPUT}:0:3:0", "max_redrives"),
+    ]
+    assert report.exit_status == 1
+
+
+def test_a_clean_redrive_exits_0() -> None:
+    q = DLQ()
+    q.add(BAD_DATE)
+    report = build_report(plan_redrive(q.records, Filters()), dlq_topic="d", target_topic="i", dry_run=False)
+    assert report.exit_status == 0
+    assert report.skipped == {}
+
+
+def test_the_dry_run_report_counts_what_would_succeed() -> None:
+    plan = _mixed_plan()
+    report = build_report(
+        plan, dlq_topic="dlq", target_topic=INPUT, dry_run=True, succeeding=[f"{INPUT}:0:1:0"]
+    )
+    assert report.would_succeed == 1
+    assert report.redriven == 2
+    assert report.by_code["no_markers"].would_succeed == 1
+    assert report.by_code["invalid_field"].would_succeed == 0
+    data = report.as_dict()
+    assert data["dry_run"] is True
+    assert data["by_code"]["no_markers"] == {"selected": 2, "redriven": 1, "would_succeed": 1, "skipped": 1}
+
+
+def test_render_json_is_one_object_with_every_count() -> None:
+    report = build_report(_mixed_plan(), dlq_topic="dlq", target_topic=INPUT, dry_run=False)
+    out = render_json(report)
+    assert out.endswith("\n")
+    assert out.count("\n") == 1
+    data = orjson.loads(out)
+    assert data["selected"] == 4
+    assert data["skipped"] == {"max_redrives": 1, "truncated": 1}
+    assert data["exit_status"] == 1
+    assert data["by_code"]["invalid_field"]["would_succeed"] is None
+
+
+def test_render_text_says_what_was_done_and_what_was_skipped() -> None:
+    report = build_report(_mixed_plan(), dlq_topic="dlq", target_topic=INPUT, dry_run=False)
+    text = render_text(report)
+    assert text.startswith(f"redrive dlq -> {INPUT}\n")
+    assert "read 5 record(s), selected 4 dead letter(s) (1 duplicate(s) of selected ones)" in text
+    assert "redriven 2\n" in text
+    assert "skipped 2: max_redrives=1, truncated=1" in text
+    assert f"{INPUT}:0:2:0 (no_markers, dead-letter partition 0 offset 3, redrive count 0): truncated" in text
+    assert "redrive limit reached" in text
+    dry = render_text(build_report(_mixed_plan(), dlq_topic="dlq", target_topic=INPUT, dry_run=True))
+    assert "(dry run: nothing published)" in dry
+    assert "would redrive 2; 0 would now succeed" in dry
+
+
+def test_render_text_caps_the_list_of_skipped_dead_letters() -> None:
+    q = DLQ()
+    for _ in range(25):
+        q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"9"),))
+    text = render_text(
+        build_report(plan_redrive(q.records, Filters()), dlq_topic="d", target_topic="i", dry_run=False)
+    )
+    assert "... and 5 more (see --json)" in text
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-03-01T12:00:00Z", dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)),
+        ("2024-03-01T14:00:00+02:00", dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)),
+        ("2024-03-01T12:00", dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)),
+        ("2024-03-01", dt.datetime(2024, 3, 1, tzinfo=dt.UTC)),
+    ],
+)
+def test_times_are_iso_8601_and_utc_without_a_zone(text: str, expected: dt.datetime) -> None:
+    assert parse_time(text) == expected
+
+
+def test_a_bad_time_is_a_usage_error() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="ISO 8601"):
+        parse_time("yesterday")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["redrive", "--code", "no_such_code"],
+        ["redrive", "--since", "yesterday"],
+        ["redrive", "--partition", "-1"],
+        ["redrive", "--limit", "0"],
+        ["redrive", "--max-redrives", "0"],
+        ["redrive", "--from-offset", "x"],
+    ],
+)
+def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == EXIT_USAGE
+    assert "marker-ingest redrive: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--since", "2024-03-02", "--until", "2024-03-01"], "--since must be before --until"),
+        (["--from-offset", "5", "--to-offset", "4"], "--from-offset must not be after --to-offset"),
+        (["--to-topic", "news.dead-letters"], "--to-topic must not be"),
+        (["--to-topic", "news.articles"], "--to-topic must not be"),
+    ],
+)
+def test_inconsistent_options_exit_2_before_any_connection(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["redrive", "--bootstrap-servers", "127.0.0.1:1", *argv]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    assert main(["redrive", "--dry-run"]) == EXIT_USAGE
+    assert "KAFKA_SASL_MECHANISM" in capsys.readouterr().err
+
+
+def test_codes_are_read_into_filters() -> None:
+    from service.cli import make_parser
+
+    args = make_parser().parse_args(
+        ["redrive", "--code", "no_markers", "--code", "invalid_field", "--partition", "2", "--limit", "5"]
+    )
+    options = rd.options_from(args)
+    assert isinstance(options, rd.RedriveOptions)
+    assert options.filters.codes == {ErrorCode.NO_MARKERS, ErrorCode.INVALID_FIELD}
+    assert options.filters.partition == 2
+    assert options.filters.limit == 5
+    assert options.max_redrives == rd.DEFAULT_MAX_REDRIVES
+    assert not options.dry_run
+
+
+def test_key_base64_of_an_empty_key() -> None:
+    q = DLQ()
+    [rec] = q.add(NO_MARKERS, key=b"")
+    assert _event(rec).source.key_base64 == base64.b64encode(b"").decode()
+    assert rd.original_key(_event(rec)) == b""
