@@ -130,11 +130,32 @@ class Settings(BaseSettings):
 
     # Operations
     http_port: int = Field(0, ge=0, le=65535, validation_alias=AliasChoices("INGEST_HTTP_PORT", "http_port"))
+    http_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - the probes and the scraper come from outside the container
+        min_length=1,
+        validation_alias=AliasChoices("INGEST_HTTP_HOST", "http_host"),
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", validation_alias=AliasChoices("INGEST_LOG_FORMAT", "log_format")
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("INGEST_LOG_LEVEL", "log_level")
+    )
+
+    # Safety switch
+    safety_dlq_ratio: float | None = Field(
+        None, gt=0, le=1, validation_alias=AliasChoices("INGEST_SAFETY_DLQ_RATIO", "safety_dlq_ratio")
+    )
+    safety_window_records: int = Field(
+        1000, ge=1, validation_alias=AliasChoices("INGEST_SAFETY_WINDOW_RECORDS", "safety_window_records")
+    )
+    safety_min_records: int = Field(
+        100, ge=1, validation_alias=AliasChoices("INGEST_SAFETY_MIN_RECORDS", "safety_min_records")
+    )
+    safety_cooldown_seconds: float = Field(
+        300.0,
+        ge=0,
+        validation_alias=AliasChoices("INGEST_SAFETY_COOLDOWN_SECONDS", "safety_cooldown_seconds"),
     )
 
     @model_validator(mode="after")
@@ -166,6 +187,8 @@ class Settings(BaseSettings):
             problems.append("INGEST_RETRY_MAX_SECONDS must be at least INGEST_RETRY_INITIAL_SECONDS")
         if self.max_bytes_in_flight < self.max_payload_bytes:
             problems.append("INGEST_MAX_BYTES_IN_FLIGHT must be at least INGEST_MAX_PAYLOAD_BYTES")
+        if self.safety_min_records > self.safety_window_records:
+            problems.append("INGEST_SAFETY_MIN_RECORDS must not exceed INGEST_SAFETY_WINDOW_RECORDS")
         if problems:
             raise ValueError("; ".join(problems))
         return self
