@@ -1,0 +1,137 @@
+"""The metrics (own registry, names, tallies) and the HTTP responder's pure parts; no I/O."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.errors import ErrorCode
+from service.http import Response, parse_request_line, render_response, route_request
+from service.metrics import Metrics
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_every_instance_has_its_own_registry() -> None:
+    a, b = Metrics("1.0"), Metrics("1.0")
+    a.count_batch(messages=3, payload_bytes=30, records=4, dead_letters={})
+    assert _samples(a)[("marker_ingest_input_messages_total", ())] == 3
+    assert _samples(b)[("marker_ingest_input_messages_total", ())] == 0
+
+
+def test_a_batch_is_counted_from_its_tallies() -> None:
+    m = Metrics("1.2.3")
+    m.count_batch(
+        messages=5,
+        payload_bytes=1234,
+        records=7,
+        dead_letters={ErrorCode.INVALID_FIELD: 2, ErrorCode.EMPTY_PAYLOAD: 1},
+    )
+    s = _samples(m)
+    assert s[("marker_ingest_input_messages_total", ())] == 5
+    assert s[("marker_ingest_input_bytes_total", ())] == 1234
+    assert s[("marker_ingest_input_records_total", ())] == 7
+    assert s[("marker_ingest_articles_total", ())] == 4
+    assert s[("marker_ingest_dead_letters_total", (("code", "invalid_field"),))] == 2
+    assert s[("marker_ingest_dead_letters_total", (("code", "empty_payload"),))] == 1
+    assert s[("marker_ingest_batch_messages_count", ())] == 1
+    assert s[("marker_ingest_batch_messages_sum", ())] == 5
+    assert s[("marker_ingest_build_info", (("version", "1.2.3"),))] == 1
+
+
+def test_every_error_code_and_retry_cause_is_exposed_from_the_start() -> None:
+    s = _samples(Metrics("1"))
+    for code in ErrorCode:
+        assert s[("marker_ingest_dead_letters_total", (("code", code.value),))] == 0
+    for cause in ("send", "commit", "fetch", "connect"):
+        assert s[("marker_ingest_retries_total", (("cause", cause),))] == 0
+
+
+def test_metric_names_carry_the_prefix_and_units() -> None:
+    names = {f.name for f in text_string_to_metric_families(Metrics("1").render().decode())}
+    assert all(n.startswith("marker_ingest_") for n in names), names
+    assert {
+        "marker_ingest_batch_duration_seconds",
+        "marker_ingest_end_to_end_latency_seconds",
+        "marker_ingest_in_flight_bytes",
+        "marker_ingest_input_bytes",
+        "marker_ingest_commits",
+        "marker_ingest_commit_failures",
+        "marker_ingest_paused",
+        "marker_ingest_assigned_partitions",
+    } <= names
+
+
+def test_end_to_end_latency_skips_messages_without_a_timestamp() -> None:
+    m = Metrics("1")
+    m.observe_end_to_end([1_000, None, -1, 0, 2_500], now=3.0)
+    s = _samples(m)
+    assert s[("marker_ingest_end_to_end_latency_seconds_count", ())] == 2
+    assert s[("marker_ingest_end_to_end_latency_seconds_sum", ())] == pytest.approx(2.0 + 0.5)
+
+
+def test_gauges_read_the_state_they_watch_when_scraped() -> None:
+    m = Metrics("1")
+    state = {"in_flight": 10.0, "paused": 0.0}
+    m.watch(in_flight=lambda: state["in_flight"], paused=lambda: state["paused"], assigned=lambda: 3)
+    state.update(in_flight=2048.0, paused=1.0)
+    s = _samples(m)
+    assert s[("marker_ingest_in_flight_bytes", ())] == 2048
+    assert s[("marker_ingest_paused", ())] == 1
+    assert s[("marker_ingest_assigned_partitions", ())] == 3
+
+
+def test_lag_is_per_partition_and_lost_partitions_are_dropped() -> None:
+    m = Metrics("1")
+    m.set_lag("in", 0, 5)
+    m.set_lag("in", 1, -2)  # a stale high watermark never shows as negative lag
+    m.set_lag("in", 0, 4)
+    s = _samples(m)
+    assert s[("marker_ingest_consumer_lag_messages", (("partition", "0"), ("topic", "in")))] == 4
+    assert s[("marker_ingest_consumer_lag_messages", (("partition", "1"), ("topic", "in")))] == 0
+    m.keep_partitions([("in", 1)])
+    s = _samples(m)
+    assert ("marker_ingest_consumer_lag_messages", (("partition", "0"), ("topic", "in"))) not in s
+    assert ("marker_ingest_consumer_lag_messages", (("partition", "1"), ("topic", "in"))) in s
+
+
+@pytest.mark.parametrize(
+    ("line", "parsed"),
+    [
+        (b"GET /metrics HTTP/1.1\r\n", ("GET", "/metrics")),
+        (b"HEAD /readyz?verbose=1 HTTP/1.0\r\n", ("HEAD", "/readyz")),
+        (b"GET /healthz\r\n", None),
+        (b"GET metrics HTTP/1.1\r\n", None),
+        (b"\x16\x03\x01 junk", None),
+        (b"", None),
+    ],
+)
+def test_request_lines_are_parsed_or_refused(line: bytes, parsed: tuple[str, str] | None) -> None:
+    assert parse_request_line(line) == parsed
+
+
+def test_routes_answer_and_unknown_paths_and_methods_do_not() -> None:
+    routes = {"/healthz": lambda: Response.json(200, {"status": "ok"})}
+    assert route_request("GET", "/healthz", routes).status == 200
+    missing = route_request("GET", "/nope", routes)
+    assert missing.status == 404
+    assert orjson.loads(missing.body)["paths"] == ["/healthz"]
+    assert route_request("POST", "/healthz", routes).status == 405
+
+
+def test_responses_are_complete_http_1_1_messages() -> None:
+    wire = render_response(Response(503, b'{"ready":false}\n'))
+    head, body = wire.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    assert "Content-Length: 16" in lines
+    assert "Connection: close" in lines
+    assert body == b'{"ready":false}\n'
+    assert render_response(Response(200, b"abc"), head=True).endswith(b"\r\n\r\n")
