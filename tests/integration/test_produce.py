@@ -1,0 +1,141 @@
+"""``marker-ingest produce`` against a real broker: a directory per file and per record, then the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from service.app import Ingestor
+from service.cli import main
+from tests.conftest import BrokerHandle
+from tests.support import (
+    Ledger,
+    Sent,
+    Topics,
+    expected_outcomes,
+    read_all,
+    record,
+    service_env,
+    settings_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def _use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name in list(os.environ):
+        if name.startswith(("INGEST_", "KAFKA_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith(("INGEST_", "KAFKA_")):
+            monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def feed_dir(tmp_path: Path) -> Path:
+    """Three files in a tree (five records, one with an impossible date) and a hidden file."""
+    root = tmp_path / "feed"
+    (root / "more").mkdir(parents=True)
+    (root / "01-one.txt").write_text(record(1) + "\n", encoding="utf-8")
+    (root / "02-multi.txt").write_text(
+        "\n".join([record(2), record(3, date="2024-02-30"), record(4)]) + "\n", encoding="utf-8"
+    )
+    (root / "more" / "03-bom.txt").write_bytes(b"\xef\xbb\xbf" + record(5).encode())
+    (root / ".notes").write_text("not marker text", encoding="utf-8")
+    return root
+
+
+def _files(root: Path) -> list[tuple[bytes, bytes]]:
+    """(file name, contents) of the marker-text files under ``root``, sorted."""
+    return sorted((p.name.encode(), p.read_bytes()) for p in root.rglob("*.txt"))
+
+
+async def _ingest_and_check(broker: BrokerHandle, topics: Topics) -> list[Any]:
+    """Run the service over what was pushed; check the accounting; return the input records."""
+    inputs = await read_all(broker.bootstrap_servers, topics.input)
+    sent = [Sent(r.partition, r.offset, r.key, r.value) for r in inputs]
+    settings = settings_for(broker.bootstrap_servers, topics, idempotence=broker.idempotence, burst=True)
+    assert await Ingestor(settings).run() == 0
+    ledger = await Ledger.read(broker.bootstrap_servers, topics)
+    ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)
+    articles = [orjson.loads(r.value) for r in await read_all(broker.bootstrap_servers, topics.output)]
+    assert sorted(a["data"]["fn"] for a in articles) == [1, 2, 4, 5]
+    [dead] = [orjson.loads(r.value) for r in await read_all(broker.bootstrap_servers, topics.dlq)]
+    assert dead["error"]["code"] == "invalid_field"
+    return inputs
+
+
+async def test_produce_pushes_a_directory_one_message_per_file(
+    broker: BrokerHandle, feed_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = await Topics.unique("produce-files").create(broker.bootstrap_servers, partitions=2)
+    _use_env(monkeypatch, service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence))
+
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["produce", str(feed_dir)]) == 0
+    out, err = capsys.readouterr()
+    files = _files(feed_dir)
+    size = sum(len(data) for _, data in files)
+    assert out.startswith(f"pushed 3 file(s) as 3 message(s), {size} bytes, to {topics.input} in ")
+    assert out.endswith(" messages/s)\n")
+    assert "[" not in err, "no progress bar when stderr is not a terminal"
+
+    inputs = await _ingest_and_check(broker, topics)
+    assert sorted((r.key, r.value) for r in inputs) == files
+
+
+async def test_produce_per_record_in_a_subprocess(broker: BrokerHandle, feed_dir: Path) -> None:
+    topics = await Topics.unique("produce-records").create(broker.bootstrap_servers, partitions=2)
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "produce", "--per-record", str(feed_dir)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().startswith("pushed 3 file(s) as 5 message(s), ")
+
+    inputs = await _ingest_and_check(broker, topics)
+    assert sorted(r.key for r in inputs) == [b"1", b"2", b"3", b"4", b"5"]
+    by_key = {r.key: r.value for r in inputs}
+    assert by_key[b"3"] == record(3, date="2024-02-30").encode()
+    assert by_key[b"5"] == record(5).encode(), "the BOM is not carried into the record's message"
+
+
+async def test_lint_refuses_a_bad_file_and_pushes_the_rest(
+    broker: BrokerHandle,
+    feed_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topics = await Topics.unique("produce-lint").create(broker.bootstrap_servers)
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+    _use_env(monkeypatch, dict(env, INGEST_INPUT_TOPIC=f"{topics.input}.unused"))
+    words = tmp_path / "words.txt"
+    words.write_text("no markers at all", encoding="utf-8")
+
+    capsys.readouterr()
+    argv = ["produce", "--lint", "--topic", topics.input, str(feed_dir), str(words)]
+    assert await asyncio.to_thread(main, argv) == 1
+    out, err = capsys.readouterr()
+    multi, bad_at = feed_dir / "02-multi.txt", dict(_files(feed_dir))[b"02-multi.txt"].index(b"2024-02-30")
+    refused = err.splitlines()
+    assert len(refused) == 2, err
+    assert refused[0].startswith(f"refused {multi}: message 0 record 1: invalid_field at {bad_at}: ")
+    assert refused[1].startswith(f"refused {words}: message 0 record 0: no_markers: ")
+    assert out.startswith("pushed 2 file(s) as 2 message(s), ")
+    assert out.endswith("; refused 2 file(s)\n")
+
+    inputs = await read_all(broker.bootstrap_servers, topics.input)
+    assert sorted(r.key for r in inputs) == [b"01-one.txt", b"03-bom.txt"]

@@ -1,0 +1,262 @@
+"""``marker-ingest redrive`` against a real broker: filters, dry runs, the loop limit, exact bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import os
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from service.app import ERROR_CODE_HEADER, Ingestor
+from service.cli import main
+from service.redrive import REDRIVE_COUNT_HEADER
+from service.topics import create_topics
+from tests.conftest import BrokerHandle
+from tests.support import Topics, produce, read_all, record, service_env, settings_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+BAD_DATE = record(7, date="2024-02-30").encode()
+NO_MARKERS = b"just some words without any field markers"
+MISSING_TITLE = (
+    b"F-N-S-T-A-R-T. 8 F-N-E-N-D. D-A-T-E-S-T-A-R-T. 2024-01-01 D-A-T-E-E-N-D. "
+    b"T-E-X-T-S-T-A-R-T. body T-E-X-T-E-N-D."
+)
+STRAY = ("oops " + record(9)).encode()
+
+
+def _use_env(
+    monkeypatch: pytest.MonkeyPatch, broker: BrokerHandle, topics: Topics, **extra: str
+) -> dict[str, str]:
+    """Point the in-process command at the test's broker and topics, as the environment would."""
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence, **extra)
+    for name in list(os.environ):
+        if name.startswith(("INGEST_", "KAFKA_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith(("INGEST_", "KAFKA_")):
+            monkeypatch.setenv(name, value)
+    return env
+
+
+async def _redrive(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    """Run ``marker-ingest redrive --json`` in-process; return its exit status and report."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["redrive", "--json", *args])
+    out = capsys.readouterr().out
+    report: dict[str, Any] = orjson.loads(out)
+    return code, report
+
+
+async def _ingest(broker: BrokerHandle, topics: Topics, **overrides: Any) -> None:
+    """Run the service over the input until it is drained."""
+    settings = settings_for(
+        broker.bootstrap_servers, topics, idempotence=broker.idempotence, burst=True, **overrides
+    )
+    assert await Ingestor(settings).run() == 0
+
+
+def _selected_by_code(report: dict[str, Any]) -> dict[str, int]:
+    return {code: c["selected"] for code, c in report["by_code"].items()}
+
+
+async def test_redrive_selects_by_code_time_partition_offset_and_limit(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-filters").create(bootstrap, partitions=2)
+    # Partition 0 gets offsets 0, 1, 2 = BAD_DATE, MISSING_TITLE, NO_MARKERS; partition 1 the others.
+    first = [BAD_DATE, NO_MARKERS, MISSING_TITLE, BAD_DATE, NO_MARKERS, MISSING_TITLE]
+    sent = await produce(bootstrap, topics.input, first, partitions=2, headers=[("trace", b"t-1")])
+    await _ingest(broker, topics)
+    between = dt.datetime.now(dt.UTC)
+    await asyncio.sleep(0.05)
+    await produce(bootstrap, topics.input, [STRAY, STRAY], partitions=2)
+    await _ingest(broker, topics)
+    _use_env(monkeypatch, broker, topics)
+
+    code, everything = await _redrive(capsys, "--dry-run")
+    assert code == 0
+    assert (everything["read"], everything["selected"], everything["redriven"]) == (8, 8, 8)
+    assert _selected_by_code(everything) == {
+        "invalid_field": 2,
+        "missing_field": 2,
+        "no_markers": 2,
+        "stray_text": 2,
+    }
+    assert everything["would_succeed"] == 0
+
+    cases: list[tuple[list[str], dict[str, int]]] = [
+        (["--code", "invalid_field"], {"invalid_field": 2}),
+        (["--code", "invalid_field", "--code", "no_markers"], {"invalid_field": 2, "no_markers": 2}),
+        (["--since", between.isoformat()], {"stray_text": 2}),
+        (
+            ["--until", between.isoformat()],
+            {"invalid_field": 2, "missing_field": 2, "no_markers": 2},
+        ),
+        (
+            ["--partition", "0", "--from-offset", "1", "--to-offset", "2"],
+            {"missing_field": 1, "no_markers": 1},
+        ),
+        (["--partition", "1", "--from-offset", "3"], {"stray_text": 1}),
+        (["--code", "stray_text", "--limit", "1"], {"stray_text": 1}),
+    ]
+    for args, expected in cases:
+        code, report = await _redrive(capsys, "--dry-run", *args)
+        assert code == 0, args
+        assert _selected_by_code(report) == expected, args
+    code, limited = await _redrive(capsys, "--dry-run", "--limit", "3")
+    assert (code, limited["selected"]) == (0, 3)
+
+    assert len(await read_all(bootstrap, topics.input)) == 8, "a dry run publishes nothing"
+
+    code, report = await _redrive(capsys, "--code", "missing_field")
+    assert code == 0
+    assert (report["selected"], report["redriven"], report["skipped"]) == (2, 2, {})
+    inputs = await read_all(bootstrap, topics.input)
+    assert len(inputs) == 10
+    redriven = [r for r in inputs if dict(r.headers).get(REDRIVE_COUNT_HEADER)]
+    originals = {s.key for s in sent if s.value == MISSING_TITLE}
+    assert {r.key for r in redriven} == originals == {b"k2", b"k5"}
+    for rec in redriven:
+        assert rec.value == MISSING_TITLE
+        headers = dict(rec.headers)
+        assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1"}
+        assert ERROR_CODE_HEADER not in headers
+
+
+async def test_dry_run_counts_what_the_current_limits_would_let_through(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-dry").create(bootstrap)
+    large = record(20, text="long body " * 100).encode()
+    many = " ".join(record(21 + i) for i in range(3)).encode()
+    assert len(many) < 800 < len(large)
+    await produce(bootstrap, topics.input, [large, many, BAD_DATE])
+    await _ingest(broker, topics, max_payload_bytes=800, max_records_per_payload=2)
+
+    _use_env(monkeypatch, broker, topics, INGEST_MAX_PAYLOAD_BYTES="800", INGEST_MAX_RECORDS_PER_PAYLOAD="2")
+    code, same = await _redrive(capsys, "--dry-run")
+    assert code == 0
+    assert _selected_by_code(same) == {"payload_too_large": 1, "too_many_records": 1, "invalid_field": 1}
+    assert same["would_succeed"] == 0
+
+    monkeypatch.setenv("INGEST_MAX_PAYLOAD_BYTES", "100000")
+    monkeypatch.setenv("INGEST_MAX_RECORDS_PER_PAYLOAD", "10")
+    code, larger = await _redrive(capsys, "--dry-run")
+    assert code == 0
+    assert larger["would_succeed"] == 2
+    assert {c: v["would_succeed"] for c, v in larger["by_code"].items()} == {
+        "invalid_field": 0,
+        "payload_too_large": 1,
+        "too_many_records": 1,
+    }
+    assert len(await read_all(bootstrap, topics.input)) == 3, "a dry run publishes nothing"
+
+    code, report = await _redrive(capsys, "--code", "payload_too_large", "--code", "too_many_records")
+    assert (code, report["redriven"]) == (0, 2)
+    await _ingest(broker, topics, max_payload_bytes=100_000, max_records_per_payload=10)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert sorted(a["data"]["fn"] for a in articles) == [20, 21, 22, 23]
+
+
+async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-loop").create(bootstrap)
+    await produce(bootstrap, topics.input, [BAD_DATE], headers=[("trace", b"t-9")])
+    _use_env(monkeypatch, broker, topics)
+
+    for round_ in range(3):
+        await _ingest(broker, topics)
+        code, report = await _redrive(capsys, "--partition", "0", "--from-offset", str(round_))
+        assert (code, report["selected"], report["redriven"]) == (0, 1, 1), report
+    await _ingest(broker, topics)
+
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["redrive", "--from-offset", "3"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "redriven 0\n" in out
+    assert "skipped 1: max_redrives=1" in out
+    assert f"{topics.input}:0:3:0 (invalid_field, dead-letter partition 0 offset 3, redrive count 3)" in out
+    assert "redrive limit reached" in out
+
+    code, report = await _redrive(capsys, "--from-offset", "3", "--max-redrives", "4")
+    assert (code, report["redriven"]) == (0, 1), "a higher limit lets it through once more"
+
+    inputs = await read_all(bootstrap, topics.input)
+    assert [r.value for r in inputs] == [BAD_DATE] * 5
+    assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in inputs] == [None, b"1", b"2", b"3", b"4"]
+    assert all(dict(r.headers)["trace"] == b"t-9" for r in inputs)
+    assert {r.key for r in inputs} == {b"k0"}
+    dead = await read_all(bootstrap, topics.dlq)
+    assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1", b"2", b"3"]
+
+
+async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerHandle) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-bytes").create(bootstrap)
+    payload = b"\xef\xbb\xbf" + record(30).encode() + b" \xff\xfe\x80\x00 tail \xc3"
+    await produce(bootstrap, topics.input, [payload])
+    await _ingest(broker, topics)
+    [dead] = await read_all(bootstrap, topics.dlq)
+    event = orjson.loads(dead.value)
+    assert event["error"]["code"] == "invalid_encoding"
+    assert base64.b64decode(event["raw"]["base64"]) == payload
+
+    env = service_env(bootstrap, topics, idempotence=broker.idempotence)
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "redrive", "--code", "invalid_encoding"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    out = proc.stdout.decode()
+    assert out.startswith(f"redrive {topics.dlq} -> {topics.input}\n")
+    assert "redriven 1\n" in out
+
+    original, again = await read_all(bootstrap, topics.input)
+    assert again.value == original.value == payload
+    assert again.key == original.key == b"k0"
+
+    await _ingest(broker, topics)
+    first, second = (orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq))
+    assert second["raw"] == first["raw"]
+    assert second["source"]["offset"] == 1
+
+
+async def test_a_truncated_dead_letter_is_skipped_and_reported(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-trunc").create(bootstrap)
+    side = f"{topics.input}.side"
+    await create_topics(bootstrap, {side: 1})
+    await produce(bootstrap, topics.input, [b"words " * 500, NO_MARKERS])
+    await _ingest(broker, topics, max_dead_letter_raw_bytes=1024)
+    _use_env(monkeypatch, broker, topics)
+
+    code, report = await _redrive(capsys, "--to-topic", side)
+    assert code == 1
+    assert (report["selected"], report["redriven"], report["skipped"]) == (2, 1, {"truncated": 1})
+    [skipped] = report["skipped_dead_letters"]
+    assert (skipped["id"], skipped["reason"], skipped["code"]) == (
+        f"{topics.input}:0:0:0",
+        "truncated",
+        "no_markers",
+    )
+    assert report["target_topic"] == side
+    [rec] = await read_all(bootstrap, side)
+    assert rec.value == NO_MARKERS
+    assert len(await read_all(bootstrap, topics.input)) == 2
