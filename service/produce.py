@@ -306,14 +306,17 @@ def tool_logging(settings: Settings) -> Iterator[None]:
     The tools print their reports themselves; restoring the configuration keeps an in-process call
     (as the tests make) from changing how the rest of the process logs.
     """
-    config = structlog.get_config()
+    configured, config = structlog.is_configured(), structlog.get_config()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     configure_logging(settings.log_format, settings.log_level)
     try:
         yield
     finally:
-        structlog.configure(**config)
+        if configured:
+            structlog.configure(**config)
+        else:
+            structlog.reset_defaults()
         root.handlers[:] = handlers
         root.setLevel(level)
 

@@ -203,12 +203,13 @@ def test_pushing_to_an_output_topic_exits_2(
 
 
 def test_tool_logging_restores_the_configuration() -> None:
-    before = structlog.get_config()
+    before, configured = structlog.get_config(), structlog.is_configured()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     with tool_logging(Settings(log_format="json", log_level="DEBUG")):
         assert structlog.get_config() != before
         assert root.level == logging.DEBUG
     assert structlog.get_config() == before
+    assert structlog.is_configured() == configured
     assert root.handlers == handlers
     assert root.level == level
