@@ -108,7 +108,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     overrides = {
         field: getattr(args, flag)
         for flag, field in _FLAG_TO_FIELD.items()
-        if getattr(args, flag, None) not in (None, False)
+        if getattr(args, flag, None) is not None
     }
     return Settings(**overrides)
 
@@ -142,7 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-id", help="overrides INGEST_GROUP_ID")
     p.add_argument("--http-port", type=int, help="overrides INGEST_HTTP_PORT")
     p.add_argument("--max-messages", type=int, metavar="N", help="stop after N input messages")
-    p.add_argument("--burst", action="store_true", help="drain the input topic, then exit")
+    p.add_argument("--burst", action="store_true", default=None, help="drain the input topic, then exit")
     p.set_defaults(handler=cmd_run)
 
     for register in _extra_commands():

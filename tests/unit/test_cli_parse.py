@@ -175,10 +175,6 @@ def test_invalid_settings_from_a_flag_exit_2(capsys: pytest.CaptureFixture[str])
     assert err.startswith("marker-ingest: invalid settings: max_payload_bytes: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli bug: build_settings drops flag values equal to False, so an explicit 0 is ignored",
-)
 def test_a_zero_max_payload_bytes_flag_is_rejected_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["parse", "--max-payload-bytes", "0", str(SEED)]) == 2
     out, err = capsys.readouterr()
