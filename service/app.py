@@ -5,6 +5,10 @@ to the output or dead-letter topic, waits until the broker has acknowledged all 
 (``acks=all``), and only then commits the batch's offsets. Infrastructure errors are retried with
 capped exponential backoff and jitter, and nothing is committed past them. Partitions being revoked
 are drained first; SIGTERM/SIGINT stop fetching, finish the batch in flight and commit.
+
+Operations: an HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``) on the same loop, started
+before the broker is reached; and the safety switch, which pauses the partitions after a flood of
+dead letters (once the batch in flight is committed) until SIGUSR1 or the cool-down.
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from schemas.errors import ErrorCode
 from service import __version__
 from service.events import Outcome, Source, process_payload
+from service.http import HttpEndpoint, LoopWatch, Response
 from service.logs import configure_logging
+from service.metrics import CONTENT_TYPE, Metrics
+from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
 
 ERROR_CODE_HEADER = "marker-ingest-error-code"
+HEALTH_STALE_LIMIT_SECONDS = 10.0
+"""``/healthz`` fails once the event loop has been this late to tick."""
+LAG_REFRESH_SECONDS = 1.0
 
 log = structlog.get_logger("marker_ingest")
 
@@ -80,6 +91,19 @@ class Ingestor:
         self.records_done = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.metrics = Metrics(__version__)
+        self.safety = _safety_switch(settings)
+        self.http: HttpEndpoint | None = None
+        self._loop_watch = LoopWatch()
+        self._resume_requested = False
+        self._in_flight = 0
+        self._fetch_error: str | None = None
+        self._finished = False
+        self.metrics.watch(
+            in_flight=lambda: self._in_flight,
+            paused=lambda: 1.0 if self.paused else 0.0,
+            assigned=lambda: len(self._assignment()),
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -98,6 +122,24 @@ class Ingestor:
     def stopping(self) -> bool:
         """True once a stop was requested."""
         return self._stop_requested.is_set()
+
+    @property
+    def paused(self) -> bool:
+        """True while the safety switch keeps consumption paused."""
+        return self.safety is not None and self.safety.paused_since is not None
+
+    def request_resume(self) -> None:
+        """Resume consumption paused by the safety switch (SIGUSR1); ignored when it is not tripped."""
+        if self.safety is None or self.safety.tripped is None:
+            log.info("safety.resume_ignored", detail="the safety switch has not tripped")
+            return
+        self._resume_requested = True
+
+    def _assignment(self) -> set[TopicPartition]:
+        if self.consumer is None or self._finished:
+            return set()
+        assigned: set[TopicPartition] = self.consumer.assignment()
+        return assigned
 
     def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         s = self.settings
@@ -131,6 +173,7 @@ class Ingestor:
                 await consumer.start()
             except KafkaError as exc:
                 delay = backoff.next_delay()
+                self.metrics.retries["connect"].inc()
                 log.warning("broker.unreachable", error=repr(exc), retry_in=round(delay, 2))
                 await _stop_quietly(producer, consumer)
                 await self._sleep(delay)
@@ -141,8 +184,34 @@ class Ingestor:
         return False
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit status (0 clean, 1 grace period expired)."""
+        """Run until stopped; returns the process exit status (0 clean, 1 grace period expired).
+
+        The HTTP endpoint (when ``INGEST_HTTP_PORT`` is set) comes up first, so that ``/healthz``
+        answers while the broker is still unreachable; a port that cannot be bound exits with 1.
+        """
         log.info("service.starting", version=__version__, settings=self.settings.redacted())
+        s = self.settings
+        if s.http_port:
+            self.http = HttpEndpoint(
+                s.http_host,
+                s.http_port,
+                {"/metrics": self._metrics_route, "/healthz": self._healthz, "/readyz": self._readyz},
+            )
+            try:
+                await self.http.start()
+            except OSError as exc:
+                log.error("http.unavailable", host=s.http_host, port=s.http_port, error=repr(exc))
+                return 1
+            self._loop_watch.start()
+            log.info("http.listening", host=s.http_host, port=self.http.port)
+        try:
+            return await self._run_kafka()
+        finally:
+            if self.http is not None:
+                await self.http.stop()
+                await self._loop_watch.stop()
+
+    async def _run_kafka(self) -> int:
         if not await self._start_clients():
             return 0
         log.info("service.started", input_topic=self.settings.input_topic, group_id=self.settings.group_id)
@@ -152,6 +221,7 @@ class Ingestor:
             log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
             return 1
         finally:
+            self._finished = True
             await _stop_quietly(
                 self.producer, self.consumer, limit_seconds=self.settings.shutdown_grace_seconds
             )
@@ -164,17 +234,28 @@ class Ingestor:
         s = self.settings
         assert self.consumer is not None
         idle_since = time.monotonic()
+        lag_due = 0.0
         while not self.stopping:
+            self._resume_if_due()
             max_records = s.batch_max_messages
             if s.max_messages is not None:
                 max_records = min(max_records, s.max_messages - self.messages_done)
             try:
                 batch = await self.consumer.getmany(timeout_ms=s.batch_timeout_ms, max_records=max_records)
             except KafkaError as exc:
+                self._fetch_error = repr(exc)
+                self.metrics.retries["fetch"].inc()
                 log.warning("fetch.failed", error=repr(exc))
                 await self._sleep(s.retry_initial_seconds)
                 continue
+            self._fetch_error = None
             if not batch:
+                now = time.monotonic()
+                if now >= lag_due:
+                    lag_due = now + LAG_REFRESH_SECONDS
+                    await self._update_lag({})
+                if self.paused:
+                    idle_since = now  # paused is not drained: burst mode waits for the resume
                 if s.burst and (
                     await self._caught_up() or time.monotonic() - idle_since > s.burst_idle_seconds
                 ):
@@ -182,12 +263,17 @@ class Ingestor:
                     return
                 continue
             idle_since = time.monotonic()
+            started = time.perf_counter()
             self._idle.clear()
             try:
                 offsets = await self._process_batch(batch)
                 await self._commit(offsets)
             finally:
                 self._idle.set()
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            await self._update_lag(offsets)
+            lag_due = time.monotonic() + LAG_REFRESH_SECONDS
+            self._pause_if_tripped()
             if s.max_messages is not None and self.messages_done >= s.max_messages:
                 log.info("max_messages.reached", messages=self.messages_done)
                 return
@@ -208,27 +294,51 @@ class Ingestor:
         """Process, send and await acknowledgement of every outcome; return the offsets to commit."""
         s = self.settings
         now = dt.datetime.now(dt.UTC)
+        safety = self.safety
         sends: list[_Send] = []
         in_flight = 0
         offsets: dict[TopicPartition, int] = {}
+        # Tallies for the metrics, handed over once per batch.
+        records = payload_bytes = 0
+        dead_letters: dict[ErrorCode, int] = {}
+        timestamps: list[int | None] = []
         for tp, messages in batch.items():
             for msg in messages:
                 source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key)
                 outcomes = process_payload(msg.value, source, self._limits, now=now, version=__version__)
-                in_flight += len(msg.value or b"")
+                size = len(msg.value or b"")
+                in_flight += size
+                payload_bytes += size
+                dead = 0
                 for outcome in outcomes:
                     send = self._prepare(tp, msg.offset, msg.headers, outcome)
                     await self._send(send)
                     sends.append(send)
                     in_flight += len(outcome.value)
+                    if outcome.error is not None:
+                        dead_letters[outcome.error] = dead_letters.get(outcome.error, 0) + 1
+                        dead += 1
                     _log_record(tp, msg.offset, outcome)
+                if safety is not None:
+                    safety.observe(len(outcomes), dead)
                 self.records_done += len(outcomes)
+                records += len(outcomes)
+                timestamps.append(msg.timestamp)
                 offsets[tp] = msg.offset + 1
+                self._in_flight = in_flight
                 if in_flight >= s.max_bytes_in_flight:
                     await self._await_acks(sends)
-                    sends, in_flight = [], 0
+                    self.metrics.observe_end_to_end(timestamps)
+                    sends, in_flight, timestamps = [], 0, []
+                    self._in_flight = 0
         await self._await_acks(sends)
-        self.messages_done += sum(len(m) for m in batch.values())
+        self._in_flight = 0
+        self.metrics.observe_end_to_end(timestamps)
+        count = sum(len(m) for m in batch.values())
+        self.messages_done += count
+        self.metrics.count_batch(
+            messages=count, payload_bytes=payload_bytes, records=records, dead_letters=dead_letters
+        )
         return offsets
 
     def _prepare(
@@ -277,6 +387,7 @@ class Ingestor:
             retry = [s for i, s in enumerate(pending) if s.tp in failed_from and i >= failed_from[s.tp]]
             first = pending[min(failed_from.values())]
             delay = backoff.next_delay()
+            self.metrics.retries["send"].inc()
             log.warning(
                 "send.retrying",
                 error=repr(first.error),
@@ -303,6 +414,7 @@ class Ingestor:
             try:
                 await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
+                self.metrics.commit_failures.inc()
                 log.warning(
                     "commit.refused",
                     error=repr(exc),
@@ -311,9 +423,12 @@ class Ingestor:
                 return
             except KafkaError as exc:
                 delay = backoff.next_delay()
+                self.metrics.commit_failures.inc()
+                self.metrics.retries["commit"].inc()
                 log.warning("commit.retrying", error=repr(exc), retry_in=round(delay, 2))
                 await self._sleep(delay, during_shutdown_limit=True)
                 continue
+            self.metrics.commits.inc()
             log.debug("commit.done", offsets={f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
             return
 
@@ -323,6 +438,135 @@ class Ingestor:
             log.info("partitions.revoking", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
         await self._idle.wait()
 
+    def assigned(self, assigned: set[TopicPartition]) -> None:
+        """Called after a rebalance: drop the lag of lost partitions; keep new ones paused if tripped."""
+        self.metrics.keep_partitions((tp.topic, tp.partition) for tp in assigned)
+        if self.paused and assigned and self.consumer is not None:
+            self.consumer.pause(*assigned)
+            log.warning("safety.still_paused", partitions=_names(assigned))
+
+    # ----------------------------------------------------------------- operations
+
+    def _pause_if_tripped(self) -> None:
+        """After the batch is committed: pause every assigned partition if the switch has tripped."""
+        safety = self.safety
+        if safety is None:
+            return
+        self.metrics.safety_ratio.set(safety.window.ratio)
+        trip = safety.tripped
+        if trip is None or safety.paused_since is not None:
+            return
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        self.consumer.pause(*assignment)
+        safety.engage(time.monotonic())
+        self.metrics.safety_trips.inc()
+        policy = safety.policy
+        log.error(
+            "safety.tripped",
+            ratio=round(trip.ratio, 4),
+            window=trip.records,
+            dead_letters=trip.dead_letters,
+            threshold=trip.threshold,
+            cooldown_seconds=policy.cooldown_seconds or None,
+            partitions=_names(assignment),
+            detail="consumption paused after committing the batch; SIGUSR1 resumes"
+            + (f", as does the cool-down of {policy.cooldown_seconds:g}s" if policy.cooldown_seconds else ""),
+        )
+
+    def _resume_if_due(self) -> None:
+        """Resume consumption paused by the safety switch on SIGUSR1 or at the end of the cool-down."""
+        safety = self.safety
+        if safety is None:
+            return
+        if safety.paused_since is None:
+            self._resume_requested = False
+            return
+        now = time.monotonic()
+        if self._resume_requested:
+            reason = "signal"
+        elif safety.resume_due(now):
+            reason = "cooldown"
+        else:
+            return
+        self._resume_requested = False
+        paused_seconds = now - safety.paused_since
+        safety.resume()
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        self.consumer.resume(*assignment)
+        self.metrics.safety_ratio.set(0.0)
+        log.warning(
+            "safety.resumed",
+            reason=reason,
+            paused_seconds=round(paused_seconds, 1),
+            partitions=_names(assignment),
+        )
+
+    async def _update_lag(self, offsets: dict[TopicPartition, int]) -> None:
+        """Lag per assigned partition: the high watermark from fetch responses minus the position."""
+        consumer = self.consumer
+        assert consumer is not None
+        known = [(tp, high) for tp in consumer.assignment() if (high := consumer.highwater(tp)) is not None]
+        lags: list[tuple[TopicPartition, int]] = []
+        for tp, high in known:
+            position = offsets.get(tp)
+            if position is None:
+                try:
+                    position = await consumer.position(tp)  # known once fetched: returns at once
+                except IllegalStateError:
+                    continue
+            lags.append((tp, high - position))
+        assignment = consumer.assignment()  # a rebalance may have run meanwhile
+        for tp, lag in lags:
+            if tp in assignment:
+                self.metrics.set_lag(tp.topic, tp.partition, lag)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether to take traffic: connected, partitions assigned, not paused; else the reason."""
+        consumer = self.consumer
+        if self.stopping or self._finished:
+            return False, {"reason": "stopping", "detail": "the service is shutting down"}
+        if consumer is None:
+            return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
+        if self._fetch_error is not None:
+            return False, {"reason": "fetch_failing", "detail": self._fetch_error}
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is not None and getattr(coordinator, "coordinator_id", 0) is None:
+            return False, {"reason": "no_group_coordinator", "detail": "looking for the group coordinator"}
+        safety = self.safety
+        if safety is not None and safety.tripped is not None and safety.paused_since is not None:
+            trip, now = safety.tripped, time.monotonic()
+            resumes_in = safety.resumes_in(now)
+            return False, {
+                "reason": "safety_switch_tripped",
+                "detail": "consumption paused after a flood of dead letters; SIGUSR1 resumes",
+                "ratio": round(trip.ratio, 4),
+                "window": trip.records,
+                "dead_letters": trip.dead_letters,
+                "threshold": trip.threshold,
+                "paused_seconds": round(now - safety.paused_since, 1),
+                "resumes_in_seconds": None if resumes_in is None else round(resumes_in, 1),
+            }
+        if not consumer.assignment():
+            return False, {"reason": "no_partitions_assigned", "detail": "waiting for the consumer group"}
+        return True, {}
+
+    def _readyz(self) -> Response:
+        ready, why = self.readiness()
+        if ready:
+            return Response.json(200, {"ready": True, "partitions": _names(self._assignment())})
+        return Response.json(503, {"ready": False, **why})
+
+    def _healthz(self) -> Response:
+        stale = self._loop_watch.stale_seconds()
+        if stale > HEALTH_STALE_LIMIT_SECONDS:
+            return Response.json(503, {"status": "stalled", "loop_late_seconds": round(stale, 1)})
+        return Response.json(200, {"status": "ok", "loop_late_seconds": round(stale, 3)})
+
+    def _metrics_route(self) -> Response:
+        return Response(200, self.metrics.render(), CONTENT_TYPE)
+
     async def _sleep(self, seconds: float, *, during_shutdown_limit: bool = False) -> None:
         """Sleep, but raise ``GraceExpired`` once a stop was requested and the grace period is over."""
         if during_shutdown_limit and self._stop_deadline is not None:
@@ -331,6 +575,23 @@ class Ingestor:
                 raise GraceExpired
             seconds = min(seconds, remaining)
         await asyncio.sleep(seconds)
+
+
+def _safety_switch(settings: Settings) -> SafetySwitch | None:
+    if settings.safety_dlq_ratio is None:
+        return None
+    return SafetySwitch(
+        SafetyPolicy(
+            threshold=settings.safety_dlq_ratio,
+            window_records=settings.safety_window_records,
+            min_records=settings.safety_min_records,
+            cooldown_seconds=settings.safety_cooldown_seconds,
+        )
+    )
+
+
+def _names(partitions: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
 
 
 def _log_record(tp: TopicPartition, offset: int, outcome: Outcome) -> None:
@@ -356,6 +617,7 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        self._ingestor.assigned(assigned)
 
 
 async def _stop_quietly(
@@ -371,16 +633,18 @@ async def _stop_quietly(
 
 
 async def serve(settings: Settings) -> int:
-    """Run the service in the current event loop, stopping cleanly on SIGTERM or SIGINT."""
+    """Run the service in the current event loop: SIGTERM or SIGINT stop it cleanly, SIGUSR1 resumes
+    consumption paused by the safety switch."""
     ingestor = Ingestor(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ingestor.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, ingestor.request_resume)
     task = asyncio.create_task(ingestor.run())
     try:
         return await _run_with_grace(task, ingestor)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 
 
