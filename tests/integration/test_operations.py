@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -166,6 +167,21 @@ async def test_probes_answer_while_the_broker_is_unreachable() -> None:
         assert await asyncio.wait_for(task, 30) == 0
     with pytest.raises(ConnectionRefusedError):
         await http_get(port, "/healthz")
+
+
+async def test_a_port_already_taken_stops_the_service_at_start_up() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(
+            f"127.0.0.1:{free_port()}",
+            Topics.unique("taken"),
+            idempotence=False,
+            http_port=port,
+            http_host="127.0.0.1",
+        )
+        assert await asyncio.wait_for(Ingestor(settings).run(), 10) == 1
 
 
 async def test_metrics_follow_the_records(broker: BrokerHandle) -> None:
