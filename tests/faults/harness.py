@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.peak_rss_kib = 0
+        self._read_to = 0
+        self._lines: list[dict[str, Any]] = []
+        self._counts: Counter[str | None] = Counter()
 
     def start(self) -> ServiceProcess:
         """Start the process (stdout discarded, stderr to the log file)."""
@@ -106,24 +110,40 @@ class ServiceProcess:
         """The end of the log, for failure messages."""
         return f"--- {self.log.name} ---\n{self.text()[-chars:]}"
 
+    def _refresh(self) -> None:
+        """Parse the log lines written since the last call (complete lines only)."""
+        if not self.log.exists():
+            return
+        with self.log.open("rb") as f:
+            f.seek(self._read_to)
+            chunk = f.read()
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return
+        self._read_to += end + 1
+        for raw in chunk[: end + 1].splitlines():
+            event: Any = None
+            if raw.startswith(b"{"):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    event = orjson.loads(raw)
+            if not isinstance(event, dict):
+                event = {"event": None, "raw": raw.decode(errors="replace")}
+            self._lines.append(event)
+            self._counts[event.get("event")] += 1
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every log line so far, parsed (lines that are not JSON as ``{"event": None, "raw": ...}``)."""
+        self._refresh()
+        return self._lines
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The log's JSON lines (optionally only those with ``event == name``)."""
-        out = []
-        for line in self.text().splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # a line being written right now
-            if name is None or event.get("event") == name:
-                out.append(event)
-        return out
+        return [e for e in self.lines() if name is None or e.get("event") == name]
 
     def count(self, name: str) -> int:
-        """How many log lines carry ``"event": name`` (cheap: no JSON parsing)."""
-        needle = f'"event": "{name}"'
-        return self.text().count(needle)
+        """How many log lines carry ``"event": name`` so far."""
+        self._refresh()
+        return self._counts[name]
 
     async def wait_for(self, name: str, *, within: float, count: int = 1) -> None:
         """Wait until the log has ``count`` events called ``name``; fail early if the process died."""
