@@ -73,8 +73,11 @@ _EXACT_MS = 4_000_000_000_000
 def _from_ms(ms: int) -> str:
     if 0 <= ms < _EXACT_MS:
         seconds, millis = divmod(ms, 1000)
-        return f"{_utc_second(seconds)}.{millis:03d}Z"
+        return _utc_second(seconds) + _MILLIS[millis]
     return rfc3339(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+
+
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 @functools.lru_cache(maxsize=4096)

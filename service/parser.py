@@ -30,6 +30,8 @@ _LEAD_AND_NAME = re.compile(r"\s*+([A-Z](?:-[A-Z])*+)\Z")
 # name and END marker. Bounded, and only ever holding valid leads: a cache, not state.
 _leads: dict[str, tuple[str, str, str]] = {}
 _LEADS_MAX, _LEAD_MAX_CHARS = 512, 64
+# Hyphens checked one by one in a value before handing over to the regex: prose has a few.
+_HOPS = range(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,20 +231,27 @@ def scan_clean(text: str, max_records: int) -> list[dict[str, str]] | None:
             # Walk the hyphens of the value: the first one that can begin a marker must be the
             # first hyphen of this field's END marker (which starts one character before it).
             hyphen = find("-", value_at)
-            while True:
+            for _ in _HOPS:
                 if hyphen < 0:
                     return None  # unterminated
                 if "A" <= text[hyphen + 1] <= "Z":  # IndexError: the text ends with "-"
                     if startswith(spaced_end_marker, hyphen - 2):
                         break  # the usual case, and a space cannot glue the marker to the value
                     if startswith(end_marker, hyphen - 1):
-                        before = text[hyphen - 2]
-                        if before == "-" or before.isalnum():
-                            return None  # glued to the value: not a marker at all
+                        if _glued(text, hyphen - 1):
+                            return None
                         break
                     if startswith(_SUFFIXES, hyphen):
                         return None  # another marker, or marker-like text, inside the value
                 hyphen = find("-", hyphen + 1)
+            else:
+                # Many hyphens: let the regex find the next marker suffix at C speed instead.
+                m = _MARKER_SUFFIX.search(text, hyphen)
+                if m is None or m.group(1) is None:
+                    return None  # unterminated, or a START marker inside the value
+                hyphen = m.start() - len(end_marker) + len(_END) + 1
+                if not startswith(end_marker, hyphen - 1) or _glued(text, hyphen - 1):
+                    return None
             end_at = hyphen - 1
             if name in fields:
                 if name != FN:
@@ -261,6 +270,12 @@ def scan_clean(text: str, max_records: int) -> list[dict[str, str]] | None:
         return None  # stray text or a lone END marker after the last field
     records.append(fields)
     return records
+
+
+def _glued(text: str, marker_at: int) -> bool:
+    """True when the marker at ``marker_at`` follows a letter, digit or hyphen: not a marker."""
+    before = text[marker_at - 1]
+    return before == "-" or before.isalnum()
 
 
 def _learn_lead(lead: str) -> tuple[str, str, str] | None:

@@ -132,6 +132,7 @@ def article_from_values(values: dict[str, str], limits: Limits) -> ArticleData |
         sha256 = content_digest(fn, date_text, title, text, extra)
     data = {"fn": fn, "date": date, "title": title, "text": text, "extra": extra, "sha256": sha256}
     try:
-        return _article(data)
+        article: ArticleData = _validate_article(data)
     except ValidationError:
         return None
+    return article
