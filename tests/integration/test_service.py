@@ -151,7 +151,12 @@ async def test_restart_after_stop_mid_stream_keeps_the_accounting(
     log = tmp_path / "service.log"
     proc = _start(env, log)
     try:
-        _wait_for_log(log, '"event": "record"')
+        # Batches are 50 messages and the loop awaits every ack before it fetches again: a 51st
+        # record line means the first batch is acknowledged and committed, and the run is mid-stream.
+        deadline = time.monotonic() + 60
+        while log.read_text().count('"event": "record"') <= 50:
+            assert time.monotonic() < deadline, f"no second batch within 60s:\n{log.read_text()[-3000:]}"
+            await asyncio.sleep(0.05)
         if how == "sigterm":
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
