@@ -22,13 +22,14 @@ FN = "fn"
 
 _START = "-S-T-A-R-T."
 _END = "-E-N-D."
+_START_LEN = len(_START)
 _SUFFIXES = (_START, _END)
 # What stands between the end of one field and the START suffix of the next on the fast path:
 # optional white space, then the name. Matched against text[pos:suffix], so ``\Z`` is its end.
 _LEAD_AND_NAME = re.compile(r"\s*+([A-Z](?:-[A-Z])*+)\Z")
 # The lead strings already seen (a feed repeats a handful: "F-N", "  D-A-T-E"...), with their field
 # name and END marker. Bounded, and only ever holding valid leads: a cache, not state.
-_leads: dict[str, tuple[str, str, str]] = {}
+_leads: dict[str, tuple[str, str, str, int]] = {}
 _LEADS_MAX, _LEAD_MAX_CHARS = 512, 64
 # Hyphens checked one by one in a value before handing over to the regex: prose has a few.
 _HOPS = range(16)
@@ -226,8 +227,8 @@ def scan_clean(text: str, max_records: int) -> list[dict[str, str]] | None:
                 known = _learn_lead(lead)
                 if known is None:
                     return None  # stray text, or a marker that is not a well-formed START
-            name, end_marker, spaced_end_marker = known
-            value_at = suffix_at + len(_START)
+            name, end_marker, spaced_end_marker, end_len = known
+            value_at = suffix_at + _START_LEN
             # Walk the hyphens of the value: the first one that can begin a marker must be the
             # first hyphen of this field's END marker (which starts one character before it).
             hyphen = find("-", value_at)
@@ -249,7 +250,7 @@ def scan_clean(text: str, max_records: int) -> list[dict[str, str]] | None:
                 m = _MARKER_SUFFIX.search(text, hyphen)
                 if m is None or m.group(1) is None:
                     return None  # unterminated, or a START marker inside the value
-                hyphen = m.start() - len(end_marker) + len(_END) + 1
+                hyphen = m.start() - end_len + len(_END) + 1
                 if not startswith(end_marker, hyphen - 1) or _glued(text, hyphen - 1):
                     return None
             end_at = hyphen - 1
@@ -261,7 +262,7 @@ def scan_clean(text: str, max_records: int) -> list[dict[str, str]] | None:
                     return None
                 fields = {}
             fields[name] = text[value_at:end_at].strip()
-            pos = end_at + len(end_marker)
+            pos = end_at + end_len
     except IndexError:
         return None
     if not fields or len(records) >= max_records:
@@ -278,13 +279,14 @@ def _glued(text: str, marker_at: int) -> bool:
     return before == "-" or before.isalnum()
 
 
-def _learn_lead(lead: str) -> tuple[str, str, str] | None:
-    """The field name and END marker (bare and after a space) for a lead, or None."""
+def _learn_lead(lead: str) -> tuple[str, str, str, int] | None:
+    """The field name, END marker (bare and after a space) and its length for a lead, or None."""
     m = _LEAD_AND_NAME.match(lead)
     if m is None:
         return None
     chain = m.group(1)
-    known = (chain[::2].lower(), chain + _END, " " + chain + _END)
+    end_marker = chain + _END
+    known = (chain[::2].lower(), end_marker, " " + end_marker, len(end_marker))
     if len(_leads) < _LEADS_MAX and len(lead) <= _LEAD_MAX_CHARS:
         _leads[lead] = known
     return known

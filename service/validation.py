@@ -17,6 +17,7 @@ from service.limits import Limits
 from service.parser import FieldValue, Problem
 
 REQUIRED = ("fn", "date", "title", "text")
+_N_REQUIRED = len(REQUIRED)
 _FN_MAX_DIGITS = 18
 
 # The model's own validator: exactly the validation ``ArticleData(...)`` runs, minus the overhead
@@ -124,7 +125,7 @@ def article_from_values(values: dict[str, str], limits: Limits) -> ArticleData |
     except ValueError:
         return None
     fn = int(fn_text)
-    if len(values) == len(REQUIRED):
+    if len(values) == _N_REQUIRED:
         extra: dict[str, str] = {}
         sha256 = _sha256("\x1f".join((str(fn), date_text, title, text)).encode()).hexdigest()
     else:
