@@ -295,3 +295,23 @@ def env_int(name: str, default: int) -> int:
     """An integer knob from the environment (e.g. FAULTS_SEED to replay a random run)."""
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+async def produce_at(
+    bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, int | None]]
+) -> list[Sent]:
+    """Send (value, CreateTime in ms) pairs to partition 0, in order; return where they landed."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20
+    )
+    await producer.start()
+    try:
+        out = []
+        for i, (value, timestamp_ms) in enumerate(items):
+            key = f"t{i}".encode()
+            fut = await producer.send(topic, value, key=key, partition=0, timestamp_ms=timestamp_ms)
+            meta = await fut
+            out.append(Sent(meta.partition, meta.offset, key, value))
+        return out
+    finally:
+        await producer.stop()
