@@ -81,8 +81,9 @@ def find_markers(text: str) -> list[Marker]:
     """Every well-formed marker in ``text``, in order."""
     markers: list[Marker] = []
     append = markers.append
+    make = Marker._make  # cheaper than Marker(...), whose __new__ is Python code
     for m in _MARKER_SUFFIX.finditer(text):
-        suffix_at = m.start()
+        suffix_at, end = m.span()
         j = suffix_at - 1
         if j < 0 or not "A" <= text[j] <= "Z":
             continue
@@ -92,8 +93,8 @@ def find_markers(text: str) -> list[Marker]:
             before = text[j - 1]
             if before == "-" or before.isalnum():
                 continue
-        name = text[j:suffix_at:2].lower()
-        append(Marker(j, m.end(), name, m.group(1) is not None))
+        # lastindex is 1 when the END alternative's group matched, None for START.
+        append(make((j, end, text[j:suffix_at:2].lower(), m.lastindex is not None)))
     return markers
 
 
