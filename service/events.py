@@ -22,7 +22,7 @@ from schemas.events import (
     ArticleData,
 )
 from service.limits import Limits
-from service.parser import Problem, ScannedRecord, scan, scan_clean
+from service.parser import CleanRecord, Problem, ScannedRecord, scan_clean, scan_markers, scanned
 from service.validation import article_from_values, validate_record
 
 _BOM = b"\xef\xbb\xbf"
@@ -119,9 +119,12 @@ def process_payload(
         outcomes = builder.articles(clean)
         if outcomes is not None:
             return outcomes
-    records = scan(text, limits.max_records_per_payload)
-    if isinstance(records, Problem):
-        return [builder.payload_failure(records, value)]
+        records = scanned(text, clean)  # what scan_markers would find, without scanning again
+    else:
+        found = scan_markers(text, limits.max_records_per_payload)
+        if isinstance(found, Problem):
+            return [builder.payload_failure(found, value)]
+        records = found
     return [builder.record(i, rec, text) for i, rec in enumerate(records)]
 
 
@@ -153,10 +156,11 @@ class _Builder:
             problem = article
         return self._dead_letter(index, problem, "record", text=text[rec.start : rec.end].strip())
 
-    def articles(self, records: list[dict[str, str]]) -> list[Outcome] | None:
+    def articles(self, records: list[CleanRecord]) -> list[Outcome] | None:
         """The article events of a clean payload's records, or None if any record is invalid."""
         outcomes = []
-        for index, values in enumerate(records):
+        for index, record in enumerate(records):
+            values = record.values
             article = article_from_values(values, self._limits)
             if article is None:
                 return None
