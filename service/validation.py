@@ -89,16 +89,12 @@ def validate_record(fields: dict[str, FieldValue], limits: Limits) -> ArticleDat
     sha256 = content_digest(fn, fields["date"].value, title, text, extra)
     data = {"fn": fn, "date": date, "title": title, "text": text, "extra": extra, "sha256": sha256}
     try:
-        return _article(data)
+        article: ArticleData = _validate_article(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = str(err["loc"][0]) if err["loc"] else None
         position = fields[where].position if where in fields else None
         return Problem(ErrorCode.INVALID_FIELD, f"{where}: {err['msg']}", where, position)
-
-
-def _article(data: dict[str, object]) -> ArticleData:
-    article: ArticleData = _validate_article(data)
     return article
 
 
