@@ -39,6 +39,8 @@ ERROR_CODE_HEADER = "marker-ingest-error-code"
 HEALTH_STALE_LIMIT_SECONDS = 10.0
 """``/healthz`` fails once the event loop has been this late to tick."""
 LAG_REFRESH_SECONDS = 1.0
+CONSUMER_SESSION_TIMEOUT_MS = 10_000
+JOIN_MARGIN_MS = 5_000
 
 log = structlog.get_logger("marker_ingest")
 
@@ -91,6 +93,7 @@ class Ingestor:
         self.records_done = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self._probe: AIOKafkaConsumer | None = None
         self.metrics = Metrics(__version__)
         self.safety = _safety_switch(settings)
         self.http: HttpEndpoint | None = None
@@ -144,13 +147,20 @@ class Ingestor:
     def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         s = self.settings
         common = s.kafka_client_kwargs()
+        # The broker holds a JoinGroup request for up to the rebalance timeout (aiokafka: the session
+        # timeout), so the consumer's requests get at least that plus 5 s, as the Java client does.
+        common_consumer = dict(common)
+        common_consumer["request_timeout_ms"] = max(
+            s.kafka_request_timeout_ms, CONSUMER_SESSION_TIMEOUT_MS + JOIN_MARGIN_MS
+        )
         consumer = AIOKafkaConsumer(
             group_id=s.group_id,
+            session_timeout_ms=CONSUMER_SESSION_TIMEOUT_MS,
             enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset,
             max_partition_fetch_bytes=max(1024 * 1024, s.max_payload_bytes + 64 * 1024),
             fetch_max_bytes=min(50 * 1024 * 1024, s.max_bytes_in_flight),
-            **common,
+            **common_consumer,
         )
         producer = AIOKafkaProducer(
             acks="all",
@@ -223,7 +233,7 @@ class Ingestor:
         finally:
             self._finished = True
             await _stop_quietly(
-                self.producer, self.consumer, limit_seconds=self.settings.shutdown_grace_seconds
+                self.producer, self.consumer, self._probe, limit_seconds=self.settings.shutdown_grace_seconds
             )
             log.info("service.stopped", messages=self.messages_done, records=self.records_done)
         return 0
@@ -256,9 +266,7 @@ class Ingestor:
                     await self._update_lag({})
                 if self.paused:
                     idle_since = now  # paused is not drained: burst mode waits for the resume
-                if s.burst and (
-                    await self._caught_up() or time.monotonic() - idle_since > s.burst_idle_seconds
-                ):
+                if s.burst and await self._burst_done(time.monotonic() - idle_since):
                     log.info("burst.drained", messages=self.messages_done)
                     return
                 continue
@@ -278,15 +286,42 @@ class Ingestor:
                 log.info("max_messages.reached", messages=self.messages_done)
                 return
 
-    async def _caught_up(self) -> bool:
-        """True when every assigned partition's position has reached its high watermark."""
+    async def _burst_done(self, idle_seconds: float) -> bool:
+        """True when the group has drained every partition of the input topic.
+
+        This instance's own partitions count by position; the others (held by a peer, or by a dead
+        peer whose session has not expired yet) by the group's committed offsets. The end of a
+        partition is its high watermark from fetch responses. A topic whose partitions stay unknown
+        counts as drained after ``INGEST_BURST_IDLE_SECONDS``.
+        """
         assert self.consumer is not None
+        partitions = self.consumer.partitions_for_topic(self.settings.input_topic)
+        if not partitions:
+            return idle_seconds > self.settings.burst_idle_seconds
         assignment = self.consumer.assignment()
-        if not assignment:
-            return False
         for tp in assignment:
             high = self.consumer.highwater(tp)
             if high is None or await self.consumer.position(tp) < high:
+                return False
+        others = {TopicPartition(self.settings.input_topic, p) for p in partitions} - assignment
+        return not others or await self._committed_to_the_end(others)
+
+    async def _committed_to_the_end(self, tps: set[TopicPartition]) -> bool:
+        """True when the group's committed offset of each partition has reached its end."""
+        assert self.consumer is not None
+        committed = {tp: await self.consumer.committed(tp) or 0 for tp in tps}
+        if self._probe is None:
+            self._probe = AIOKafkaConsumer(
+                group_id=None, enable_auto_commit=False, **self.settings.kafka_client_kwargs()
+            )
+            await self._probe.start()
+        self._probe.assign(list(tps))
+        for tp, offset in committed.items():
+            self._probe.seek(tp, offset)
+        await self._probe.getmany(timeout_ms=self.settings.batch_timeout_ms, max_records=1)
+        for tp, offset in committed.items():
+            high = self._probe.highwater(tp)
+            if high is None or offset < high:
                 return False
         return True
 
@@ -388,8 +423,9 @@ class Ingestor:
             first = pending[min(failed_from.values())]
             delay = backoff.next_delay()
             self.metrics.retries["send"].inc()
-            log.warning(
-                "send.retrying",
+            refused = isinstance(first.error, KafkaError) and not first.error.retriable
+            (log.error if refused else log.warning)(
+                "send.refused" if refused else "send.retrying",
                 error=repr(first.error),
                 destination=first.topic,
                 topic=first.tp.topic,
@@ -398,6 +434,14 @@ class Ingestor:
                 outcomes=len(retry),
                 retry_in=round(delay, 2),
                 attempt=backoff.attempt,
+                **(
+                    {
+                        "detail": "the broker refuses this event; its input partition is blocked until it is "
+                        "accepted (check the topic's max.message.bytes and ACLs)"
+                    }
+                    if refused
+                    else {}
+                ),
             )
             await self._sleep(delay, during_shutdown_limit=True)
             for send in retry:

@@ -125,13 +125,6 @@ async def test_broker_absent_at_start_up_arriving_later(tmp_path: Path, fleet: F
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service bug: JoinGroup requests share KAFKA_REQUEST_TIMEOUT_MS; below the broker's join "
-    "time (about 5 s on Tansu, group.initial.rebalance.delay.ms=3 s on Kafka) the consumer never joins "
-    "its group and the service idles forever without a word of its own",
-)
 async def test_a_request_timeout_shorter_than_a_group_join_still_joins(
     own_broker: EmbeddedBroker, fleet: Fleet
 ) -> None:

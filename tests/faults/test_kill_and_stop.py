@@ -85,12 +85,6 @@ async def test_kill9_at_random_points_four_times_then_a_final_run(broker: Broker
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service bug: burst mode exits 0 (burst.drained) once its own assignment is caught up, "
-    "although partitions held by a peer that has just died are not drained",
-)
 async def test_a_burst_run_does_not_exit_while_a_dead_peer_holds_partitions(
     broker: BrokerHandle, fleet: Fleet
 ) -> None:
