@@ -143,5 +143,5 @@ async def test_a_request_timeout_shorter_than_a_group_join_still_joins(
     env = service_env(bootstrap, topics, idempotence=False, KAFKA_REQUEST_TIMEOUT_MS="3000")
     svc = fleet.start(env, "service")
     expected = expected_outcomes(sent, topics.input)
-    ledger = await wait_accounted(bootstrap, topics, expected, within=45, services=[svc])
+    ledger = await wait_accounted(bootstrap, topics, expected, within=30, services=[svc])
     ledger.check(expected, exactly_once=True)
