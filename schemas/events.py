@@ -83,7 +83,12 @@ class SourceCoordinates(_Contract):
     record_index: Annotated[
         int, Field(ge=0, description="Index of the record in its payload; 0 for a payload-level error.")
     ]
-    key_base64: Annotated[str | None, Field(description="The input message key, base64; null if none.")]
+    key_base64: Annotated[
+        str | None,
+        Field(
+            description="The input message key, base64; null if none or over 4 KiB (the Kafka key has it)."
+        ),
+    ]
     timestamp: Annotated[dt.datetime | None, Field(description="The input message's Kafka timestamp.")]
 
 

@@ -65,16 +65,19 @@ def rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Below this (the year 2096), ``ms / 1000`` is within half a microsecond of the exact value, so
-# fromtimestamp's rounding to microseconds is exact and the milliseconds are simply ``ms % 1000``.
-_EXACT_MS = 4_000_000_000_000
+_MAX_SECONDS = 253_402_300_799
+"""The last second of 9999-12-31 (UTC): the latest time an RFC 3339 timestamp here can show."""
 
 
-def _from_ms(ms: int) -> str:
-    if 0 <= ms < _EXACT_MS:
-        seconds, millis = divmod(ms, 1000)
-        return _utc_second(seconds) + _MILLIS[millis]
-    return rfc3339(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+def _from_ms(ms: int) -> str | None:
+    """A Kafka timestamp as RFC 3339 text, exact to the millisecond; None outside years 1970-9999.
+
+    Kafka timestamps are whatever int64 a producer chose, so an impossible one must not raise.
+    """
+    seconds, millis = divmod(ms, 1000)
+    if not 0 <= seconds <= _MAX_SECONDS:
+        return None
+    return _utc_second(seconds) + _MILLIS[millis]
 
 
 _MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
@@ -144,17 +147,28 @@ class _Builder:
     def _event_time(self) -> str:
         if self._time is None:
             ts = self._source.timestamp_ms
-            self._time = _from_ms(ts) if ts is not None and ts >= 0 else rfc3339(self._now)
+            self._time = (_from_ms(ts) if ts is not None else None) or rfc3339(self._now)
         return self._time
 
     def record(self, index: int, rec: ScannedRecord, text: str) -> Outcome:
-        problem = rec.problem
-        if problem is None:
-            article = validate_record(rec.fields, self._limits)
-            if isinstance(article, ArticleData):
-                return self.article(index, article, article.date.isoformat())
-            problem = article
-        return self._dead_letter(index, problem, "record", text=text[rec.start : rec.end].strip())
+        checked = validate_record(rec.fields, self._limits, rec.problem)
+        if isinstance(checked, ArticleData):
+            outcome = self.article(index, checked, checked.date.isoformat())
+            if outcome is not None:
+                return outcome
+            checked = self._oversized(rec)
+        return self._dead_letter(index, checked, "record", text=text[rec.start : rec.end].strip())
+
+    def _oversized(self, rec: ScannedRecord) -> Problem:
+        """The problem of a valid record whose article event is over ``max_event_bytes``."""
+        name = max(rec.fields, key=lambda k: len(rec.fields[k].value))
+        return Problem(
+            ErrorCode.INVALID_FIELD,
+            f"{name}: too long: the article event would be over the limit of "
+            f"{self._limits.max_event_bytes} bytes (INGEST_MAX_EVENT_BYTES)",
+            name,
+            rec.fields[name].position,
+        )
 
     def articles(self, records: list[CleanRecord]) -> list[Outcome] | None:
         """The article events of a clean payload's records, or None if any record is invalid."""
@@ -165,10 +179,14 @@ class _Builder:
             if article is None:
                 return None
             # The DATE value passed validation, so it already is article.date.isoformat().
-            outcomes.append(self.article(index, article, values["date"]))
+            outcome = self.article(index, article, values["date"])
+            if outcome is None:
+                return None
+            outcomes.append(outcome)
         return outcomes
 
-    def article(self, index: int, article: ArticleData, date: str) -> Outcome:
+    def article(self, index: int, article: ArticleData, date: str) -> Outcome | None:
+        """The article event, or None when it would be over ``max_event_bytes``."""
         src = self._source
         event_id = src.event_id(index)
         fn = article.fn
@@ -195,7 +213,10 @@ class _Builder:
                 "sha256": article.sha256,
             },
         }
-        return Outcome(index, event_id, subject.encode(), orjson.dumps(event), None, fn)
+        value = orjson.dumps(event)
+        if len(value) > self._limits.max_event_bytes:
+            return None
+        return Outcome(index, event_id, subject.encode(), value, None, fn)
 
     def payload_failure(self, problem: Problem, value: bytes) -> Outcome:
         return self._dead_letter(0, problem, "payload", payload=value)
@@ -222,25 +243,37 @@ class _Builder:
                 "partition": src.partition,
                 "offset": src.offset,
                 "record_index": index,
-                "key_base64": None if src.key is None else base64.b64encode(src.key).decode(),
-                "timestamp": None
-                if src.timestamp_ms is None or src.timestamp_ms < 0
-                else _from_ms(src.timestamp_ms),
+                "key_base64": None
+                if src.key is None or len(src.key) > _MAX_KEY_COPY
+                else base64.b64encode(src.key).decode(),
+                "timestamp": None if src.timestamp_ms is None else _from_ms(src.timestamp_ms),
             },
             "error": {
                 "code": problem.code.value,
-                "message": problem.message,
-                "field": problem.field,
+                "message": _shorten(problem.message, _MAX_MESSAGE_CHARS),
+                "field": None if problem.field is None else _shorten(problem.field, _MAX_FIELD_CHARS),
                 "position": problem.position,
             },
-            "raw": _raw_copy(
-                text,
-                payload,
-                self._limits.max_dead_letter_raw_bytes,
-                binary=problem.code is ErrorCode.INVALID_ENCODING,
-            ),
         }
-        return Outcome(index, event_id, src.key, orjson.dumps(event), problem.code, None)
+        binary = problem.code is ErrorCode.INVALID_ENCODING
+        limit = self._limits.max_dead_letter_raw_bytes
+        while True:
+            event["raw"] = _raw_copy(text, payload, limit, binary=binary)
+            value = orjson.dumps(event)
+            # JSON escapes can make a copy up to 6 times its input (a NUL is \u0000): cut until it fits.
+            if len(value) <= self._limits.max_event_bytes or limit == 0:
+                return Outcome(index, event_id, src.key, value, problem.code, None)
+            limit = min(limit // 2, max(0, limit - (len(value) - self._limits.max_event_bytes)))
+
+
+_MAX_MESSAGE_CHARS = 500
+_MAX_FIELD_CHARS = 64
+_MAX_KEY_COPY = 4096
+"""Keys longer than this are not copied into ``source.key_base64`` (the dead letter's key has it)."""
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _raw_copy(text: str | None, payload: bytes | None, limit: int, *, binary: bool) -> dict[str, object]:
@@ -258,9 +291,8 @@ def _raw_copy(text: str | None, payload: bytes | None, limit: int, *, binary: bo
         as_text: str | None = cut.decode("utf-8")
     except UnicodeDecodeError as exc:
         # A cut through a multi-byte character is not an encoding error of the input.
-        as_text = (
-            cut[: exc.start].decode("utf-8") if len(data) > limit and exc.start >= len(cut) - 3 else None
-        )
+        cut_character = len(data) > limit and exc.reason == "unexpected end of data"
+        as_text = cut[: exc.start].decode("utf-8") if cut_character else None
     return {
         "text": as_text,
         "base64": None if as_text is not None else base64.b64encode(cut).decode(),

@@ -14,3 +14,4 @@ class Limits:
     max_title_chars: int = 1_000
     max_text_chars: int = 500_000
     max_dead_letter_raw_bytes: int = 256 * 1024
+    max_event_bytes: int = 1_000_000

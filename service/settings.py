@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("INGEST_MAX_DEAD_LETTER_RAW_BYTES", "max_dead_letter_raw_bytes"),
     )
 
+    max_event_bytes: int = Field(
+        1_000_000, ge=64 * 1024, validation_alias=AliasChoices("INGEST_MAX_EVENT_BYTES", "max_event_bytes")
+    )
+
     # Batching, memory, timing
     batch_max_messages: int = Field(
         500, ge=1, validation_alias=AliasChoices("INGEST_BATCH_MAX_MESSAGES", "batch_max_messages")
@@ -202,6 +206,7 @@ class Settings(BaseSettings):
             max_title_chars=self.max_title_chars,
             max_text_chars=self.max_text_chars,
             max_dead_letter_raw_bytes=self.max_dead_letter_raw_bytes,
+            max_event_bytes=self.max_event_bytes,
         )
 
     def redacted(self) -> dict[str, Any]:

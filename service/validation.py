@@ -61,6 +61,10 @@ def _check_text(name: str, fv: FieldValue, max_chars: int) -> Problem | None:
     return None
 
 
+def _text_order(problem: Problem) -> int:
+    return problem.position if problem.position is not None else -1
+
+
 def content_digest(fn: int, date: str, title: str, text: str, extra: dict[str, str]) -> str:
     """SHA-256 (hex) of the normalized record, as documented on ``ArticleData.sha256``."""
     parts = [str(fn), date, title, text]
@@ -68,22 +72,38 @@ def content_digest(fn: int, date: str, title: str, text: str, extra: dict[str, s
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def validate_record(fields: dict[str, FieldValue], limits: Limits) -> ArticleData | Problem:
-    """Validate one well-formed record's fields into the article contract."""
+def validate_record(
+    fields: dict[str, FieldValue], limits: Limits, structural: Problem | None = None
+) -> ArticleData | Problem:
+    """Validate one record's fields into the article contract.
+
+    The problem reported is the earliest in the text among ``structural`` (the scanner's, if any)
+    and the invalid values; a missing field is reported only when nothing else is wrong.
+    """
+    problems = [structural] if structural is not None else []
+    fn = date = None
+    if "fn" in fields:
+        checked_fn = _check_fn(fields["fn"])
+        if isinstance(checked_fn, Problem):
+            problems.append(checked_fn)
+        else:
+            fn = checked_fn
+    if "date" in fields:
+        checked_date = _check_date(fields["date"])
+        if isinstance(checked_date, Problem):
+            problems.append(checked_date)
+        else:
+            date = checked_date
+    for name, max_chars in (("title", limits.max_title_chars), ("text", limits.max_text_chars)):
+        if name in fields and (problem := _check_text(name, fields[name], max_chars)) is not None:
+            problems.append(problem)
+    if problems:
+        return min(problems, key=_text_order)
     for name in REQUIRED:
         if name not in fields:
             return Problem(ErrorCode.MISSING_FIELD, f"required field {name!r} is missing", name, None)
-    fn = _check_fn(fields["fn"])
-    if isinstance(fn, Problem):
-        return fn
-    date = _check_date(fields["date"])
-    if isinstance(date, Problem):
-        return date
-    problem = _check_text("title", fields["title"], limits.max_title_chars) or _check_text(
-        "text", fields["text"], limits.max_text_chars
-    )
-    if problem is not None:
-        return problem
+    assert fn is not None
+    assert date is not None
     extra = {k: fv.value for k, fv in fields.items() if k not in REQUIRED}
     title, text = fields["title"].value, fields["text"].value
     sha256 = content_digest(fn, fields["date"].value, title, text, extra)

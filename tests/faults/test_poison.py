@@ -143,12 +143,6 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service bug: a CreateTime past year 9999 makes process_payload raise ValueError, which "
-    "kills the service; the offset is never committed, so every restart dies on it again",
-)
 async def test_a_createtime_past_year_9999_does_not_crash_the_service(
     broker: BrokerHandle, fleet: Fleet
 ) -> None:
@@ -182,13 +176,6 @@ def _escaping_payload() -> bytes:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service bug: an in-limit payload can yield an event larger than the producer's "
-    "max_request_size (JSON escapes a NUL as 6 bytes); MessageSizeTooLargeError is retried forever "
-    "and blocks the partition",
-)
 async def test_an_event_too_large_to_send_does_not_block_its_partition(
     broker: BrokerHandle, fleet: Fleet
 ) -> None:
@@ -212,13 +199,6 @@ async def test_an_event_too_large_to_send_does_not_block_its_partition(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service bug: events are not bounded by the input size; a dead letter of a sub-1 MB "
-    "input can exceed 1 MB (JSON-escaped raw copy, marker names echoed in the error), so a Kafka "
-    "topic configured as the README advises refuses it",
-)
 async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerHandle, fleet: Fleet) -> None:
     """The README: keep the output and dead-letter topics' ``max.message.bytes`` at least as large
     as the input's, and dead letters carry at most INGEST_MAX_DEAD_LETTER_RAW_BYTES (256 KiB) of the

@@ -322,10 +322,22 @@ def test_text_over_the_limit_counts_characters_not_bytes() -> None:
     assert (error["code"], error["field"], error["position"]) == ("invalid_field", "text", payload.index("é"))
 
 
-def test_value_problems_come_after_structure() -> None:
-    # A record with a structural problem is not validated: the structural code is reported.
+def test_an_earlier_invalid_value_wins_over_a_later_structural_problem() -> None:
     payload = " ".join([fld("fn", "x"), fld("date", "2024-01-24"), fld("title", "T"), start("text"), "B"])
-    assert _record_error(payload)["code"] == "unterminated_field"
+    _invalid(payload, "fn", payload.index(" x ") + 1)
+
+
+def test_an_earlier_structural_problem_wins_over_a_later_invalid_value() -> None:
+    payload = " ".join(
+        [fld("fn", "1"), end("date"), fld("date", "2024-13-01"), fld("title", "T"), fld("text", "B")]
+    )
+    error = _record_error(payload)
+    assert (error["code"], error["position"]) == ("unmatched_end", payload.index(end("date")))
+
+
+def test_a_missing_field_is_reported_only_when_nothing_else_is_wrong() -> None:
+    payload = " ".join([fld("fn", "1"), fld("date", "2024-13-01"), fld("text", "B")])
+    _invalid(payload, "date", payload.index("2024-13-01"))
 
 
 def test_the_first_structural_problem_in_text_order_wins() -> None:
@@ -343,22 +355,14 @@ def test_the_first_structural_problem_in_text_order_wins() -> None:
     )
 
 
-# --- known deviations of the core from the specification ------------------------------------------
+# --- the earliest problem in the text wins ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: validation checks fn, date, title, text in a fixed order, not in text order",
-)
 def test_the_first_invalid_value_in_text_order_wins() -> None:
     payload = " ".join([fld("date", "2024-13-01"), fld("fn", "abc"), fld("title", "T"), fld("text", "B")])
     _invalid(payload, "date", payload.index("2024-13-01"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a structural problem later in the record outranks an earlier invalid value",
-)
 def test_an_earlier_invalid_value_wins_over_later_stray_text() -> None:
     payload = record(fn="abc") + " trailing words"
     _invalid(payload, "fn", payload.index("abc"))
