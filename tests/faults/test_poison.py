@@ -106,7 +106,8 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
 ) -> None:
     """Every payload of the corpus, each as one message, some with odd CreateTimes (0, the last
     millisecond of year 9999), then good records: the service stays up, accounts for every record
-    exactly once, exits 0 on SIGTERM, and its peak RSS (VmHWM) stays under RSS_BOUND_MIB."""
+    exactly once, exits 0 on SIGTERM, no event exceeds INGEST_MAX_EVENT_BYTES, and its peak RSS
+    (VmHWM) stays under RSS_BOUND_MIB."""
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("poison").create(bootstrap)
     corpus = poison_corpus(MAX_PAYLOAD)
@@ -136,9 +137,12 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
 
     ledger.check(expected, exactly_once=True)
     assert 0 < peak_mib < RSS_BOUND_MIB, f"peak RSS {peak_mib:.0f} MiB"
+    largest = max((await _event_sizes(bootstrap, topics)).values())
+    assert largest <= Limits().max_event_bytes, f"an event of {largest} bytes"
     print(
         f"{len(sent)} payloads, {len(expected)} records "
-        f"({sum(c is None for c in expected.values())} articles); peak RSS {peak_mib:.0f} MiB"
+        f"({sum(c is None for c in expected.values())} articles); peak RSS {peak_mib:.0f} MiB; "
+        f"largest event {largest} bytes"
     )
 
 
@@ -146,15 +150,23 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
 async def test_a_createtime_past_year_9999_does_not_crash_the_service(
     broker: BrokerHandle, fleet: Fleet
 ) -> None:
-    """Reproduction: one good record produced with ``timestamp_ms=253_402_300_800_000`` (any int64
-    is a valid CreateTime), then a good record. Expected: two articles (the event time falls back to
-    the processing time, or is clamped), exit 0. Actual: ``ValueError: year 10000 is out of range``
-    from ``events._from_ms`` (``datetime.fromtimestamp``) escapes ``Ingestor._process_batch`` and
-    ``run``; the process exits 1 with a traceback, a poison pill for its partition."""
+    """Any int64 is a valid CreateTime. Records produced with the first millisecond of year 10000
+    and with the largest int64 must become articles like any other, and the service exit 0.
+
+    A bug found by this suite: ``datetime.fromtimestamp`` raised ``ValueError: year 10000 is out
+    of range`` inside the core; it escaped the loop, the process exited 1 with a traceback, and
+    every restart died on the same message (a poison pill for its partition)."""
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("year10000").create(bootstrap)
     sent = await produce_at(
-        bootstrap, topics.input, [(record(1).encode(), LAST_VALID_MS + 1), (record(2).encode(), None)]
+        bootstrap,
+        topics.input,
+        [
+            (record(1).encode(), LAST_VALID_MS + 1),
+            (record(2).encode(), 2**63 - 1),
+            (b"no markers", LAST_VALID_MS + 1),
+            (record(3).encode(), None),
+        ],
     )
     env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
     svc = fleet.start(env, "burst")
@@ -165,7 +177,7 @@ async def test_a_createtime_past_year_9999_does_not_crash_the_service(
 
 
 def _escaping_payload() -> bytes:
-    """Under 1 MB of input whose article event is about 6 MB: JSON writes each NUL as 6 bytes."""
+    """Under 1 MB of input whose article event would be about 6 MB: JSON writes a NUL as 6 bytes."""
     head = (
         "F-N-S-T-A-R-T. 1 F-N-E-N-D. D-A-T-E-S-T-A-R-T. 2024-01-24 D-A-T-E-E-N-D. "
         "T-I-T-L-E-S-T-A-R-T. t T-I-T-L-E-E-N-D. "
@@ -175,39 +187,49 @@ def _escaping_payload() -> bytes:
     return (head + text + extra).encode()
 
 
+async def _event_sizes(bootstrap: str, topics: Topics) -> dict[str, int]:
+    return {
+        f"{topic}@{rec.offset}": len(rec.value)
+        for topic in (topics.output, topics.dlq)
+        for rec in await read_all(bootstrap, topic)
+    }
+
+
 @pytest.mark.timeout(120)
 async def test_an_event_too_large_to_send_does_not_block_its_partition(
     broker: BrokerHandle, fleet: Fleet
 ) -> None:
-    """Reproduction: a 980 KB payload (under INGEST_MAX_PAYLOAD_BYTES = 1 MB) with 490 000 NULs in
-    TEXT and as many in an extra field, then a good record. The article event is about 5.9 MB,
-    over the producer's ``max_request_size`` (2 x 1 MB + 1 MB). Expected: a dead letter for the
-    record (or an article, were the limits consistent) and then the next record. Actual:
-    ``send.retrying`` with ``MessageSizeTooLargeError`` every few seconds forever; nothing after it
-    on the partition is committed, and the good record's article is re-sent with every retry.
-    Suspected cause: the core bounds the input (payload, title, text) but never the serialized
-    event, and ``Ingestor._await_acks`` treats a non-retriable error as transient."""
+    """A 980 KB payload (under INGEST_MAX_PAYLOAD_BYTES = 1 MB) with 490 000 NULs in TEXT and as
+    many in an extra field, then a good record: the first becomes a dead letter within
+    INGEST_MAX_EVENT_BYTES, the second its article; the burst run drains both and exits 0.
+
+    A bug found by this suite: the article event came to about 5.9 MB, over the producer's
+    ``max_request_size`` (2 x 1 MB + 1 MB); ``MessageSizeTooLargeError`` was retried forever, the
+    partition blocked, and the good record's article re-sent with every retry."""
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("escaping").create(bootstrap)
     payload = _escaping_payload()
     assert len(payload) < Limits().max_payload_bytes
     sent = await produce_at(bootstrap, topics.input, [(payload, None), (record(2).encode(), None)])
-    svc = fleet.start(service_env(bootstrap, topics, idempotence=broker.idempotence), "service")
-    expected = expected_outcomes(sent, topics.input)
-    ledger = await wait_accounted(bootstrap, topics, expected, within=30, services=[svc])
-    ledger.check(expected, exactly_once=False)
+    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
+    svc = fleet.start(env, "burst")
+    assert await svc.wait_exit(within=60) == 0, svc.tail()
+    ledger = await Ledger.read(bootstrap, topics)
+    ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)
+    sizes = await _event_sizes(bootstrap, topics)
+    assert max(sizes.values()) <= Limits().max_event_bytes, sizes
 
 
 @pytest.mark.timeout(120)
 async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerHandle, fleet: Fleet) -> None:
-    """The README: keep the output and dead-letter topics' ``max.message.bytes`` at least as large
-    as the input's, and dead letters carry at most INGEST_MAX_DEAD_LETTER_RAW_BYTES (256 KiB) of the
-    input. With Kafka's default ``max.message.bytes`` (1 048 588) on all three topics, inputs under
-    1 MB must yield events under it. Reproduction (default limits): stray text of 900 000 NULs →
-    a dead letter of ~1.5 MB (the 256 KiB raw copy, each NUL escaped as 6 bytes); a START marker
-    whose name has 490 000 letters → ~1.2 MB (the name appears in ``error.message`` and
-    ``error.field`` uncut). Tansu accepts them; Apache Kafka would refuse them, which blocks the
-    partition (see test_an_event_too_large_to_send_does_not_block_its_partition)."""
+    """No event is larger than INGEST_MAX_EVENT_BYTES (1 000 000 by default, under Kafka's default
+    ``max.message.bytes`` of 1 048 588), whatever the input: stray text of 900 000 NULs (a raw copy
+    that JSON-escapes to six times its size), a START marker whose name has 490 000 letters (the
+    name is quoted in the error), a good record.
+
+    A bug found by this suite: dead letters of these sub-1 MB inputs came to ~1.5 MB and ~1.2 MB;
+    Tansu accepts them, Apache Kafka with the README's topic settings would refuse them and block
+    the partition."""
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("event-size").create(bootstrap)
     payloads = [
@@ -222,11 +244,6 @@ async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerH
     assert await svc.wait_exit(within=90) == 0, svc.tail()
     ledger = await Ledger.read(bootstrap, topics)
     ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)
-    kafka_default_max_message_bytes = 1_048_588
-    sizes = {
-        f"{topic}@{rec.offset}": len(rec.value)
-        for topic in (topics.output, topics.dlq)
-        for rec in await read_all(bootstrap, topic)
-    }
-    too_big = {where: size for where, size in sizes.items() if size > kafka_default_max_message_bytes}
-    assert not too_big, f"events over {kafka_default_max_message_bytes} bytes: {too_big}"
+    sizes = await _event_sizes(bootstrap, topics)
+    too_big = {where: size for where, size in sizes.items() if size > Limits().max_event_bytes}
+    assert not too_big, f"events over {Limits().max_event_bytes} bytes: {too_big}"
