@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Literal
 
+import orjson
 import structlog
 
 
@@ -18,6 +19,16 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
+    # structlog's own lines (one per record: the hot path) skip the str round trip in JSON mode:
+    # orjson renders bytes and BytesLogger writes them to the binary stream, one line per write.
+    # The standard library's lines (aiokafka) keep the str renderer that logging.Formatter needs.
+    fast = not use_console
+    own_renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps) if fast else renderer
+    )
+    factory: structlog.BytesLoggerFactory | structlog.PrintLoggerFactory = (
+        structlog.BytesLoggerFactory(sys.stderr.buffer) if fast else structlog.PrintLoggerFactory(sys.stderr)
+    )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -26,9 +37,9 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     if not use_console:
         shared.append(structlog.processors.format_exc_info)
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, own_renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -429,7 +429,7 @@ async def test_sigusr1_resumes_a_tripped_service_process(broker: BrokerHandle, t
     log = tmp_path / "service.log"
     proc = _start(env, log)
     try:
-        tripped = await asyncio.to_thread(_wait_for_log, log, '"event": "safety.tripped"')
+        tripped = await asyncio.to_thread(_wait_for_log, log, '"safety.tripped"')
         assert tripped["level"] == "error"
         assert tripped["ratio"] >= 0.5
         assert tripped["threshold"] == 0.5
@@ -445,7 +445,7 @@ async def test_sigusr1_resumes_a_tripped_service_process(broker: BrokerHandle, t
         assert value(await scrape(port), "marker_ingest_input_messages_total") == done
 
         proc.send_signal(signal.SIGUSR1)
-        resumed = await asyncio.to_thread(_wait_for_log, log, '"event": "safety.resumed"', 30)
+        resumed = await asyncio.to_thread(_wait_for_log, log, '"safety.resumed"', 30)
         assert resumed["reason"] == "signal"
 
         async def all_out() -> bool:
