@@ -20,6 +20,11 @@ DEAD_LETTER_EVENT_TYPE = "io.markeringest.record.deadlettered.v1"
 ARTICLE_DATASCHEMA = "urn:marker-ingest:schema:article-ingested:v1"
 DEAD_LETTER_SCHEMA = "urn:marker-ingest:schema:record-dead-lettered:v1"
 
+ERROR_CODE_HEADER = "marker-ingest-error-code"
+"""The header every dead letter carries: its error code (the input's own headers are kept too)."""
+REDRIVE_COUNT_HEADER = "marker-ingest-redrive-count"
+"""How many times a message was redriven; dead letters keep it, ``redrive`` increments it."""
+
 MAX_FN = 10**18 - 1
 """FN is at most 18 decimal digits, so it fits a signed 64-bit integer in every consumer."""
 

@@ -31,11 +31,11 @@ from schemas.events import (
     ARTICLE_EVENT_TYPE,
     DEAD_LETTER_EVENT_TYPE,
     DEAD_LETTER_SCHEMA,
+    ERROR_CODE_HEADER,
     ArticleIngested,
     RecordDeadLettered,
 )
 from service import __version__
-from service.app import ERROR_CODE_HEADER
 from service.settings import Settings
 
 HERE = Path(__file__).resolve().parent

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas.errors import ErrorCode
+from schemas.events import ERROR_CODE_HEADER
 from service import __version__
 from service.events import Outcome, Source, process_payload
 from service.http import HttpEndpoint, LoopWatch, Response
@@ -35,7 +36,6 @@ from service.metrics import CONTENT_TYPE, Metrics
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
 
-ERROR_CODE_HEADER = "marker-ingest-error-code"
 HEALTH_STALE_LIMIT_SECONDS = 10.0
 """``/healthz`` fails once the event loop has been this late to tick."""
 LAG_REFRESH_SECONDS = 1.0
@@ -79,10 +79,6 @@ class Backoff:
         ceiling = min(self.cap, self.initial * (2**self.attempt))
         self.attempt += 1
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
-
-    def reset(self) -> None:
-        """Start again from the initial delay."""
-        self.attempt = 0
 
 
 class Ingestor:
@@ -492,7 +488,7 @@ class Ingestor:
     async def drain(self, revoked: set[TopicPartition]) -> None:
         """Called before partitions are revoked: wait until the batch in flight is acked and committed."""
         if revoked:
-            log.info("partitions.revoking", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+            log.info("partitions.revoking", partitions=_names(revoked))
         await self._idle.wait()
 
     def assigned(self, assigned: set[TopicPartition]) -> None:
@@ -673,7 +669,7 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._ingestor.drain(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions.assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        log.info("partitions.assigned", partitions=_names(assigned))
         self._ingestor.assigned(assigned)
 
 

@@ -17,7 +17,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from service import __version__
-from service.events import Source, process_payload
+from service.events import Source, describe_dead_letter, process_payload
 from service.settings import Settings
 
 EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
@@ -58,7 +58,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
                 if dead_out is not None:
                     dead_out.write(outcome.value + b"\n")
                 else:
-                    _write(sys.stderr, f"{path}: record {outcome.record_index}: {_describe(outcome.value)}")
+                    _write(
+                        sys.stderr,
+                        f"{path}: record {outcome.record_index}: {describe_dead_letter(outcome.value)}",
+                    )
         out.flush()
     finally:
         if dead_out is not None:
@@ -71,14 +74,6 @@ def cmd_parse(args: argparse.Namespace) -> int:
         + (f" ({by_code})" if by_code else ""),
     )
     return EXIT_DEAD_LETTERS if dead else EXIT_OK
-
-
-def _describe(dead_letter: bytes) -> str:
-    import orjson
-
-    error = orjson.loads(dead_letter)["error"]
-    where = f" at {error['position']}" if error["position"] is not None else ""
-    return f"{error['code']}{where}: {error['message']}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

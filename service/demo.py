@@ -17,7 +17,7 @@ import orjson
 from service.app import Ingestor
 from service.broker import EmbeddedBroker
 from service.logs import configure_logging
-from service.produce import collect_files, push_files
+from service.produce import collect_files, produce_files
 from service.settings import Settings
 from service.topics import create_topics, read_topic
 
@@ -48,7 +48,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     _say(
         f"created topics {settings.input_topic} (4 partitions), {settings.output_topic}, {settings.dlq_topic}"
     )
-    report = await push_files(settings, files)
+    report = await produce_files(settings, files)
     _say(f"pushed {report.messages} file(s), {report.bytes} bytes, to {settings.input_topic}")
     _say("running marker-ingest until the input is drained...")
     status = await Ingestor(settings).run()

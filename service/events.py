@@ -60,6 +60,18 @@ class Outcome:
         return self.error is None
 
 
+def strip_bom(data: bytes) -> bytes:
+    """The payload without its UTF-8 byte-order mark, if it has one."""
+    return data[3:] if data.startswith(_BOM) else data
+
+
+def describe_dead_letter(dead_letter: bytes) -> str:
+    """One line for people: ``code at position: message`` of a serialized dead letter."""
+    error = orjson.loads(dead_letter)["error"]
+    where = f" at {error['position']}" if error["position"] is not None else ""
+    return f"{error['code']}{where}: {error['message']}"
+
+
 def rfc3339(moment: dt.datetime) -> str:
     """An aware datetime as RFC 3339 with millisecond precision and a ``Z`` for UTC."""
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -102,7 +114,7 @@ def process_payload(
             f"{len(value)} bytes, over the limit of {limits.max_payload_bytes}",
         )
         return [builder.payload_failure(problem, value)]
-    body = value[3:] if value.startswith(_BOM) else value
+    body = strip_bom(value)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-import orjson
 import structlog
 
 from service import __version__
 from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
-from service.events import Source, process_payload
+from service.events import Source, describe_dead_letter, process_payload, strip_bom
 from service.limits import Limits
 from service.logs import configure_logging
 from service.parser import Problem, scan
@@ -32,8 +31,6 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
-
-_BOM = b"\xef\xbb\xbf"
 
 EXIT_REFUSED = EXIT_DEAD_LETTERS
 """Exit status when a file was refused or a send failed."""
@@ -90,9 +87,8 @@ def split_records(data: bytes, name: str) -> list[Message]:
     dead-letters it with the precise reason.
     """
     whole: list[Message] = [(name.encode(), data)]
-    body = data[len(_BOM) :] if data.startswith(_BOM) else data
     try:
-        text = body.decode("utf-8")
+        text = strip_bom(data).decode("utf-8")
     except UnicodeDecodeError:
         return whole
     records = scan(text, len(text) + 1)
@@ -118,13 +114,8 @@ def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> 
     for index, (key, value) in enumerate(messages):
         source = Source(topic=name, partition=0, offset=index, key=key)
         for outcome in process_payload(value, source, limits, now=now, version=__version__):
-            if outcome.error is None:
-                continue
-            error = orjson.loads(outcome.value)["error"]
-            where = "" if error["position"] is None else f" at {error['position']}"
-            return (
-                f"message {index} record {outcome.record_index}: {error['code']}{where}: {error['message']}"
-            )
+            if outcome.error is not None:
+                return f"message {index} record {outcome.record_index}: {describe_dead_letter(outcome.value)}"
     return None
 
 
@@ -240,20 +231,6 @@ async def push_messages(
     finally:
         await producer.stop()
     return sent
-
-
-async def push_files(settings: Settings, files: list[Path], *, topic: str | None = None) -> PushReport:
-    """One message per file, keyed by the file name."""
-    report = PushReport(files=len(files))
-
-    def messages() -> Iterator[tuple[bytes | None, bytes]]:
-        for path in files:
-            data = path.read_bytes()
-            report.bytes += len(data)
-            yield path.name.encode(), data
-
-    report.messages = await push_messages(settings, messages(), topic=topic)
-    return report
 
 
 async def produce_files(

@@ -28,18 +28,12 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode
-from schemas.events import RecordDeadLettered
+from schemas.events import ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
 from service import __version__
 from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
 from service.events import Source, process_payload
 from service.limits import Limits
 from service.settings import Settings
-
-ERROR_CODE_HEADER = "marker-ingest-error-code"
-"""The header the service adds to every dead letter (``service.app.ERROR_CODE_HEADER``)."""
-
-REDRIVE_COUNT_HEADER = "marker-ingest-redrive-count"
-"""How many times the message was redriven; the service copies it onto the next dead letter."""
 
 DEFAULT_MAX_REDRIVES = 3
 
@@ -245,7 +239,9 @@ def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int)
         skip = SkipReason.TRUNCATED
     message = None
     if skip is None and data is not None and count is not None:
-        message = RedriveMessage(original_key(event), data, redriven_headers(rec.headers, count + 1))
+        # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
+        key = original_key(event) if event.source.key_base64 is not None else rec.key
+        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1))
     return Decision(
         dead_letter_id=event.id,
         dlq_partition=rec.partition,
@@ -459,7 +455,7 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetterRecord]:
 
     kwargs = settings.kafka_client_kwargs()
     bootstrap = kwargs.pop("bootstrap_servers")
-    kwargs["max_partition_fetch_bytes"] = max(1024 * 1024, 2 * settings.max_dead_letter_raw_bytes + 65536)
+    kwargs["max_partition_fetch_bytes"] = max(1024 * 1024, settings.max_event_bytes + 65536)
     records = await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
     return [DeadLetterRecord(r.partition, r.offset, r.key, r.value, tuple(r.headers or ())) for r in records]
 

@@ -12,7 +12,7 @@ import os
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,10 @@ async def produce(
     *,
     partitions: int = 1,
     headers: list[tuple[str, bytes]] | None = None,
+    timestamps: Sequence[int | None] | None = None,
 ) -> list[Sent]:
-    """Send each value (round-robin over the partitions, keyed by its position); return where it landed."""
+    """Send each value (round-robin over the partitions, keyed by its position, with its CreateTime
+    from ``timestamps`` if given); return where it landed."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20
     )
@@ -115,7 +117,12 @@ async def produce(
         for i, value in enumerate(items):
             futures.append(
                 await producer.send(
-                    topic, value, key=f"k{i}".encode(), partition=i % partitions, headers=headers
+                    topic,
+                    value,
+                    key=f"k{i}".encode(),
+                    partition=i % partitions,
+                    headers=headers,
+                    timestamp_ms=None if timestamps is None else timestamps[i],
                 )
             )
         metas = await asyncio.gather(*futures)

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.support import SERVICE_CMD, Coord, Ledger, Sent, Topics, record
+from tests.support import SERVICE_CMD, Coord, Ledger, Sent, Topics, produce, record
 
 
 async def wait_until(
@@ -301,17 +301,5 @@ async def produce_at(
     bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, int | None]]
 ) -> list[Sent]:
     """Send (value, CreateTime in ms) pairs to partition 0, in order; return where they landed."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20
-    )
-    await producer.start()
-    try:
-        out = []
-        for i, (value, timestamp_ms) in enumerate(items):
-            key = f"t{i}".encode()
-            fut = await producer.send(topic, value, key=key, partition=0, timestamp_ms=timestamp_ms)
-            meta = await fut
-            out.append(Sent(meta.partition, meta.offset, key, value))
-        return out
-    finally:
-        await producer.stop()
+    values, timestamps = zip(*items, strict=True)
+    return await produce(bootstrap, topic, values, timestamps=timestamps)

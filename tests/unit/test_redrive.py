@@ -523,3 +523,23 @@ def test_key_base64_of_an_empty_key() -> None:
     [rec] = q.add(NO_MARKERS, key=b"")
     assert _event(rec).source.key_base64 == base64.b64encode(b"").decode()
     assert rd.original_key(_event(rec)) == b""
+
+
+def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key() -> None:
+    import datetime as dt
+
+    from service.events import Source, process_payload
+
+    key = b"k" * 5000
+    [outcome] = process_payload(
+        b"no markers here",
+        Source("news.raw", 0, 7, key=key),
+        Limits(),
+        now=dt.datetime.now(dt.UTC),
+        version="t",
+    )
+    assert rd.parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
+    record = rd.DeadLetterRecord(0, 0, outcome.key, outcome.value)
+    [(_, message)] = rd.plan_redrive([record], rd.Filters()).messages
+    assert message.key == key
+    assert message.value == b"no markers here"
