@@ -11,7 +11,9 @@ Every generated input (payload bytes, source coordinates, limits) must satisfy t
   every event validates against the published models (articles keyed by their FN, dead letters by
   the input key, error code and raw copy consistent);
 * no event is larger than ``max_event_bytes`` (JSON escaping and quoted marker names included);
-* it is deterministic: the same input gives byte-identical events (redelivery keeps ids and bodies).
+* it is deterministic: the same input gives byte-identical events (redelivery keeps ids and bodies);
+* the C scanner (``service/_speedups.c``, where built) returns exactly what its Python reference
+  ``_scan_clean_py`` returns on the decoded text, for several record limits.
 
 Engines: ``hypothesis`` (the default: arbitrary bytes, mostly-UTF-8 bytes, marker soup, generated
 records, byte-level mutations of records, long repetitions) or ``atheris`` (coverage-guided
@@ -47,7 +49,8 @@ from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
-from service.events import Outcome, Source, process_payload
+from service import parser as core_parser
+from service.events import Outcome, Source, process_payload, strip_bom
 from service.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +131,25 @@ def check(payload: bytes | None, source: Source, limits: Limits, stats: Counter[
     for o in outcomes:
         _check_outcome(o, source, limits)
         stats["article" if o.error is None else o.error.value] += 1
+    _check_speedups(payload, limits, stats)
+
+
+def _check_speedups(payload: bytes | None, limits: Limits, stats: Counter[str]) -> None:
+    """The C scanner and its Python reference agree on the payload's text."""
+    if core_parser._speedups is None or payload is None:
+        return
+    try:
+        text = strip_bom(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    for max_records in {1, 2, limits.max_records_per_payload}:
+        expected = core_parser._scan_clean_py(text, max_records)
+        got = core_parser._speedups.scan_clean(core_parser.CleanRecord, text, max_records)
+        _require(got == expected, f"C scanner gave {got!r}, the Python reference {expected!r}")
+    stats[_SPEEDUPS_CHECKED] += 1
+
+
+_SPEEDUPS_CHECKED = "C scanner checked"
 
 
 def _check_outcome(o: Outcome, source: Source, limits: Limits) -> None:
@@ -187,8 +209,10 @@ class Figures:
         print(f"examples/s        {rate:.0f}")
         print(f"failures          {self.failures}")
         print(f"largest payload   {self.largest_payload} bytes")
+        checked = self.outcomes.pop(_SPEEDUPS_CHECKED, 0)
         kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.outcomes.items()))
         print(f"outcomes          {sum(self.outcomes.values())} ({kinds})")
+        print(f"C scanner         {checked} texts checked against the Python reference")
         for report in self.failure_reports:
             print(report)
 
@@ -505,6 +529,7 @@ def _reimport_instrumented(atheris: Any) -> None:
         import schemas.events
         import service.events
         import service.limits
+        import service.parser
     globals().update(
         ErrorCode=schemas.errors.ErrorCode,
         ArticleIngested=schemas.events.ArticleIngested,
@@ -512,6 +537,8 @@ def _reimport_instrumented(atheris: Any) -> None:
         Outcome=service.events.Outcome,
         Source=service.events.Source,
         process_payload=service.events.process_payload,
+        strip_bom=service.events.strip_bom,
+        core_parser=service.parser,
         Limits=service.limits.Limits,
     )
 

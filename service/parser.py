@@ -7,7 +7,9 @@ or hyphen. The full format is in ``docs/format.md``. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -226,7 +228,7 @@ class CleanRecord(NamedTuple):
 _new_record = tuple.__new__
 
 
-def scan_clean(text: str, max_records: int) -> list[CleanRecord] | None:
+def _scan_clean_py(text: str, max_records: int) -> list[CleanRecord] | None:
     """The records of a clean payload, else None.
 
     Clean means: only white space outside the fields, every field closed by its own END marker
@@ -299,6 +301,24 @@ def scan_clean(text: str, max_records: int) -> list[CleanRecord] | None:
         return None  # stray text or a lone END marker after the last field
     records.append(_new_record(CleanRecord, (record_start, fields, starts)))
     return records
+
+
+try:
+    from service import _speedups
+except ImportError:  # built without a C compiler: the Python scanner, with the same results
+    _speedups = None  # type: ignore[assignment]
+
+scan_clean: Callable[[str, int], list[CleanRecord] | None] = (
+    _scan_clean_py if _speedups is None else functools.partial(_speedups.scan_clean, CleanRecord)
+)
+"""``_scan_clean_py``'s results, from the C speedups (``service/_speedups.c``) where they were built.
+
+The same function in C walks a value's hyphens with ``memchr`` instead of a Python step each: about
+a third of the cost of a clean 5 KB record. tests/unit/test_speedups.py holds the two to the same
+results.
+"""
+SPEEDUPS = _speedups is not None
+"""True when the C scanner is in use."""
 
 
 def scanned(text: str, clean: list[CleanRecord]) -> list[ScannedRecord]:
