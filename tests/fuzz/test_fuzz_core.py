@@ -6,7 +6,6 @@ sets the length of the run here (default 20).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import re
@@ -83,7 +82,7 @@ def _drop_last(*args: Any, **kwargs: Any) -> list[Any]:
 
 def _wrong_id(*args: Any, **kwargs: Any) -> list[Any]:
     outcomes = process_payload(*args, **kwargs)
-    return [dataclasses.replace(outcomes[0], event_id="other:0:0:0"), *outcomes[1:]]
+    return [outcomes[0]._replace(event_id="other:0:0:0"), *outcomes[1:]]
 
 
 def _raises(*args: Any, **kwargs: Any) -> list[Any]:
