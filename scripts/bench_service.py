@@ -7,8 +7,9 @@ letters). Every implementation runs as its own process started with this Python 
 each run with a fresh consumer group and fresh output topics:
 
 * ``passthrough``: the ceiling. aiokafka, the service's client settings, ``getmany(max_records=500)``,
-  every value forwarded unchanged (key and headers too), ``acks=all``, acks awaited, one commit per
-  batch; no parsing, no logging.
+  every value forwarded unchanged (key and headers too) with the service's send technique (record
+  batches through aiokafka's batch API, ``create_batch``/``send_batch``), ``acks=all``, acks
+  awaited, one commit per batch; no parsing, no logging.
 * ``marker-ingest``: ``python -m service run --burst`` as users run it (``INGEST_LOG_FORMAT=json``,
   INFO as shipped, logs to a file); also with logs to /dev/null, and at WARNING (no record lines).
 * ``faststream``: the same transform as a FastStream user writes it: ``KafkaBroker`` with default
@@ -96,8 +97,9 @@ def _stop_event() -> asyncio.Event:
 
 
 async def child_passthrough(cfg: dict[str, Any]) -> int:
-    """The ceiling: the service's loop and client settings with the processing taken out."""
+    """The ceiling: the service's loop, client settings and send technique with the processing taken out."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
 
     stop = _stop_event()
     consumer = AIOKafkaConsumer(
@@ -120,19 +122,34 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     await producer.start()
     await consumer.start()
     out = cfg["output"]
+    partitioner = DefaultPartitioner()
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=BATCH_MAX)
             if not batch:
                 continue
+            # The service's send technique (service/app.py, _Outbox): record batches of up to
+            # max_batch_size per output partition, the partition from the default partitioner, a
+            # full batch handed to the producer at once, the rest after the last message.
+            partitions = sorted(await producer.partitions_for(out))
+            available = list(producer.client.cluster.available_partitions_for_topic(out))
+            builders: dict[int, Any] = {}
             futures = []
             offsets = {}
             for tp, messages in batch.items():
                 for msg in messages:
-                    futures.append(
-                        await producer.send(out, msg.value, key=msg.key, headers=list(msg.headers) or None)
-                    )
+                    key, value, headers = msg.key, msg.value, list(msg.headers)
+                    p = partitions[0] if len(partitions) == 1 else partitioner(key, partitions, available)
+                    builder = builders.get(p)
+                    if builder is None:
+                        builder = builders[p] = producer.create_batch()
+                    if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        futures.append(await producer.send_batch(builder, out, partition=p))
+                        builder = builders[p] = producer.create_batch()
+                        builder.append(key=key, value=value, timestamp=None, headers=headers)
                 offsets[tp] = messages[-1].offset + 1
+            for p, builder in builders.items():
+                futures.append(await producer.send_batch(builder, out, partition=p))
             for fut in futures:
                 await fut
             await consumer.commit(offsets)

@@ -24,7 +24,9 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER
@@ -62,6 +64,87 @@ class _Send:
     headers: list[tuple[str, bytes]]
     future: asyncio.Future[Any] | None = None
     error: BaseException | None = None
+
+
+class _Outbox:
+    """Outcomes into record batches, one open batch per output partition (aiokafka's batch API).
+
+    The output partition is the one ``producer.send(key=...)`` picks: the default partitioner over
+    the topic's partitions. Each batch fills up to the producer's ``max_batch_size`` (a batch's first
+    record always fits); a full batch is handed to the producer (``send_batch``) and a new one
+    started, so the records of one output partition leave in the order they were added. Every
+    outcome of a batch shares the batch's future. An event larger than the producer's
+    ``max_request_size``, or a topic whose partitions cannot be looked up, fails its outcomes at
+    once (``send.error``), as ``producer.send`` would raise.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, max_request_size: int) -> None:
+        self._producer = producer
+        self._max_request_size = max_request_size
+        self._partitions: dict[str, list[int] | KafkaError] = {}
+        self._open: dict[tuple[str, int], tuple[Any, list[_Send]]] = {}
+
+    async def _partitions_of(self, topic: str) -> list[int] | KafkaError:
+        known = self._partitions.get(topic)
+        if known is None:
+            try:
+                known = sorted(await self._producer.partitions_for(topic))
+            except KafkaError as exc:
+                known = exc
+            self._partitions[topic] = known
+        return known
+
+    async def add(self, send: _Send) -> None:
+        """Append ``send``'s event to its partition's open batch; ship the batch first if it is full."""
+        send.future = send.error = None
+        topic, outcome = send.topic, send.outcome
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = await self._partitions_of(topic)
+        if isinstance(partitions, KafkaError):
+            send.error = partitions
+            return
+        key, value, headers = outcome.key, outcome.value, send.headers
+        size = _estimate_size(key, value, headers)
+        if size > self._max_request_size:
+            send.error = MessageSizeTooLargeError(
+                f"The message is {size} bytes when serialized which is larger than the maximum request "
+                "size you have configured with the max_request_size configuration"
+            )
+            return
+        if len(partitions) == 1:
+            partition = partitions[0]  # what the default partitioner answers for a single partition
+        else:
+            available = self._producer.client.cluster.available_partitions_for_topic(topic)
+            partition = _PARTITIONER(key, partitions, list(available))
+        slot = self._open.get((topic, partition))
+        if slot is None:
+            slot = self._open[topic, partition] = (self._producer.create_batch(), [])
+        if slot[0].append(key=key, value=value, timestamp=None, headers=headers) is None:
+            await self._ship(topic, partition)
+            slot = self._open[topic, partition] = (self._producer.create_batch(), [])
+            slot[0].append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
+        slot[1].append(send)
+
+    async def flush(self) -> None:
+        """Hand every open batch to the producer."""
+        for topic, partition in list(self._open):
+            await self._ship(topic, partition)
+
+    async def _ship(self, topic: str, partition: int) -> None:
+        builder, sends = self._open.pop((topic, partition))
+        try:
+            future = await self._producer.send_batch(builder, topic, partition=partition)
+        except KafkaError as exc:
+            for send in sends:
+                send.error = exc
+            return
+        for send in sends:
+            send.future = future
+
+
+_PARTITIONER = DefaultPartitioner()
+_estimate_size = DefaultRecordBatchBuilder.estimate_size_in_bytes
 
 
 class GraceExpired(Exception):
@@ -104,6 +187,7 @@ class Ingestor:
         self._in_flight = 0
         self._fetch_error: str | None = None
         self._finished = False
+        self._max_request_size = 2 * settings.max_payload_bytes + 1024 * 1024
         self.metrics.watch(
             in_flight=lambda: self._in_flight,
             paused=lambda: 1.0 if self.paused else 0.0,
@@ -172,7 +256,7 @@ class Ingestor:
             # linger only delays the batch's last events, whose acks the commit waits for.
             linger_ms=0,
             max_batch_size=512 * 1024,
-            max_request_size=2 * s.max_payload_bytes + 1024 * 1024,
+            max_request_size=self._max_request_size,
             compression_type=None if s.kafka_compression_type == "none" else s.kafka_compression_type,
             **common,
         )
@@ -336,6 +420,7 @@ class Ingestor:
         now = dt.datetime.now(dt.UTC)
         safety = self.safety
         sends: list[_Send] = []
+        outbox = self._outbox()
         in_flight = 0
         offsets: dict[TopicPartition, int] = {}
         # Tallies for the metrics, handed over once per batch.
@@ -356,7 +441,7 @@ class Ingestor:
                 dead = 0
                 for outcome in outcomes:
                     send = self._prepare(tp, msg.offset, msg.headers, outcome)
-                    await self._send(send)
+                    await outbox.add(send)
                     sends.append(send)
                     in_flight += len(outcome.value)
                     if outcome.error is not None:
@@ -371,10 +456,12 @@ class Ingestor:
                 offsets[tp] = msg.offset + 1
                 self._in_flight = in_flight
                 if in_flight >= s.max_bytes_in_flight:
+                    await outbox.flush()
                     await self._await_acks(sends)
                     self.metrics.observe_end_to_end(timestamps)
                     sends, in_flight, timestamps = [], 0, []
                     self._in_flight = 0
+        await outbox.flush()
         await self._await_acks(sends)
         self._in_flight = 0
         self.metrics.observe_end_to_end(timestamps)
@@ -394,18 +481,9 @@ class Ingestor:
         dl_headers.append((ERROR_CODE_HEADER, outcome.error.value.encode()))
         return _Send(tp, offset, self.settings.dlq_topic, outcome, dl_headers)
 
-    async def _send(self, send: _Send) -> None:
+    def _outbox(self) -> _Outbox:
         assert self.producer is not None
-        send.error = None
-        try:
-            send.future = await self.producer.send(
-                send.topic,
-                send.outcome.value,
-                key=send.outcome.key,
-                headers=send.headers or None,
-            )
-        except KafkaError as exc:
-            send.future, send.error = None, exc
+        return _Outbox(self.producer, self._max_request_size)
 
     async def _await_acks(self, sends: list[_Send]) -> None:
         """Wait until the broker acknowledged every send; resend failures until it has.
@@ -453,8 +531,10 @@ class Ingestor:
                 ),
             )
             await self._sleep(delay, during_shutdown_limit=True)
+            outbox = self._outbox()
             for send in retry:
-                await self._send(send)
+                await outbox.add(send)
+            await outbox.flush()
             pending = retry
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
