@@ -113,16 +113,16 @@ def process_payload(
     value: bytes | None, source: Source, limits: Limits, *, now: dt.datetime, version: str
 ) -> list[Outcome]:
     """Turn one message's bytes into exactly one outcome per record (one for a payload failure)."""
-    builder = _Builder(source, limits, now, version)
     if value is None:
-        return [builder.payload_failure(Problem(ErrorCode.EMPTY_PAYLOAD, "the message value is null"), b"")]
+        problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the message value is null")
+        return [_Builder(source, limits, now, version).payload_failure(problem, b"")]
     if len(value) > limits.max_payload_bytes:
         problem = Problem(
             ErrorCode.PAYLOAD_TOO_LARGE,
             f"{len(value)} bytes, over the limit of {limits.max_payload_bytes}",
         )
-        return [builder.payload_failure(problem, value)]
-    body = strip_bom(value)
+        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
+    body = value[3:] if value.startswith(_BOM) else value
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -132,23 +132,84 @@ def process_payload(
             None,
             exc.start + (len(value) - len(body)),
         )
-        return [builder.payload_failure(problem, value)]
+        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
     if not text or text.isspace():
-        return [builder.payload_failure(Problem(ErrorCode.EMPTY_PAYLOAD, "the payload is empty"), value)]
+        problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the payload is empty")
+        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
     # The hot path: a clean payload of valid records. Anything else takes the full path below,
     # which finds the precise problem; both give the same outcomes for a clean, valid payload.
     clean = scan_clean(text, limits.max_records_per_payload)
     if clean is not None:
-        outcomes = builder.articles(clean)
+        outcomes = _articles(clean, source, limits, now)
         if outcomes is not None:
             return outcomes
         records = scanned(text, clean)  # what scan_markers would find, without scanning again
     else:
         found = scan_markers(text, limits.max_records_per_payload)
         if isinstance(found, Problem):
-            return [builder.payload_failure(found, value)]
+            return [_Builder(source, limits, now, version).payload_failure(found, value)]
         records = found
+    builder = _Builder(source, limits, now, version)
     return [builder.record(i, rec, text) for i, rec in enumerate(records)]
+
+
+def _articles(
+    records: list[CleanRecord], src: Source, limits: Limits, now: dt.datetime
+) -> list[Outcome] | None:
+    """The article events of a clean payload's records, or None if any record is invalid or too big.
+
+    The hot path, written flat: per record, the validation and the event are what
+    ``_Builder.record`` makes of the same record (tests/unit/test_properties.py compares them).
+    """
+    ts = src.timestamp_ms
+    time = (_from_ms(ts) if ts is not None else None) or rfc3339(now)
+    topic = src.topic
+    id_prefix = f"{topic}:{src.partition}:{src.offset}:"
+    source_uri = _source_uri(topic)
+    max_event_bytes = limits.max_event_bytes
+    outcomes = []
+    for index, record in enumerate(records):
+        values = record[1]
+        article = article_from_values(values, limits)
+        if article is None:
+            return None
+        fn = article.fn
+        subject = str(fn)
+        event_id = id_prefix + str(index)
+        event = orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": source_uri,
+                "type": ARTICLE_EVENT_TYPE,
+                "subject": subject,
+                "time": time,
+                "datacontenttype": "application/json",
+                "dataschema": ARTICLE_DATASCHEMA,
+                "kafkatopic": topic,
+                "kafkapartition": src.partition,
+                "kafkaoffset": src.offset,
+                "recordindex": index,
+                "data": {
+                    "fn": fn,
+                    # The DATE value passed validation, so it already is article.date.isoformat().
+                    "date": values["date"],
+                    "title": article.title,
+                    "text": article.text,
+                    "extra": article.extra,
+                    "sha256": article.sha256,
+                },
+            }
+        )
+        if len(event) > max_event_bytes:
+            return None
+        outcomes.append(_new_outcome(Outcome, (index, event_id, subject.encode(), event, None, fn)))
+    return outcomes
+
+
+@functools.lru_cache(maxsize=256)
+def _source_uri(topic: str) -> str:
+    return f"urn:marker-ingest:topic:{topic}"
 
 
 class _Builder:
@@ -162,7 +223,7 @@ class _Builder:
         self._now = now
         self._version = version
         self._time: str | None = None
-        self._source_uri = f"urn:marker-ingest:topic:{source.topic}"
+        self._source_uri = _source_uri(source.topic)
 
     def _event_time(self) -> str:
         if self._time is None:
@@ -189,21 +250,6 @@ class _Builder:
             name,
             rec.fields[name].position,
         )
-
-    def articles(self, records: list[CleanRecord]) -> list[Outcome] | None:
-        """The article events of a clean payload's records, or None if any record is invalid."""
-        outcomes = []
-        for index, record in enumerate(records):
-            values = record.values
-            article = article_from_values(values, self._limits)
-            if article is None:
-                return None
-            # The DATE value passed validation, so it already is article.date.isoformat().
-            outcome = self.article(index, article, values["date"])
-            if outcome is None:
-                return None
-            outcomes.append(outcome)
-        return outcomes
 
     def article(self, index: int, article: ArticleData, date: str) -> Outcome | None:
         """The article event, or None when it would be over ``max_event_bytes``."""

@@ -13,15 +13,15 @@ import re
 import string
 from dataclasses import dataclass
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from markertext import decode
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
-from service.events import Outcome, Source, process_payload
+from service.events import Outcome, Source, _articles, _Builder, process_payload
 from service.limits import Limits
-from service.parser import find_markers
+from service.parser import find_markers, scan_clean, scan_markers
 
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
 REQUIRED = ("fn", "date", "title", "text")
@@ -297,3 +297,26 @@ def test_one_spoiled_record_does_not_spoil_the_others(case: tuple[bytes, list[Ge
     check_envelope(outcomes, SOURCE)
     assert [o.error is None for o in outcomes] == [True] * (len(records) - 1) + [False]
     assert [o.fn for o in outcomes[:-1]] == [r.fn for r in records[:-1]]
+
+
+# --- the hot path and the full path agree -----------------------------------------------------------
+
+
+@given(case=payloads_of_valid_records(), source=sources)
+def test_hot_path_events_equal_the_full_paths(case: tuple[bytes, list[GenRecord]], source: Source) -> None:
+    # process_payload takes the flat hot path (_articles) for clean, valid payloads; the full path
+    # (scan_markers, validate_record, _Builder.record) must make byte-identical outcomes of them.
+    payload, _ = case
+    text = payload.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    limits = Limits()
+    clean = scan_clean(text, limits.max_records_per_payload)
+    assume(clean is not None)  # a marker glued into a value is valid, but not for the hot path
+    assert clean is not None
+    hot = _articles(clean, source, limits, NOW)
+    assert hot is not None
+    records = scan_markers(text, limits.max_records_per_payload)
+    assert isinstance(records, list)
+    builder = _Builder(source, limits, NOW, "p")
+    full = [builder.record(i, rec, text) for i, rec in enumerate(records)]
+    assert hot == full
+    assert process_payload(payload, source, limits, now=NOW, version="p") == hot
