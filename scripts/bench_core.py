@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 from schemas.events import ArticleData
 from service.events import Outcome, Source, _new_outcome, process_payload
 from service.limits import Limits
+from service.parser import SPEEDUPS, scan_clean
 from service.validation import content_digest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,8 +209,13 @@ def time_components(repeat: int) -> list[dict[str, Any]]:
     date = dt.date.fromisoformat(data["date"])
     fields = {**data, "date": date}
     validate = ArticleData.__pydantic_validator__.validate_python
+    text = value.decode("utf-8")
     parts: list[tuple[str, Callable[[], object]]] = [
         ("decode the payload (UTF-8)", lambda: value.decode("utf-8")),
+        (
+            "scan the record (scan_clean, C scanner)" if SPEEDUPS else "scan the record (scan_clean, Python)",
+            lambda: scan_clean(text, 1),
+        ),
         (
             "SHA-256 of the record (content_digest)",
             lambda: content_digest(data["fn"], data["date"], data["title"], data["text"], data["extra"]),
@@ -315,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "implementation": platform.python_implementation(),
         "pydantic": pydantic.VERSION,
         "orjson": orjson.__version__,
+        "scanner": "C (service._speedups)" if SPEEDUPS else "Python (service._speedups not built)",
         "machine": platform.machine(),
         "cpu_pinning": pinning,
         "records": n,
@@ -335,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"marker-ingest core benchmark: Python {info['python']}, pydantic {info['pydantic']}, ", end="")
     print(f"orjson {info['orjson']}, {info['machine']}")
-    print(f"CPU: {pinning}")
+    print(f"CPU: {pinning}; scanner: {info['scanner']}")
     print(
         f"records: {n} ({info['non_ascii_records']} non-ASCII), mean {info['mean_record_bytes']:.0f} bytes, "
         f"{size / 1e6:.1f} MB per pass; {args.repeat} timed passes after a warm-up"
@@ -363,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for part in components:
             print(f"  {part['part']:<40} {part['us_per_record']:7.2f} us")
         fixed = sum(part["us_per_record"] for part in components)
-        print(f"  {'sum':<40} {fixed:7.2f} us  (at most {1e6 / fixed:,.0f} records/s with free parsing)")
+        ceiling = f"at most {1e6 / fixed:,.0f} records/s with no checks and no glue"
+        print(f"  {'sum':<40} {fixed:7.2f} us  ({ceiling})")
     return 0
 
 
