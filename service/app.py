@@ -30,10 +30,10 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER
-from service import __version__
+from service import __version__, logs
 from service.events import Outcome, Source, process_payload
 from service.http import HttpEndpoint, LoopWatch, Response
-from service.logs import configure_logging
+from service.logs import configure_logging, flush_records
 from service.metrics import CONTENT_TYPE, Metrics
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
@@ -428,6 +428,7 @@ class Ingestor:
         dead_letters: dict[ErrorCode, int] = {}
         timestamps: list[int | None] = []
         for tp, messages in batch.items():
+            record_log = logs.records.bind(topic=tp.topic, partition=tp.partition)
             for i, msg in enumerate(messages):
                 if i and i % YIELD_EVERY == 0:
                     # Let the producer's sender ship what is ready and acks come back while
@@ -447,7 +448,7 @@ class Ingestor:
                     if outcome.error is not None:
                         dead_letters[outcome.error] = dead_letters.get(outcome.error, 0) + 1
                         dead += 1
-                    _log_record(tp, msg.offset, outcome)
+                    _log_record(record_log, msg.offset, outcome)
                 if safety is not None:
                     safety.observe(len(outcomes), dead)
                 self.records_done += len(outcomes)
@@ -457,11 +458,13 @@ class Ingestor:
                 self._in_flight = in_flight
                 if in_flight >= s.max_bytes_in_flight:
                     await outbox.flush()
+                    flush_records()
                     await self._await_acks(sends)
                     self.metrics.observe_end_to_end(timestamps)
                     sends, in_flight, timestamps = [], 0, []
                     self._in_flight = 0
         await outbox.flush()
+        flush_records()
         await self._await_acks(sends)
         self._in_flight = 0
         self.metrics.observe_end_to_end(timestamps)
@@ -727,12 +730,10 @@ def _names(partitions: set[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
 
 
-def _log_record(tp: TopicPartition, offset: int, outcome: Outcome) -> None:
-    """The canonical log line: one per record."""
-    log.info(
+def _log_record(record_log: Any, offset: int, outcome: Outcome) -> None:
+    """The canonical log line: one per record (``record_log`` is bound to its topic and partition)."""
+    record_log.info(
         "record",
-        topic=tp.topic,
-        partition=tp.partition,
         offset=offset,
         record_index=outcome.record_index,
         outcome="article" if outcome.error is None else "dead_letter",
@@ -798,4 +799,7 @@ async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
 def run_service(settings: Settings) -> int:
     """Entry point of ``marker-ingest run``."""
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        flush_records()

@@ -1,13 +1,111 @@
-"""Logging, configured once at start-up: JSON lines in production, a console renderer on a terminal."""
+"""Logging, configured once at start-up: JSON lines in production, a console renderer on a terminal.
+
+The per-record line is the hot path (one per input record), so it has a logger of its own,
+``records``, with the shortest processor chain that still yields the canonical line: the level, a
+timestamp (``_IsoTime``: the date and time formatted once a second) and the renderer. In JSON mode its
+lines are buffered and written in one go by ``flush_records`` (the loop calls it once per batch,
+before awaiting the batch's acknowledgements), or by the next line of any other logger, which
+writes everything buffered before it: the log keeps the order in which lines were logged.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+import time
+from typing import Any, BinaryIO, Literal
 
 import orjson
 import structlog
+
+records: Any = structlog.get_logger("marker_ingest.records")
+"""The logger of the canonical per-record line (replaced by ``configure_logging``)."""
+
+
+class _IsoTime:
+    """``TimeStamper(fmt="iso", utc=True)`` (``2024-01-24T08:15:02.123456Z``), cheaper: the date and
+    time of day are formatted once a second, the microseconds per line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: Any, _name: str, event_dict: structlog.typing.EventDict) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
+class _Sink:
+    """One binary stream for every JSON line; per-record lines wait in a buffer until the next flush."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buffered: list[bytes] = []
+
+    def buffer(self, line: bytes) -> None:
+        self._buffered.append(line)
+
+    def write(self, line: bytes) -> None:
+        self._buffered.append(line)
+        self.flush()
+
+    def flush(self) -> None:
+        if self._buffered:
+            lines, self._buffered = self._buffered, []
+            self._stream.write(b"".join(lines))
+            self._stream.flush()
+
+
+class _LineLogger:
+    """structlog's logger for rendered JSON lines (bytes): written at once, after anything buffered."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    def msg(self, message: bytes) -> None:
+        self._sink.write(message + b"\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _BufferedLineLogger(_LineLogger):
+    """The per-record lines: buffered until ``flush_records`` or the next line of another logger."""
+
+    def msg(self, message: bytes) -> None:
+        self._sink.buffer(message + b"\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _TextToSink:
+    """A text stream for the standard library's handler (aiokafka's lines), writing through the sink."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    def write(self, text: str) -> None:
+        self._sink.write(text.encode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        return None
+
+
+_sink: _Sink | None = None
+
+
+def flush_records() -> None:
+    """Write the buffered per-record lines (JSON mode; a no-op otherwise)."""
+    if _sink is not None:
+        _sink.flush()
 
 
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
@@ -15,34 +113,47 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
 
     ``auto`` picks the console renderer when stderr is a terminal, JSON otherwise.
     """
+    global records, _sink
+    flush_records()
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
-    # structlog's own lines (one per record: the hot path) skip the str round trip in JSON mode:
-    # orjson renders bytes and BytesLogger writes them to the binary stream, one line per write.
-    # The standard library's lines (aiokafka) keep the str renderer that logging.Formatter needs.
-    fast = not use_console
-    own_renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=orjson.dumps) if fast else renderer
-    )
-    factory: structlog.BytesLoggerFactory | structlog.PrintLoggerFactory = (
-        structlog.BytesLoggerFactory(sys.stderr.buffer) if fast else structlog.PrintLoggerFactory(sys.stderr)
-    )
+    wrapper = structlog.make_filtering_bound_logger(logging.getLevelName(level))
+    stamp = _IsoTime()
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamp,
     ]
-    if not use_console:
-        shared.append(structlog.processors.format_exc_info)
-    structlog.configure(
-        processors=[*shared, own_renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=factory,
-        cache_logger_on_first_use=True,
-    )
-    handler = logging.StreamHandler(sys.stderr)
+    if use_console:
+        _sink = None
+        structlog.configure(
+            processors=[*shared, renderer],
+            wrapper_class=wrapper,
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+            cache_logger_on_first_use=True,
+        )
+        records = structlog.get_logger("marker_ingest.records")
+        stdlib_stream: Any = sys.stderr
+    else:
+        # structlog's own lines skip the str round trip: orjson renders bytes, written to the binary
+        # stream. The standard library's lines (aiokafka) keep the str renderer logging.Formatter needs.
+        _sink = sink = _Sink(sys.stderr.buffer)
+        own_renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        structlog.configure(
+            processors=[*shared, structlog.processors.format_exc_info, own_renderer],
+            wrapper_class=wrapper,
+            logger_factory=lambda *_args: _LineLogger(sink),
+            cache_logger_on_first_use=True,
+        )
+        records = structlog.wrap_logger(
+            _BufferedLineLogger(sink),
+            processors=[structlog.processors.add_log_level, stamp, own_renderer],
+            wrapper_class=wrapper,
+        ).bind()
+        stdlib_stream = _TextToSink(sink)
+    handler = logging.StreamHandler(stdlib_stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
