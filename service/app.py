@@ -30,10 +30,10 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER
-from service import __version__, logs
+from service import __version__
 from service.events import Outcome, Source, process_payload
 from service.http import HttpEndpoint, LoopWatch, Response
-from service.logs import configure_logging, flush_records
+from service.logs import configure_logging, flush_records, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
@@ -428,7 +428,7 @@ class Ingestor:
         dead_letters: dict[ErrorCode, int] = {}
         timestamps: list[int | None] = []
         for tp, messages in batch.items():
-            record_log = logs.records.bind(topic=tp.topic, partition=tp.partition)
+            record_log = record_logger().bind(topic=tp.topic, partition=tp.partition)
             for i, msg in enumerate(messages):
                 if i and i % YIELD_EVERY == 0:
                     # Let the producer's sender ship what is ready and acks come back while

@@ -1,7 +1,7 @@
 """Logging, configured once at start-up: JSON lines in production, a console renderer on a terminal.
 
 The per-record line is the hot path (one per input record), so it has a logger of its own,
-``records``, with the shortest processor chain that still yields the canonical line: the level, a
+``record_logger()``, with the shortest processor chain that still yields the canonical line: the level, a
 timestamp (``_IsoTime``: the date and time formatted once a second) and the renderer. In JSON mode its
 lines are buffered and written in one go by ``flush_records`` (the loop calls it once per batch,
 before awaiting the batch's acknowledgements), or by the next line of any other logger, which
@@ -18,8 +18,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 import structlog
 
-records: Any = structlog.get_logger("marker_ingest.records")
-"""The logger of the canonical per-record line (replaced by ``configure_logging``)."""
+RECORDS = "marker_ingest.records"
 
 
 class _IsoTime:
@@ -99,13 +98,30 @@ class _TextToSink:
         return None
 
 
-_sink: _Sink | None = None
+_configured: tuple[Any, Any, _Sink | None] | None = None
+"""What ``configure_logging`` set up last: structlog's logger factory, the per-record logger, the sink."""
+
+
+def _current() -> tuple[Any, Any, _Sink | None] | None:
+    """The setup of ``configure_logging``, while structlog still runs with it (a caller that
+    restored an earlier configuration, as the operator tools do, no longer does)."""
+    configured = _configured
+    if configured is not None and structlog.get_config()["logger_factory"] is configured[0]:
+        return configured
+    return None
+
+
+def record_logger() -> Any:
+    """The logger of the canonical per-record line (bind it to the record's topic and partition)."""
+    current = _current()
+    return current[1] if current is not None else structlog.get_logger(RECORDS)
 
 
 def flush_records() -> None:
     """Write the buffered per-record lines (JSON mode; a no-op otherwise)."""
-    if _sink is not None:
-        _sink.flush()
+    current = _current()
+    if current is not None and current[2] is not None:
+        current[2].flush()
 
 
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
@@ -113,7 +129,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
 
     ``auto`` picks the console renderer when stderr is a terminal, JSON otherwise.
     """
-    global records, _sink
+    global _configured
     flush_records()
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
@@ -127,24 +143,28 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
         stamp,
     ]
     if use_console:
-        _sink = None
+        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
         structlog.configure(
             processors=[*shared, renderer],
             wrapper_class=wrapper,
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+            logger_factory=factory,
             cache_logger_on_first_use=True,
         )
-        records = structlog.get_logger("marker_ingest.records")
+        _configured = (factory, structlog.get_logger(RECORDS), None)
         stdlib_stream: Any = sys.stderr
     else:
         # structlog's own lines skip the str round trip: orjson renders bytes, written to the binary
         # stream. The standard library's lines (aiokafka) keep the str renderer logging.Formatter needs.
-        _sink = sink = _Sink(sys.stderr.buffer)
+        sink = _Sink(sys.stderr.buffer)
         own_renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+
+        def factory(*_args: Any) -> _LineLogger:
+            return _LineLogger(sink)
+
         structlog.configure(
             processors=[*shared, structlog.processors.format_exc_info, own_renderer],
             wrapper_class=wrapper,
-            logger_factory=lambda *_args: _LineLogger(sink),
+            logger_factory=factory,
             cache_logger_on_first_use=True,
         )
         records = structlog.wrap_logger(
@@ -152,6 +172,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             processors=[structlog.processors.add_log_level, stamp, own_renderer],
             wrapper_class=wrapper,
         ).bind()
+        _configured = (factory, records, sink)
         stdlib_stream = _TextToSink(sink)
     handler = logging.StreamHandler(stdlib_stream)
     handler.setFormatter(
