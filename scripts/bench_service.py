@@ -9,7 +9,8 @@ each run with a fresh consumer group and fresh output topics:
 * ``passthrough``: the ceiling. aiokafka, the service's client settings, ``getmany(max_records=500)``,
   every value forwarded unchanged (key and headers too) with the service's send technique (record
   batches through aiokafka's batch API, ``create_batch``/``send_batch``), ``acks=all``, acks
-  awaited, one commit per batch; no parsing, no logging.
+  awaited, one commit per batch, and the service's cadence: a batch is acknowledged and committed
+  while the next one is sent; no parsing, no logging.
 * ``marker-ingest``: ``python -m service run --burst`` as users run it (``INGEST_LOG_FORMAT=json``,
   INFO as shipped, logs to a file); also with logs to /dev/null, and at WARNING (no record lines).
 * ``faststream``: the same transform as a FastStream user writes it: ``KafkaBroker`` with default
@@ -123,10 +124,20 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     await consumer.start()
     out = cfg["output"]
     partitioner = DefaultPartitioner()
+    previous: tuple[list[Any], dict[Any, int]] | None = None
+
+    async def complete(batch: tuple[list[Any], dict[Any, int]] | None) -> None:
+        if batch is not None:
+            for fut in batch[0]:
+                await fut
+            await consumer.commit(batch[1])
+
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=BATCH_MAX)
             if not batch:
+                await complete(previous)
+                previous = None
                 continue
             # The service's send technique (service/app.py, _Outbox): record batches of up to
             # max_batch_size per output partition, the partition from the default partitioner, a
@@ -150,9 +161,10 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
                 offsets[tp] = messages[-1].offset + 1
             for p, builder in builders.items():
                 futures.append(await producer.send_batch(builder, out, partition=p))
-            for fut in futures:
-                await fut
-            await consumer.commit(offsets)
+            # The service's cadence: the batch before is acknowledged and committed while this one
+            # is being sent.
+            await complete(previous)
+            previous = (futures, offsets)
     finally:
         await consumer.stop()
         await producer.stop()

@@ -19,7 +19,7 @@ import random
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -64,6 +64,23 @@ class _Send:
     headers: list[tuple[str, bytes]]
     future: asyncio.Future[Any] | None = None
     error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A fetched batch, processed, its outcomes handed to the producer: it is completed (every event
+    acknowledged, then its offsets committed) while the next batch is processed."""
+
+    outbox: _Outbox
+    started: float
+    sends: list[_Send] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    timestamps: list[int | None] = field(default_factory=list)
+    dead_letters: dict[ErrorCode, int] = field(default_factory=dict)
+    in_flight: int = 0
+    messages: int = 0
+    payload_bytes: int = 0
+    records: int = 0
 
 
 class _Outbox:
@@ -187,6 +204,8 @@ class Ingestor:
         self._in_flight = 0
         self._fetch_error: str | None = None
         self._finished = False
+        self._pending: _Batch | None = None
+        self._completing = asyncio.Lock()
         self._max_request_size = 2 * settings.max_payload_bytes + 1024 * 1024
         self.metrics.watch(
             in_flight=lambda: self._in_flight,
@@ -330,6 +349,9 @@ class Ingestor:
     # ----------------------------------------------------------------- the loop
 
     async def _loop(self) -> None:
+        """Fetch, process and hand a batch's events to the producer; then complete the batch before it
+        (await its acknowledgements, commit): the next batch is processed while the previous one's
+        acknowledgements and commit are under way. At most one batch waits to be completed."""
         s = self.settings
         assert self.consumer is not None
         idle_since = time.monotonic()
@@ -345,10 +367,12 @@ class Ingestor:
                 self._fetch_error = repr(exc)
                 self.metrics.retries["fetch"].inc()
                 log.warning("fetch.failed", error=repr(exc))
+                await self._complete_pending()
                 await self._sleep(s.retry_initial_seconds)
                 continue
             self._fetch_error = None
             if not batch:
+                await self._complete_pending()
                 now = time.monotonic()
                 if now >= lag_due:
                     lag_due = now + LAG_REFRESH_SECONDS
@@ -360,20 +384,25 @@ class Ingestor:
                     return
                 continue
             idle_since = time.monotonic()
-            started = time.perf_counter()
             self._idle.clear()
             try:
-                offsets = await self._process_batch(batch)
-                await self._commit(offsets)
+                current = await self._process_batch(batch)
+                async with self._completing:
+                    previous, self._pending = self._pending, current
+                    if previous is not None:
+                        await self._complete(previous, current)
             finally:
                 self._idle.set()
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            await self._update_lag(offsets)
             lag_due = time.monotonic() + LAG_REFRESH_SECONDS
+            tripped = self.safety is not None and self.safety.tripped is not None
+            if self.stopping or tripped or s.max_messages is not None:
+                # Nothing is left waiting before a stop, a pause, or a count that must be exact.
+                await self._complete_pending()
             self._pause_if_tripped()
             if s.max_messages is not None and self.messages_done >= s.max_messages:
                 log.info("max_messages.reached", messages=self.messages_done)
                 return
+        await self._complete_pending()
 
     async def _burst_done(self, idle_seconds: float) -> bool:
         """True when the group has drained every partition of the input topic.
@@ -414,19 +443,17 @@ class Ingestor:
                 return False
         return True
 
-    async def _process_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> dict[TopicPartition, int]:
-        """Process, send and await acknowledgement of every outcome; return the offsets to commit."""
+    async def _process_batch(self, batch: dict[TopicPartition, Sequence[Any]]) -> _Batch:
+        """Process every message and hand every outcome to the producer; the batch is completed later."""
         s = self.settings
         now = dt.datetime.now(dt.UTC)
         safety = self.safety
-        sends: list[_Send] = []
-        outbox = self._outbox()
+        current = _Batch(outbox=self._outbox(), started=time.perf_counter())
         in_flight = 0
-        offsets: dict[TopicPartition, int] = {}
-        # Tallies for the metrics, handed over once per batch.
+        offsets = current.offsets
+        # Tallies for the metrics, handed over once the batch is completed.
         records = payload_bytes = 0
-        dead_letters: dict[ErrorCode, int] = {}
-        timestamps: list[int | None] = []
+        dead_letters = current.dead_letters
         for tp, messages in batch.items():
             record_log = record_logger().bind(topic=tp.topic, partition=tp.partition)
             for i, msg in enumerate(messages):
@@ -440,9 +467,10 @@ class Ingestor:
                 in_flight += size
                 payload_bytes += size
                 dead = 0
+                sends = current.sends
                 for outcome in outcomes:
                     send = self._prepare(tp, msg.offset, msg.headers, outcome)
-                    await outbox.add(send)
+                    await current.outbox.add(send)
                     sends.append(send)
                     in_flight += len(outcome.value)
                     if outcome.error is not None:
@@ -453,27 +481,79 @@ class Ingestor:
                     safety.observe(len(outcomes), dead)
                 self.records_done += len(outcomes)
                 records += len(outcomes)
-                timestamps.append(msg.timestamp)
+                current.timestamps.append(msg.timestamp)
                 offsets[tp] = msg.offset + 1
-                self._in_flight = in_flight
-                if in_flight >= s.max_bytes_in_flight:
-                    await outbox.flush()
-                    flush_records()
-                    await self._await_acks(sends)
-                    self.metrics.observe_end_to_end(timestamps)
-                    sends, in_flight, timestamps = [], 0, []
-                    self._in_flight = 0
-        await outbox.flush()
+                current.in_flight = in_flight
+                self._in_flight = in_flight + self._pending_bytes()
+                if self._in_flight >= s.max_bytes_in_flight:
+                    await self._await_current_acks(current)
+                    in_flight = 0
+        await current.outbox.flush()
         flush_records()
-        await self._await_acks(sends)
+        current.messages = sum(len(m) for m in batch.values())
+        current.payload_bytes, current.records = payload_bytes, records
+        return current
+
+    async def _await_current_acks(self, current: _Batch) -> None:
+        """Over the bytes-in-flight ceiling: complete the batch before, then await the acknowledgements
+        of what this batch has handed over so far (it is committed when it is completed)."""
+        await self._complete_pending(current)
+        await current.outbox.flush()
+        flush_records()
+        await self._await_acks(current.sends)
+        self.metrics.observe_end_to_end(current.timestamps)
+        current.sends, current.timestamps, current.in_flight = [], [], 0
         self._in_flight = 0
-        self.metrics.observe_end_to_end(timestamps)
-        count = sum(len(m) for m in batch.values())
-        self.messages_done += count
+
+    def _pending_bytes(self) -> int:
+        pending = self._pending
+        return 0 if pending is None else pending.in_flight
+
+    async def _complete_pending(self, current: _Batch | None = None) -> None:
+        """Complete the batch waiting to be completed, if any (see ``_complete``)."""
+        async with self._completing:
+            pending, self._pending = self._pending, None
+            if pending is not None and not self._finished:
+                await self._complete(pending, current)
+
+    async def _complete(self, done: _Batch, current: _Batch | None) -> None:
+        """Await every acknowledgement of ``done``, commit its offsets, count it.
+
+        ``current``, if given, is the batch processed after it: when an event of ``done`` failed, the
+        events ``current`` has handed over so far are awaited and resent with it (everything from the
+        first failed outcome of an input partition onward is sent again, in input order).
+        """
+        if not await self._all_acked(done.sends):
+            sends = done.sends
+            if current is not None:
+                await current.outbox.flush()
+                sends = sends + current.sends
+            await self._await_acks(sends)
+        self.metrics.observe_end_to_end(done.timestamps)
+        await self._commit(done.offsets)
+        self._in_flight = 0 if current is None else current.in_flight
+        self.messages_done += done.messages
         self.metrics.count_batch(
-            messages=count, payload_bytes=payload_bytes, records=records, dead_letters=dead_letters
+            messages=done.messages,
+            payload_bytes=done.payload_bytes,
+            records=done.records,
+            dead_letters=done.dead_letters,
         )
-        return offsets
+        self.metrics.batch_seconds.observe(time.perf_counter() - done.started)
+        await self._update_lag(done.offsets)
+
+    async def _all_acked(self, sends: list[_Send]) -> bool:
+        """Await every send; True when the broker acknowledged all of them."""
+        ok = True
+        for send in sends:
+            if send.future is not None:
+                try:
+                    await send.future
+                except KafkaError as exc:
+                    send.error = exc
+            if send.error is not None:
+                ok = False
+        return ok
 
     def _prepare(
         self, tp: TopicPartition, offset: int, headers: Sequence[tuple[str, bytes]], outcome: Outcome
@@ -569,10 +649,13 @@ class Ingestor:
             return
 
     async def drain(self, revoked: set[TopicPartition]) -> None:
-        """Called before partitions are revoked: wait until the batch in flight is acked and committed."""
+        """Called before partitions are revoked: wait until the batch in hand is processed, then
+        complete the batch waiting to be completed (acknowledged and committed). The loop is held in
+        ``getmany`` meanwhile: aiokafka returns no records while the group rebalances."""
         if revoked:
             log.info("partitions.revoking", partitions=_names(revoked))
         await self._idle.wait()
+        await self._complete_pending()
 
     def assigned(self, assigned: set[TopicPartition]) -> None:
         """Called after a rebalance: drop the lag of lost partitions; keep new ones paused if tripped."""

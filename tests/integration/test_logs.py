@@ -50,7 +50,8 @@ async def test_one_record_line_per_record_with_its_fields_written_before_its_com
         assert e["outcome"] == ("article" if code is None else "dead_letter")
         assert e["error_code"] == code
 
-    # The log keeps the order of events: a batch's record lines come before the commit of its offsets.
+    # The log keeps the order of events: a batch's record lines come before the commit of its offsets
+    # (the next batch's may come before it too: it is processed while the previous one is completed).
     logged: dict[int, int] = {}
     commits = 0
     for e in lines:
@@ -60,6 +61,6 @@ async def test_one_record_line_per_record_with_its_fields_written_before_its_com
             commits += 1
             for name, committed in e["offsets"].items():
                 partition = int(name.rsplit(":", 1)[1])
-                assert logged.get(partition, -1) == committed - 1, (name, committed, logged)
+                assert logged.get(partition, -1) >= committed - 1, (name, committed, logged)
     assert commits >= len(values) // 20
     assert lines[-1]["event"] == "service.stopped"

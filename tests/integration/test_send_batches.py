@@ -122,3 +122,41 @@ async def test_the_service_keeps_input_order_over_many_batches(broker: BrokerHan
     assert len(dead) == 40
     assert articles == sorted(articles)
     assert dead == sorted(dead)
+
+
+async def test_a_small_bytes_in_flight_ceiling_keeps_the_accounting_and_the_order(
+    broker: BrokerHandle,
+) -> None:
+    """A ceiling of a few messages' worth: the batch before is completed and the batch in hand's
+    acknowledgements awaited every few messages, in the middle of each fetched batch."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("ceiling").create(bootstrap, partitions=2)
+    sent = await produce(bootstrap, topics.input, feed(400, body_bytes=500, bad_every=7), partitions=2)
+    settings = settings_for(
+        bootstrap,
+        topics,
+        idempotence=broker.idempotence,
+        burst=True,
+        batch_max_messages=100,
+        max_payload_bytes=4096,
+        max_bytes_in_flight=8192,
+    )
+    ingestor = Ingestor(settings)
+
+    assert await ingestor.run() == 0
+
+    assert ingestor.messages_done == 400
+    ledger = await Ledger.read(bootstrap, topics)
+    ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)
+    for topic in (topics.output, topics.dlq):
+        per_input: dict[int, list[int]] = {}
+        for rec in await read_all(bootstrap, topic):
+            event = orjson.loads(rec.value)
+            if topic == topics.dlq:
+                partition, offset = event["source"]["partition"], event["source"]["offset"]
+            else:
+                partition, offset = event["kafkapartition"], event["kafkaoffset"]
+            per_input.setdefault(partition, []).append(offset)
+        assert set(per_input) == {0, 1}
+        for offsets in per_input.values():
+            assert offsets == sorted(offsets)
