@@ -81,6 +81,8 @@ class _Batch:
     messages: int = 0
     payload_bytes: int = 0
     records: int = 0
+    acked_at: float | None = None
+    """When the broker had acknowledged every event handed over at the end of processing."""
 
 
 class _Outbox:
@@ -490,6 +492,11 @@ class Ingestor:
                     in_flight = 0
         await current.outbox.flush()
         flush_records()
+        # When the last acknowledgement arrives, for the end-to-end latency (the batch is completed later).
+        futures = {id(send.future): send.future for send in current.sends if send.future is not None}
+        if futures:
+            acks = asyncio.gather(*futures.values(), return_exceptions=True)
+            acks.add_done_callback(lambda _: setattr(current, "acked_at", time.time()))
         current.messages = sum(len(m) for m in batch.values())
         current.payload_bytes, current.records = payload_bytes, records
         return current
@@ -523,13 +530,16 @@ class Ingestor:
         events ``current`` has handed over so far are awaited and resent with it (everything from the
         first failed outcome of an input partition onward is sent again, in input order).
         """
-        if not await self._all_acked(done.sends):
+        acked_at = None
+        if await self._all_acked(done.sends):
+            acked_at = done.acked_at
+        else:
             sends = done.sends
             if current is not None:
                 await current.outbox.flush()
                 sends = sends + current.sends
             await self._await_acks(sends)
-        self.metrics.observe_end_to_end(done.timestamps)
+        self.metrics.observe_end_to_end(done.timestamps, acked_at)
         await self._commit(done.offsets)
         self._in_flight = 0 if current is None else current.in_flight
         self.messages_done += done.messages
