@@ -1,10 +1,11 @@
 """The imperative shell: consume → process → produce → commit, at least once.
 
-The loop fetches a batch, turns every message into outcomes with the pure core, sends each outcome
-to the output or dead-letter topic, waits until the broker has acknowledged all of them
-(``acks=all``), and only then commits the batch's offsets. Infrastructure errors are retried with
-capped exponential backoff and jitter, and nothing is committed past them. Partitions being revoked
-are drained first; SIGTERM/SIGINT stop fetching, finish the batch in flight and commit.
+The loop fetches a batch, turns every message into outcomes with the pure core, and hands each
+outcome to the producer (record batches per output partition). While the next batch is processed,
+the previous one is completed: the broker has acknowledged all of its events (``acks=all``), and
+only then are its offsets committed. Infrastructure errors are retried with capped exponential
+backoff and jitter, and nothing is committed past them. Partitions being revoked are drained first;
+SIGTERM/SIGINT stop fetching, finish the batches in flight and commit.
 
 Operations: an HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``) on the same loop, started
 before the broker is reached; and the safety switch, which pauses the partitions after a flood of

@@ -68,7 +68,7 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "marker_ingest_batch_duration_seconds",
-            "Time from fetching a batch to committing it: process, send, acknowledge, commit.",
+            "From the start of a batch's processing to its commit (overlaps the next batch's processing).",
             buckets=_BATCH_SECONDS_BUCKETS,
             registry=registry,
         )
