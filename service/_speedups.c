@@ -202,6 +202,7 @@ scan_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *value = NULL;
     PyObject *value_start = NULL;
     PyObject *record = NULL;
+    PyObject *result = NULL;
     if (records == NULL || fields == NULL || starts == NULL) {
         goto error;
     }
@@ -318,6 +319,8 @@ scan_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return records;
 
 not_clean:
+    result = Py_NewRef(Py_None);
+error: /* result stays NULL: the exception set is raised */
     Py_XDECREF(records);
     Py_XDECREF(fields);
     Py_XDECREF(starts);
@@ -325,17 +328,7 @@ not_clean:
     Py_XDECREF(value);
     Py_XDECREF(value_start);
     Py_XDECREF(record);
-    Py_RETURN_NONE;
-
-error:
-    Py_XDECREF(records);
-    Py_XDECREF(fields);
-    Py_XDECREF(starts);
-    Py_XDECREF(name);
-    Py_XDECREF(value);
-    Py_XDECREF(value_start);
-    Py_XDECREF(record);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef methods[] = {

@@ -588,12 +588,7 @@ class Ingestor:
         backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
         pending = sends
         while pending:
-            for send in pending:
-                if send.future is not None:
-                    try:
-                        await send.future
-                    except KafkaError as exc:
-                        send.error = exc
+            await self._all_acked(pending)
             failed_from: dict[TopicPartition, int] = {}
             for i, send in enumerate(pending):
                 if send.error is not None and send.tp not in failed_from:

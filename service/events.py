@@ -115,14 +115,14 @@ def process_payload(
     """Turn one message's bytes into exactly one outcome per record (one for a payload failure)."""
     if value is None:
         problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the message value is null")
-        return [_Builder(source, limits, now, version).payload_failure(problem, b"")]
+        return _payload_failure(problem, b"", source, limits, now, version)
     if len(value) > limits.max_payload_bytes:
         problem = Problem(
             ErrorCode.PAYLOAD_TOO_LARGE,
             f"{len(value)} bytes, over the limit of {limits.max_payload_bytes}",
         )
-        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
-    body = value[3:] if value.startswith(_BOM) else value
+        return _payload_failure(problem, value, source, limits, now, version)
+    body = strip_bom(value)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -132,10 +132,10 @@ def process_payload(
             None,
             exc.start + (len(value) - len(body)),
         )
-        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
+        return _payload_failure(problem, value, source, limits, now, version)
     if not text or text.isspace():
         problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the payload is empty")
-        return [_Builder(source, limits, now, version).payload_failure(problem, value)]
+        return _payload_failure(problem, value, source, limits, now, version)
     # The hot path: a clean payload of valid records. Anything else takes the full path below,
     # which finds the precise problem; both give the same outcomes for a clean, valid payload.
     clean = scan_clean(text, limits.max_records_per_payload)
@@ -147,10 +147,17 @@ def process_payload(
     else:
         found = scan_markers(text, limits.max_records_per_payload)
         if isinstance(found, Problem):
-            return [_Builder(source, limits, now, version).payload_failure(found, value)]
+            return _payload_failure(found, value, source, limits, now, version)
         records = found
     builder = _Builder(source, limits, now, version)
     return [builder.record(i, rec, text) for i, rec in enumerate(records)]
+
+
+def _payload_failure(
+    problem: Problem, payload: bytes, source: Source, limits: Limits, now: dt.datetime, version: str
+) -> list[Outcome]:
+    """The one dead letter of a payload that fails as a whole."""
+    return [_Builder(source, limits, now, version).payload_failure(problem, payload)]
 
 
 def _articles(
@@ -158,112 +165,40 @@ def _articles(
 ) -> list[Outcome] | None:
     """The article events of a clean payload's records, or None if any record is invalid or too big.
 
-    The hot path, written flat: per record, the validation and the event are what
-    ``_Builder.record`` makes of the same record (tests/unit/test_properties.py compares them).
+    The hot path: per record, the same validation and event as ``_Builder.record`` makes of the same
+    record, with cheaper checks (tests/unit/test_properties.py compares the two).
     """
-    ts = src.timestamp_ms
-    time = (_from_ms(ts) if ts is not None else None) or rfc3339(now)
-    topic = src.topic
-    id_prefix = f"{topic}:{src.partition}:{src.offset}:"
-    source_uri = _source_uri(topic)
-    max_event_bytes = limits.max_event_bytes
+    time = _event_time(src, now)
+    source_uri = _source_uri(src.topic)
     outcomes = []
     for index, record in enumerate(records):
         values = record[1]
         article = article_from_values(values, limits)
         if article is None:
             return None
-        fn = article.fn
-        subject = str(fn)
-        event_id = id_prefix + str(index)
-        event = orjson.dumps(
-            {
-                "specversion": "1.0",
-                "id": event_id,
-                "source": source_uri,
-                "type": ARTICLE_EVENT_TYPE,
-                "subject": subject,
-                "time": time,
-                "datacontenttype": "application/json",
-                "dataschema": ARTICLE_DATASCHEMA,
-                "kafkatopic": topic,
-                "kafkapartition": src.partition,
-                "kafkaoffset": src.offset,
-                "recordindex": index,
-                "data": {
-                    "fn": fn,
-                    # The DATE value passed validation, so it already is article.date.isoformat().
-                    "date": values["date"],
-                    "title": article.title,
-                    "text": article.text,
-                    "extra": article.extra,
-                    "sha256": article.sha256,
-                },
-            }
-        )
-        if len(event) > max_event_bytes:
+        # The DATE value passed validation, so it already is article.date.isoformat().
+        outcome = _article(src, source_uri, time, index, article, values["date"], limits.max_event_bytes)
+        if outcome is None:
             return None
-        outcomes.append(_new_outcome(Outcome, (index, event_id, subject.encode(), event, None, fn)))
+        outcomes.append(outcome)
     return outcomes
 
 
-@functools.lru_cache(maxsize=256)
-def _source_uri(topic: str) -> str:
-    return f"urn:marker-ingest:topic:{topic}"
-
-
-class _Builder:
-    """Serializes outcomes for one message; holds what its records share."""
-
-    __slots__ = ("_limits", "_now", "_source", "_source_uri", "_time", "_version")
-
-    def __init__(self, source: Source, limits: Limits, now: dt.datetime, version: str) -> None:
-        self._source = source
-        self._limits = limits
-        self._now = now
-        self._version = version
-        self._time: str | None = None
-        self._source_uri = _source_uri(source.topic)
-
-    def _event_time(self) -> str:
-        if self._time is None:
-            ts = self._source.timestamp_ms
-            self._time = (_from_ms(ts) if ts is not None else None) or rfc3339(self._now)
-        return self._time
-
-    def record(self, index: int, rec: ScannedRecord, text: str) -> Outcome:
-        checked = validate_record(rec.fields, self._limits, rec.problem)
-        if isinstance(checked, ArticleData):
-            outcome = self.article(index, checked, checked.date.isoformat())
-            if outcome is not None:
-                return outcome
-            checked = self._oversized(rec)
-        return self._dead_letter(index, checked, "record", text=text[rec.start : rec.end].strip())
-
-    def _oversized(self, rec: ScannedRecord) -> Problem:
-        """The problem of a valid record whose article event is over ``max_event_bytes``."""
-        name = max(rec.fields, key=lambda k: len(rec.fields[k].value))
-        return Problem(
-            ErrorCode.INVALID_FIELD,
-            f"{name}: too long: the article event would be over the limit of "
-            f"{self._limits.max_event_bytes} bytes (INGEST_MAX_EVENT_BYTES)",
-            name,
-            rec.fields[name].position,
-        )
-
-    def article(self, index: int, article: ArticleData, date: str) -> Outcome | None:
-        """The article event, or None when it would be over ``max_event_bytes``."""
-        src = self._source
-        event_id = src.event_id(index)
-        fn = article.fn
-        subject = str(fn)
-        event = {
+def _article(
+    src: Source, source_uri: str, time: str, index: int, article: ArticleData, date: str, max_bytes: int
+) -> Outcome | None:
+    """The article event of a valid record, or None when it would be over ``max_bytes``."""
+    event_id = src.event_id(index)
+    fn = article.fn
+    subject = str(fn)
+    event = orjson.dumps(
+        {
             "specversion": "1.0",
             "id": event_id,
-            "source": self._source_uri,
+            "source": source_uri,
             "type": ARTICLE_EVENT_TYPE,
             "subject": subject,
-            "time": self._event_time(),
+            "time": time,
             "datacontenttype": "application/json",
             "dataschema": ARTICLE_DATASCHEMA,
             "kafkatopic": src.topic,
@@ -279,10 +214,58 @@ class _Builder:
                 "sha256": article.sha256,
             },
         }
-        value = orjson.dumps(event)
-        if len(value) > self._limits.max_event_bytes:
-            return None
-        return _new_outcome(Outcome, (index, event_id, subject.encode(), value, None, fn))
+    )
+    if len(event) > max_bytes:
+        return None
+    return _new_outcome(Outcome, (index, event_id, subject.encode(), event, None, fn))
+
+
+def _event_time(src: Source, now: dt.datetime) -> str:
+    """An article event's ``time``: the message's Kafka timestamp, else the processing time."""
+    ts = src.timestamp_ms
+    return (_from_ms(ts) if ts is not None else None) or rfc3339(now)
+
+
+@functools.lru_cache(maxsize=256)
+def _source_uri(topic: str) -> str:
+    return f"urn:marker-ingest:topic:{topic}"
+
+
+class _Builder:
+    """Serializes outcomes for one message; holds what its records share."""
+
+    __slots__ = ("_limits", "_now", "_source", "_source_uri", "_version")
+
+    def __init__(self, source: Source, limits: Limits, now: dt.datetime, version: str) -> None:
+        self._source = source
+        self._limits = limits
+        self._now = now
+        self._version = version
+        self._source_uri = _source_uri(source.topic)
+
+    def record(self, index: int, rec: ScannedRecord, text: str) -> Outcome:
+        checked = validate_record(rec.fields, self._limits, rec.problem)
+        if isinstance(checked, ArticleData):
+            time = _event_time(self._source, self._now)
+            date = checked.date.isoformat()
+            outcome = _article(
+                self._source, self._source_uri, time, index, checked, date, self._limits.max_event_bytes
+            )
+            if outcome is not None:
+                return outcome
+            checked = self._oversized(rec)
+        return self._dead_letter(index, checked, "record", text=text[rec.start : rec.end].strip())
+
+    def _oversized(self, rec: ScannedRecord) -> Problem:
+        """The problem of a valid record whose article event is over ``max_event_bytes``."""
+        name = max(rec.fields, key=lambda k: len(rec.fields[k].value))
+        return Problem(
+            ErrorCode.INVALID_FIELD,
+            f"{name}: too long: the article event would be over the limit of "
+            f"{self._limits.max_event_bytes} bytes (INGEST_MAX_EVENT_BYTES)",
+            name,
+            rec.fields[name].position,
+        )
 
     def payload_failure(self, problem: Problem, value: bytes) -> Outcome:
         return self._dead_letter(0, problem, "payload", payload=value)
