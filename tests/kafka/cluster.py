@@ -1,0 +1,431 @@
+"""Apache Kafka from Maven Central, run from its jars: one combined KRaft node, or a cluster.
+
+The version is pinned in ``tests/kafka/pom.xml``; ``ensure_jars`` runs ``mvn
+dependency:copy-dependencies`` on it once and caches the jars in ``~/.cache/marker-ingest`` (or
+``$MARKER_INGEST_CACHE``), outside the work tree. ``KafkaCluster(brokers=1)`` is one process that is
+both broker and controller; ``KafkaCluster(brokers=3)`` is a controller and three brokers, each its
+own process, so that a test can kill -9, freeze (SIGSTOP) or restart one broker while the metadata
+quorum stays up. Every node listens on free loopback ports and logs to ``<workdir>/<node>/server.log``.
+
+Test-friendly broker settings (all else is Kafka's default): no delay before the first rebalance,
+brokers fenced 3 s after their last heartbeat (default 9 s), fewer partitions for the internal
+topics, small heaps and thread pools for a 2-core machine, and topics created only on request
+(``auto.create.topics.enable=false``, as on a careful production cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+POM = Path(__file__).with_name("pom.xml")
+CONTROLLER_ID = 100
+BROKER_HEAP = os.environ.get("MARKER_INGEST_KAFKA_HEAP", "-Xms128m -Xmx512m")
+CONTROLLER_HEAP = "-Xms64m -Xmx256m"
+
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+class KafkaUnavailable(RuntimeError):
+    """Raised when Apache Kafka cannot be run here (no java or mvn, the download failed, ...)."""
+
+
+def kafka_version() -> str:
+    """The Kafka version ``pom.xml`` pins."""
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if match is None:
+        raise KafkaUnavailable(f"no <kafka.version> in {POM}")
+    return match.group(1)
+
+
+def cache_dir() -> Path:
+    """Where the jars are kept between runs."""
+    root = os.environ.get("MARKER_INGEST_CACHE") or Path.home() / ".cache" / "marker-ingest"
+    return Path(root)
+
+
+def ensure_jars() -> Path:
+    """The folder holding Kafka's jars; fetched with Maven the first time (about 45 MB).
+
+    Raises ``KafkaUnavailable`` when java or mvn is missing or Maven fails.
+    """
+    if shutil.which("java") is None:
+        raise KafkaUnavailable("java is not installed (Apache Kafka needs Java 17 or newer)")
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    lib = cache_dir() / f"kafka-{kafka_version()}-{digest}" / "lib"
+    if (lib / ".complete").exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaUnavailable(f"mvn is not installed, and the Kafka jars are not cached in {lib}")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="lib.", dir=lib.parent))
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise KafkaUnavailable("mvn could not fetch the Kafka jars: " + " / ".join(tail))
+    (staging / ".complete").write_text(kafka_version())
+    if lib.exists():  # another process won the race
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.rename(lib)
+    return lib
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class KafkaNode:
+    """One Kafka process: a broker, a controller, or both; started, stopped, killed or frozen."""
+
+    def __init__(
+        self, node_id: int, roles: str, workdir: Path, lib: Path, properties: dict[str, str]
+    ) -> None:
+        self.node_id = node_id
+        self.roles = roles
+        self.dir = workdir / (f"controller-{node_id}" if roles == "controller" else f"broker-{node_id}")
+        self.lib = lib
+        self.properties = properties
+        self.port = int(properties["_port"])
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def is_broker(self) -> bool:
+        """True for a node that serves clients."""
+        return "broker" in self.roles
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to (the controller's port for a controller-only node)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The node's log, kept after it stops."""
+        return self.dir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive (frozen counts as alive)."""
+        return self.pid is not None
+
+    def write_config(self) -> Path:
+        """Write ``server.properties`` and the log configuration; return the properties file."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "log4j2.properties").write_text(LOG4J2)
+        props = {k: v for k, v in self.properties.items() if not k.startswith("_")}
+        path = self.dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def format(self, cluster_id: str) -> None:
+        """Format the node's storage (once, before its first start)."""
+        config = self.write_config()
+        cmd = [*self._java(CONTROLLER_HEAP), "kafka.tools.StorageTool", "format", "-t", cluster_id]
+        cmd += ["-c", str(config), "--ignore-formatted"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise KafkaUnavailable(f"formatting {self.dir.name} failed: {done.stdout}{done.stderr}".strip())
+
+    def _java(self, heap: str) -> list[str]:
+        java = shutil.which("java") or "java"
+        return [
+            java,
+            *heap.split(),
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            "-cp",
+            f"{self.lib}/*",
+        ]
+
+    def start(self) -> KafkaNode:
+        """Start the process (it keeps its data across restarts); returns at once."""
+        if self.running:
+            return self
+        heap = BROKER_HEAP if self.is_broker else CONTROLLER_HEAP
+        cmd = [*self._java(heap), "kafka.Kafka", str(self.dir / "server.properties")]
+        with open(self.log_path, "ab") as out:
+            out.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
+            out.flush()
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        return self
+
+    def wait_listening(self, timeout: float = 60.0) -> None:
+        """Wait until the node accepts connections; raises ``KafkaUnavailable`` if it dies or is late."""
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.port):
+            if self._proc is None or self._proc.poll() is not None:
+                raise KafkaUnavailable(f"{self.dir.name} exited; see {self.log_path}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(
+                    f"{self.dir.name} did not listen within {timeout:g}s; see {self.log_path}"
+                )
+            time.sleep(0.1)
+
+    def tail(self, lines: int = 20) -> str:
+        """The end of the node's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9: no controlled shutdown; the data on disk stays."""
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): its connections stay open, nothing answers."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a frozen process (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown), then kill -9 after ``timeout``."""
+        if self._proc is None:
+            return
+        self._signal(signal.SIGCONT)
+        self._signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """A controlled stop and a start; waits until the node listens again."""
+        self.stop()
+        self.start().wait_listening(timeout)
+
+
+class KafkaCluster:
+    """A local Apache Kafka: ``brokers=1`` is one combined node, more adds a separate controller.
+
+    A context manager; the nodes are stopped (and their logs kept in ``workdir``) on exit.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        brokers: int = 1,
+        *,
+        ports: list[int] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        if brokers < 1:
+            raise ValueError("a cluster needs at least one broker")
+        self.workdir = Path(workdir)
+        self.brokers = brokers
+        self.extra = dict(extra or {})
+        self.lib = ensure_jars()
+        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        ports = list(ports or [])
+        broker_ports = [ports[i] if i < len(ports) else free_port() for i in range(brokers)]
+        self.nodes: list[KafkaNode] = []
+        if brokers == 1:
+            cport = free_port()
+            props = self._broker_props(1, broker_ports[0], f"1@127.0.0.1:{cport}")
+            props["process.roles"] = "broker,controller"
+            props["listeners"] += f",CONTROLLER://127.0.0.1:{cport}"
+            self.nodes.append(KafkaNode(1, "broker,controller", self.workdir, self.lib, props))
+        else:
+            cport = free_port()
+            voters = f"{CONTROLLER_ID}@127.0.0.1:{cport}"
+            controller = {
+                "_port": str(cport),
+                "process.roles": "controller",
+                "node.id": str(CONTROLLER_ID),
+                "controller.quorum.voters": voters,
+                "listeners": f"CONTROLLER://127.0.0.1:{cport}",
+                "controller.listener.names": "CONTROLLER",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT",
+                "log.dirs": str(self.workdir / f"controller-{CONTROLLER_ID}" / "data"),
+                "broker.session.timeout.ms": "3000",
+            }
+            self.controller: KafkaNode | None = KafkaNode(
+                CONTROLLER_ID, "controller", self.workdir, self.lib, controller
+            )
+            self.nodes.append(self.controller)
+            for i, port in enumerate(broker_ports, start=1):
+                self.nodes.append(
+                    KafkaNode(i, "broker", self.workdir, self.lib, self._broker_props(i, port, voters))
+                )
+
+    def _broker_props(self, node_id: int, port: int, voters: str) -> dict[str, str]:
+        replicas = str(min(3, self.brokers))
+        min_isr = str(min(2, self.brokers))
+        props = {
+            "_port": str(port),
+            "process.roles": "broker",
+            "node.id": str(node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.workdir / f"broker-{node_id}" / "data"),
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "default.replication.factor": replicas,
+            "offsets.topic.replication.factor": replicas,
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "transaction.state.log.num.partitions": "10",
+            "group.initial.rebalance.delay.ms": "0",
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "3000",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+        }
+        props.update(self.extra)
+        return props
+
+    @property
+    def broker_nodes(self) -> list[KafkaNode]:
+        """The nodes that serve clients, in node-id order."""
+        return [n for n in self.nodes if n.is_broker]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every broker's address, comma-separated."""
+        return ",".join(n.bootstrap_servers for n in self.broker_nodes)
+
+    def broker(self, node_id: int) -> KafkaNode:
+        """The broker with this node id."""
+        for node in self.broker_nodes:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def start(self, timeout: float = 90.0) -> KafkaCluster:
+        """Format, start every node, and wait until metadata lists every broker."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda n: n.format(self.cluster_id), self.nodes))
+        for node in self.nodes:
+            node.start()
+        try:
+            for node in self.nodes:
+                node.wait_listening(timeout)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0, brokers: int | None = None) -> None:
+        """Wait until a metadata request answers with ``brokers`` (default: all) brokers."""
+        want = self.brokers if brokers is None else brokers
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                if _run(_broker_count(self.bootstrap_servers)) >= want:
+                    return
+            except Exception as exc:
+                last = exc
+            time.sleep(0.3)
+        raise KafkaUnavailable(f"metadata did not list {want} broker(s) within {timeout:g}s: {last!r}")
+
+    def stop(self) -> None:
+        """Stop every node (brokers first, then the controller); logs stay in ``workdir``."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda n: n.stop(timeout=20), self.broker_nodes))
+        for node in self.nodes:
+            node.stop(timeout=10)
+
+    def __enter__(self) -> KafkaCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+async def _broker_count(bootstrap: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+        return len(cluster["brokers"])
+    finally:
+        await admin.close()
+
+
+def _run(coro: object) -> int:
+    """Run a coroutine to completion in a thread of its own (callers may be inside an event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
