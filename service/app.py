@@ -38,6 +38,7 @@ from service.logs import configure_logging, flush_records, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
+from service.topics import create_with_broker_defaults, topic_problems
 
 HEALTH_STALE_LIMIT_SECONDS = 10.0
 """``/healthz`` fails once the event loop has been this late to tick."""
@@ -167,6 +168,19 @@ _PARTITIONER = DefaultPartitioner()
 _estimate_size = DefaultRecordBatchBuilder.estimate_size_in_bytes
 
 
+EXIT_CONFIG = 2
+"""Exit status of ``run`` when the configuration does not match the cluster (a topic is missing)."""
+
+
+class TopicsMissing(Exception):
+    """Raised at start-up when a topic the service needs does not exist (or its name is invalid)."""
+
+    def __init__(self, problems: dict[str, tuple[str, str]]) -> None:
+        super().__init__(", ".join(f"{setting}={topic}: {why}" for setting, (topic, why) in problems.items()))
+        self.problems = problems
+        """Setting name → (topic, the broker's error)."""
+
+
 class GraceExpired(Exception):
     """Raised inside the loop when shutdown took longer than the grace period."""
 
@@ -284,10 +298,35 @@ class Ingestor:
         )
         return consumer, producer
 
+    async def _check_topics(self) -> None:
+        """The input, output and dead-letter topics exist, or are created when ``INGEST_CREATE_TOPICS``
+        allows it. Raises ``TopicsMissing`` naming them; ``KafkaError`` when the broker cannot answer."""
+        s = self.settings
+        names = {s.input_topic: "INGEST_INPUT_TOPIC", s.output_topic: "INGEST_OUTPUT_TOPIC"}
+        names[s.dlq_topic] = "INGEST_DLQ_TOPIC"
+        kwargs = s.kafka_client_kwargs()
+        problems = await topic_problems(list(names), kwargs)
+        missing = [t for t, why in problems.items() if why == "UnknownTopicOrPartitionError"]
+        if missing and s.create_topics:
+            created = await create_with_broker_defaults(missing, kwargs)
+            log.warning("topics.created", topics=created, detail="INGEST_CREATE_TOPICS=true")
+            problems = await topic_problems(list(names), kwargs)
+        if problems:
+            raise TopicsMissing({names[t]: (t, why) for t, why in problems.items() if t in names})
+
     async def _start_clients(self) -> bool:
-        """Start both clients, waiting with backoff while the broker is unreachable."""
+        """Check the topics, then start both clients, waiting with backoff while the broker is
+        unreachable."""
         backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
         while not self.stopping:
+            try:
+                await self._check_topics()
+            except KafkaError as exc:
+                delay = backoff.next_delay()
+                self.metrics.retries["connect"].inc()
+                log.warning("broker.unreachable", error=repr(exc), retry_in=round(delay, 2))
+                await self._sleep(delay)
+                continue
             consumer, producer = self._make_clients()
             try:
                 await producer.start()
@@ -333,8 +372,19 @@ class Ingestor:
                 await self._loop_watch.stop()
 
     async def _run_kafka(self) -> int:
-        if not await self._start_clients():
-            return 0
+        try:
+            if not await self._start_clients():
+                return 0
+        except TopicsMissing as exc:
+            for setting, (topic, why) in exc.problems.items():
+                log.error(
+                    "topic.missing" if why == "UnknownTopicOrPartitionError" else "topic.invalid",
+                    topic=topic,
+                    setting=setting,
+                    error=why,
+                    detail="create it (or set INGEST_CREATE_TOPICS=true), or correct the setting",
+                )
+            return EXIT_CONFIG
         log.info("service.started", input_topic=self.settings.input_topic, group_id=self.settings.group_id)
         try:
             await self._loop()

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", validation_alias=AliasChoices("INGEST_AUTO_OFFSET_RESET", "auto_offset_reset")
     )
+    create_topics: bool = Field(False, validation_alias=AliasChoices("INGEST_CREATE_TOPICS", "create_topics"))
 
     # Core limits
     max_payload_bytes: int = Field(

@@ -1,4 +1,5 @@
-"""Topic chores shared by the demo, the operator tools and the tests: create, read to the end."""
+"""Topic chores shared by the service, the demo, the operator tools and the tests: check that topics
+exist (without creating them), create, read to the end."""
 
 from __future__ import annotations
 
@@ -7,28 +8,86 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.metadata import MetadataRequest
 
 TOPIC_ALREADY_EXISTS = 36
 
 
 async def create_topics(
-    bootstrap_servers: str, topics: dict[str, int], *, client_kwargs: dict[str, object] | None = None
+    bootstrap_servers: str,
+    topics: dict[str, int],
+    *,
+    client_kwargs: dict[str, object] | None = None,
+    replication_factor: int = 1,
+    configs: dict[str, str] | None = None,
 ) -> None:
-    """Create each topic with its partition count; topics that exist already are left alone."""
+    """Create each topic with its partition count (and the replication factor and topic configs
+    given); topics that exist already are left alone."""
     kwargs = dict(client_kwargs or {})
     kwargs["bootstrap_servers"] = bootstrap_servers
     admin = AIOKafkaAdminClient(**kwargs)
     await admin.start()
     try:
         response = await admin.create_topics(
-            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+            [
+                NewTopic(name, num_partitions=n, replication_factor=replication_factor, topic_configs=configs)
+                for name, n in topics.items()
+            ]
         )
         for name, code, message in (t[:3] for t in response.topic_errors):
             if code not in (0, TOPIC_ALREADY_EXISTS):
                 raise KafkaError(f"cannot create topic {name!r}: error {code} {message or ''}".strip())
     finally:
         await admin.close()
+
+
+async def topic_problems(names: list[str], client_kwargs: dict[str, Any]) -> dict[str, str]:
+    """Each of ``names`` that the cluster does not have, with the broker's reason.
+
+    The metadata request says ``allow_auto_topic_creation=false``: on a broker that auto-creates
+    topics (Kafka's default), asking about a misspelled topic must not create it. Raises
+    ``KafkaError`` when the broker cannot be reached.
+    """
+    client = AIOKafkaClient(**client_kwargs)
+    try:
+        await client.bootstrap()
+        node = client.get_random_node()
+        response = await client.send(node, MetadataRequest(list(names), allow_auto_topic_creation=False))
+    finally:
+        await client.close()
+    problems: dict[str, str] = {}
+    for topic in response.to_object()["topics"]:
+        code = topic["error_code"]
+        if code != 0:
+            problems[topic["topic"]] = for_code(code).__name__
+    return problems
+
+
+async def create_with_broker_defaults(names: list[str], client_kwargs: dict[str, Any]) -> dict[str, int]:
+    """Create ``names`` with the broker's ``num.partitions`` and ``default.replication.factor``
+    (and so its ``min.insync.replicas``); returns the partitions each got. Raises ``KafkaError``."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    await admin.start()
+    try:
+        brokers = (await admin.describe_cluster())["brokers"]
+        node = str(brokers[0]["node_id"])
+        wanted = {"num.partitions": None, "default.replication.factor": None}
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, node, wanted)])
+        values = {c[0]: c[1] for c in response.resources[0][4]}
+        partitions = int(values.get("num.partitions") or 1)
+        replicas = int(values.get("default.replication.factor") or 1)
+        created = await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in names]
+        )
+        for name, code, message in (t[:3] for t in created.topic_errors):
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise for_code(code)(f"cannot create topic {name!r}: {message or ''}".strip())
+    finally:
+        await admin.close()
+    return dict.fromkeys(names, partitions)
 
 
 async def read_topic(
