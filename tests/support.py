@@ -44,9 +44,29 @@ class Topics:
         tag = f"{label}-{uuid.uuid4().hex[:8]}"
         return cls(f"{tag}.raw", f"{tag}.articles", f"{tag}.dlq", f"{tag}.group")
 
-    async def create(self, bootstrap: str, partitions: int = 1) -> Topics:
-        """Create the three topics on the broker."""
-        await create_topics(bootstrap, {self.input: partitions, self.output: 1, self.dlq: 1})
+    async def create(
+        self,
+        bootstrap: str,
+        partitions: int = 1,
+        *,
+        replication_factor: int = 1,
+        configs: dict[str, str] | None = None,
+        input_configs: dict[str, str] | None = None,
+    ) -> Topics:
+        """Create the three topics on the broker (``input_configs`` on the input topic only)."""
+        if input_configs:
+            await create_topics(
+                bootstrap,
+                {self.input: partitions},
+                replication_factor=replication_factor,
+                configs={**(configs or {}), **input_configs},
+            )
+        await create_topics(
+            bootstrap,
+            {self.input: partitions, self.output: 1, self.dlq: 1},
+            replication_factor=replication_factor,
+            configs=configs,
+        )
         return self
 
 

@@ -6,6 +6,8 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Fleet, ServiceProcess, committed, wait_until
@@ -17,33 +19,31 @@ REQUEST_TIMEOUT_MS = 3000
 GRACE_SECONDS = 5
 
 
+@pytest.mark.kafka
 @pytest.mark.timeout(240)
 async def test_a_refused_dead_letter_blocks_its_partition_and_is_never_committed_past(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
-    """How the write is refused: ``INGEST_DLQ_TOPIC`` names a topic that is invalid for the broker
-    (it contains a space). Nothing checks topic names at start-up, and Tansu (like Kafka) answers
-    every metadata request for that name with an error, so each dead-letter send fails after
-    ``KAFKA_REQUEST_TIMEOUT_MS`` with ``UnknownTopicOrPartitionError``, for as long as the service runs,
-    while article events to the valid output topic succeed. (Other refusals were tried: Tansu
-    auto-creates missing topics and accepts messages of 15 MB, so neither a missing topic nor an
-    oversized message is refused by the broker itself.)
+    """How the write is refused: the dead-letter topic's ``max.message.bytes`` is 512, smaller than
+    any dead letter, so Apache Kafka refuses every dead-letter write (``MessageSizeTooLargeError``,
+    which the client deems permanent) while article events to the output topic succeed.
 
-    Expected: the service keeps running and retrying, logging each attempt (``send.retrying`` at
-    warning level, or ``send.refused`` at error level for an error the client deems permanent) with
+    Expected: the service keeps running and retrying, logging each attempt (``send.refused`` at
+    error level, ``send.retrying`` at warning level for an error the client deems transient) with
     the cause, the destination and the input coordinates; the committed offset stays at the failing
     record; SIGTERM ends it within the grace period plus one request timeout, with exit status 1 (it
-    could not acknowledge in time) and still nothing committed past the record; and a run with a
-    valid dead-letter topic then writes the dead letter, so the record was never dropped.
+    could not acknowledge in time) and still nothing committed past the record. A second instance
+    blocks the same way until the topic's limit is raised: then it writes the dead letter without a
+    restart, so the record was never dropped.
     """
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("dlq-refused").create(bootstrap)
-    refused = f"{topics.dlq} refused"
+    bootstrap = fault_broker.bootstrap_servers
+    topics = Topics.unique("dlq-refused")
+    await topics.create(bootstrap, **fault_broker.topic_kwargs)
+    await _set_topic_config(bootstrap, topics.dlq, {**fault_broker.topic_configs, "max.message.bytes": "512"})
     env = service_env(
         bootstrap,
         topics,
-        idempotence=broker.idempotence,
-        INGEST_DLQ_TOPIC=refused,
+        idempotence=fault_broker.idempotence,
         KAFKA_REQUEST_TIMEOUT_MS=str(REQUEST_TIMEOUT_MS),
         INGEST_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
         INGEST_RETRY_MAX_SECONDS="1",
@@ -69,9 +69,9 @@ async def test_a_refused_dead_letter_blocks_its_partition_and_is_never_committed
     await wait_until(lambda: len(_send_failures(svc)) >= 2, within=60, detail=svc.tail)
     warning = _send_failures(svc)[0]
     assert warning["level"] == ("error" if warning["event"] == "send.refused" else "warning"), warning
-    assert warning["destination"] == refused, warning
+    assert warning["destination"] == topics.dlq, warning
     assert warning["offset"] == failing, warning
-    assert "UnknownTopicOrPartition" in warning["error"], warning
+    assert "MessageSizeTooLarge" in warning["error"], warning
     assert svc.alive, svc.tail()
     assert await offset() == failing, "an offset was committed past the failing record"
 
@@ -84,18 +84,37 @@ async def test_a_refused_dead_letter_blocks_its_partition_and_is_never_committed
     assert svc.count("stop.grace_expired") + svc.count("stop.forced") >= 1, svc.tail()
     assert await offset() == failing, "an offset was committed past the failing record at shutdown"
 
-    # With a dead-letter topic the broker accepts, the record comes out as its dead letter.
-    rerun = fleet.start(dict(env, INGEST_DLQ_TOPIC=topics.dlq, INGEST_BURST="true"), "repaired")
-    assert await rerun.wait_exit(within=120) == 0, rerun.tail()
+    # A new instance blocks on the same record, until the topic accepts dead letters again.
+    second = fleet.start(env, "resumes")
+    await wait_until(lambda: len(_send_failures(second)) >= 1, within=60, detail=second.tail)
+    assert await offset() == failing, "the second instance committed past the failing record"
+    await _set_topic_config(
+        bootstrap, topics.dlq, {**fault_broker.topic_configs, "max.message.bytes": "1048588"}
+    )
+    await wait_until(lambda: offset_is(16), within=60, what="offset 16 committed", detail=second.tail)
+    assert second.alive, second.tail()
     ledger = await Ledger.read(bootstrap, topics)
     expected = expected_outcomes([*sent, *more], topics.input)
     assert expected[(0, failing, 0)] == "invalid_field"
     ledger.check(expected, exactly_once=False)
+    second.terminate()
+    assert await second.wait_exit(within=40) == 0, second.tail()
     print(
         f"{len(_send_failures(svc))} send failures logged ({warning['event']}); SIGTERM to exit {took:.1f}s; "
         f"{ledger.duplicates} duplicate events (the articles after the failing record, sent again "
         "with every retry)"
     )
+
+
+async def _set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Change a topic's configs (incremental alter is not in aiokafka; the legacy alter replaces all
+    of the topic's overrides, and this test sets just one)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
 
 
 def _send_failures(svc: ServiceProcess) -> list[dict[str, Any]]:

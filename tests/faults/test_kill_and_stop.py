@@ -29,7 +29,9 @@ GRACE_SECONDS = 10
 
 
 @pytest.mark.timeout(300)
-async def test_kill9_at_random_points_four_times_then_a_burst_run(broker: BrokerHandle, fleet: Fleet) -> None:
+async def test_kill9_at_random_points_four_times_then_a_burst_run(
+    fault_broker: BrokerHandle, fleet: Fleet
+) -> None:
     """Four kill -9s under live load: two mid-stream (after a random number of records, so a batch
     is in flight), two at a random moment after start (start-up, the group join, or work).
 
@@ -39,10 +41,10 @@ async def test_kill9_at_random_points_four_times_then_a_burst_run(broker: Broker
     seed = env_int("FAULTS_SEED", random.randrange(2**32))
     rng = random.Random(seed)
     print(f"FAULTS_SEED={seed}")
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("kill9x4").create(bootstrap, partitions=3)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("kill9x4").create(bootstrap, **fault_broker.topic_kwargs, partitions=3)
     sent = await produce(bootstrap, topics.input, feed(4000, body_bytes=1000, bad_every=11), partitions=3)
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BATCH_MAX_MESSAGES="50")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BATCH_MAX_MESSAGES="50")
 
     kills = []
     async with Feeder(bootstrap, topics.input, partitions=3, rate=50, start_fn=100_000) as feeder:
@@ -84,7 +86,7 @@ async def test_kill9_at_random_points_four_times_then_a_burst_run(broker: Broker
 
 @pytest.mark.timeout(120)
 async def test_a_burst_run_does_not_exit_while_a_dead_peer_holds_partitions(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
     """Two burst instances share a 6-partition topic; one is killed (kill -9) as soon as it is assigned.
 
@@ -94,10 +96,10 @@ async def test_a_burst_run_does_not_exit_while_a_dead_peer_holds_partitions(
     unprocessed, because only ``consumer.assignment()`` was checked. A single burst run started
     right after a kill -9 whose victim was in the middle of a group join had the same problem.)
     """
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("burst-peer").create(bootstrap, partitions=6)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("burst-peer").create(bootstrap, **fault_broker.topic_kwargs, partitions=6)
     sent = await produce(bootstrap, topics.input, feed(3000, body_bytes=500), partitions=6)
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BURST="true")
     victim, survivor = fleet.start(env, "victim"), fleet.start(env, "survivor")
     await wait_until(
         lambda: victim.count("partitions.assigned") > 0, within=60, interval=0.005, detail=victim.tail
@@ -120,7 +122,7 @@ def _stopped_mid_batch(svc: ServiceProcess) -> bool:
 
 @pytest.mark.timeout(240)
 async def test_sigterm_mid_batch_exits_cleanly_and_a_restart_duplicates_nothing(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
     """SIGTERM while records flow, until two signals have landed mid-batch (at most five runs).
 
@@ -131,13 +133,13 @@ async def test_sigterm_mid_batch_exits_cleanly_and_a_restart_duplicates_nothing(
     seed = env_int("FAULTS_SEED", random.randrange(2**32))
     rng = random.Random(seed)
     print(f"FAULTS_SEED={seed}")
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("sigterm").create(bootstrap, partitions=2)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("sigterm").create(bootstrap, **fault_broker.topic_kwargs, partitions=2)
     sent = await produce(bootstrap, topics.input, feed(6000, body_bytes=1000, bad_every=7), partitions=2)
     env = service_env(
         bootstrap,
         topics,
-        idempotence=broker.idempotence,
+        idempotence=fault_broker.idempotence,
         INGEST_BATCH_MAX_MESSAGES="200",
         INGEST_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
         INGEST_LOG_LEVEL="DEBUG",
@@ -183,16 +185,16 @@ async def test_sigterm_mid_batch_exits_cleanly_and_a_restart_duplicates_nothing(
 
 
 @pytest.mark.timeout(120)
-async def test_sigterm_during_start_up_exits_cleanly(broker: BrokerHandle, fleet: Fleet) -> None:
+async def test_sigterm_during_start_up_exits_cleanly(fault_broker: BrokerHandle, fleet: Fleet) -> None:
     """SIGTERM before the group join completed: exit 0 promptly, nothing processed or committed."""
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("sigterm-early").create(bootstrap)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("sigterm-early").create(bootstrap, **fault_broker.topic_kwargs)
     await produce(bootstrap, topics.input, feed(50))
     svc = fleet.start(
         service_env(
             bootstrap,
             topics,
-            idempotence=broker.idempotence,
+            idempotence=fault_broker.idempotence,
             INGEST_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
         ),
         "service",

@@ -23,6 +23,13 @@ pytestmark = [pytest.mark.faults]
 MAX_PAYLOAD = 2_000_000  # room for 10 000 well-formed records in one payload
 RSS_BOUND_MIB = 300
 LAST_VALID_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+ANY_CREATETIME = {
+    # Apache Kafka 4 refuses CreateTimes more than an hour ahead of the broker's clock by default
+    # (log.message.timestamp.after.max.ms); this input topic takes any, and payloads of MAX_PAYLOAD.
+    "message.timestamp.after.max.ms": str(2**63 - 1),
+    "message.timestamp.before.max.ms": str(2**63 - 1),
+    "max.message.bytes": str(4 << 20),
+}
 
 
 def _short(fn: int) -> str:
@@ -102,14 +109,16 @@ def poison_corpus(limit: int) -> dict[str, bytes | None]:
 
 @pytest.mark.timeout(240)
 async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
     """Every payload of the corpus, each as one message, some with odd CreateTimes (0, the last
     millisecond of year 9999), then good records: the service stays up, accounts for every record
     exactly once, exits 0 on SIGTERM, no event exceeds INGEST_MAX_EVENT_BYTES, and its peak RSS
     (VmHWM) stays under RSS_BOUND_MIB."""
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("poison").create(bootstrap)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("poison").create(
+        bootstrap, **fault_broker.topic_kwargs, input_configs=ANY_CREATETIME
+    )
     corpus = poison_corpus(MAX_PAYLOAD)
     assert len(corpus["payload_at_the_limit"] or b"") == MAX_PAYLOAD
     items: list[tuple[bytes | None, int | None]] = [(v, None) for v in corpus.values()]
@@ -124,7 +133,7 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
     env = service_env(
         bootstrap,
         topics,
-        idempotence=broker.idempotence,
+        idempotence=fault_broker.idempotence,
         INGEST_MAX_PAYLOAD_BYTES=str(MAX_PAYLOAD),
     )
     svc = fleet.start(env, "poison")
@@ -148,7 +157,7 @@ async def test_poison_corpus_never_crashes_the_service_and_memory_stays_bounded(
 
 @pytest.mark.timeout(120)
 async def test_a_createtime_past_year_9999_does_not_crash_the_service(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
     """Any int64 is a valid CreateTime. Records produced with the first millisecond of year 10000
     and with the largest int64 must become articles like any other, and the service exit 0.
@@ -156,8 +165,10 @@ async def test_a_createtime_past_year_9999_does_not_crash_the_service(
     A bug found by this suite: ``datetime.fromtimestamp`` raised ``ValueError: year 10000 is out
     of range`` inside the core; it escaped the loop, the process exited 1 with a traceback, and
     every restart died on the same message (a poison pill for its partition)."""
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("year10000").create(bootstrap)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("year10000").create(
+        bootstrap, **fault_broker.topic_kwargs, input_configs=ANY_CREATETIME
+    )
     sent = await produce_at(
         bootstrap,
         topics.input,
@@ -168,7 +179,7 @@ async def test_a_createtime_past_year_9999_does_not_crash_the_service(
             (record(3).encode(), None),
         ],
     )
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BURST="true")
     svc = fleet.start(env, "burst")
     code = await svc.wait_exit(within=90)
     assert code == 0, svc.tail(1500)
@@ -197,7 +208,7 @@ async def _event_sizes(bootstrap: str, topics: Topics) -> dict[str, int]:
 
 @pytest.mark.timeout(120)
 async def test_an_event_too_large_to_send_does_not_block_its_partition(
-    broker: BrokerHandle, fleet: Fleet
+    fault_broker: BrokerHandle, fleet: Fleet
 ) -> None:
     """A 980 KB payload (under INGEST_MAX_PAYLOAD_BYTES = 1 MB) with 490 000 NULs in TEXT and as
     many in an extra field, then a good record: the first becomes a dead letter within
@@ -206,12 +217,12 @@ async def test_an_event_too_large_to_send_does_not_block_its_partition(
     A bug found by this suite: the article event came to about 5.9 MB, over the producer's
     ``max_request_size`` (2 x 1 MB + 1 MB); ``MessageSizeTooLargeError`` was retried forever, the
     partition blocked, and the good record's article re-sent with every retry."""
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("escaping").create(bootstrap)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("escaping").create(bootstrap, **fault_broker.topic_kwargs)
     payload = _escaping_payload()
     assert len(payload) < Limits().max_payload_bytes
     sent = await produce_at(bootstrap, topics.input, [(payload, None), (record(2).encode(), None)])
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BURST="true")
     svc = fleet.start(env, "burst")
     assert await svc.wait_exit(within=60) == 0, svc.tail()
     ledger = await Ledger.read(bootstrap, topics)
@@ -221,7 +232,9 @@ async def test_an_event_too_large_to_send_does_not_block_its_partition(
 
 
 @pytest.mark.timeout(120)
-async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerHandle, fleet: Fleet) -> None:
+async def test_every_event_fits_the_size_the_input_topic_accepts(
+    fault_broker: BrokerHandle, fleet: Fleet
+) -> None:
     """No event is larger than INGEST_MAX_EVENT_BYTES (1 000 000 by default, under Kafka's default
     ``max.message.bytes`` of 1 048 588), whatever the input: stray text of 900 000 NULs (a raw copy
     that JSON-escapes to six times its size), a START marker whose name has 490 000 letters (the
@@ -230,8 +243,8 @@ async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerH
     A bug found by this suite: dead letters of these sub-1 MB inputs came to ~1.5 MB and ~1.2 MB;
     Tansu accepts them, Apache Kafka with the README's topic settings would refuse them and block
     the partition."""
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique("event-size").create(bootstrap)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("event-size").create(bootstrap, **fault_broker.topic_kwargs)
     payloads = [
         ("F-N-S-T-A-R-T. 1 F-N-E-N-D. " + "\x00" * 900_000).encode(),
         ("A-" * 490_000 + "S-T-A-R-T. x").encode(),
@@ -239,7 +252,7 @@ async def test_every_event_fits_the_size_the_input_topic_accepts(broker: BrokerH
     ]
     assert all(len(p) < Limits().max_payload_bytes for p in payloads)
     sent = await produce_at(bootstrap, topics.input, [(p, None) for p in payloads])
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BURST="true")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BURST="true")
     svc = fleet.start(env, "burst")
     assert await svc.wait_exit(within=90) == 0, svc.tail()
     ledger = await Ledger.read(bootstrap, topics)

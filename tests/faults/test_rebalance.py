@@ -24,7 +24,7 @@ def _assigned(svc: ServiceProcess) -> bool:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("instances", [2, 3])
 async def test_one_instance_killed_and_one_added_under_load(
-    broker: BrokerHandle, fleet: Fleet, instances: int
+    fault_broker: BrokerHandle, fleet: Fleet, instances: int
 ) -> None:
     """``instances`` services share a 6-partition topic under a steady feed; one is killed (kill -9)
     at a random moment of its work and a new one is started at once.
@@ -36,10 +36,12 @@ async def test_one_instance_killed_and_one_added_under_load(
     seed = env_int("FAULTS_SEED", random.randrange(2**32))
     rng = random.Random(seed)
     print(f"FAULTS_SEED={seed}")
-    bootstrap = broker.bootstrap_servers
-    topics = await Topics.unique(f"scale{instances}").create(bootstrap, partitions=PARTITIONS)
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique(f"scale{instances}").create(
+        bootstrap, **fault_broker.topic_kwargs, partitions=PARTITIONS
+    )
     sent = await produce(bootstrap, topics.input, feed(1200, bad_every=9), partitions=PARTITIONS)
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_BATCH_MAX_MESSAGES="20")
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence, INGEST_BATCH_MAX_MESSAGES="20")
 
     async with Feeder(bootstrap, topics.input, partitions=PARTITIONS, rate=120, start_fn=100_000) as feeder:
         group = [fleet.start(env, f"instance{k}") for k in range(instances)]
