@@ -1,12 +1,14 @@
 """Broker faults: the broker frozen mid-stream, and the broker absent at start-up.
 
-Both use a Tansu broker of their own (``EmbeddedBroker``), never the session broker: freezing or
-starting late the shared one would disturb every other test. Tansu keeps its data in memory, so a
-"broker down" fault is a SIGSTOP/SIGCONT pause or a late start, never a restart mid-test.
+Each uses a broker of its own, never the session broker: freezing or starting late the shared one
+would disturb every other test. That broker is a local Apache Kafka node where one can run, else
+Tansu (which keeps its data in memory, so there a "broker down" fault is a pause or a late start).
+The cluster faults (tests/faults/test_cluster.py) kill and restart brokers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from service.broker import EmbeddedBroker, free_port
+from tests.conftest import CHOICE
 from tests.faults.harness import Feeder, Fleet, env_int, wait_accounted, wait_until
+from tests.kafka.cluster import KafkaCluster, KafkaNode, KafkaUnavailable
 from tests.support import Topics, expected_outcomes, feed, produce, service_env
 
 pytestmark = [pytest.mark.faults]
@@ -28,19 +32,56 @@ PAUSE_SECONDS = 20.0
 RETRY_EVENTS = {"send.retrying", "send.refused", "commit.retrying", "commit.refused", "fetch.failed"}
 
 
+class OwnBroker:
+    """A broker for one test: a local Apache Kafka node, or a Tansu process."""
+
+    def __init__(self, node: KafkaNode | EmbeddedBroker, *, kafka: bool) -> None:
+        self.node = node
+        self.kafka = kafka
+        self.bootstrap_servers = node.bootstrap_servers
+        self.idempotence = kafka
+
+    def pause(self) -> None:
+        """SIGSTOP."""
+        self.node.pause()
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        self.node.resume()
+
+
+@contextlib.contextmanager
+def own_broker_on(tmp_path: Path, port: int | None = None) -> Iterator[OwnBroker]:
+    """Apache Kafka (one node) unless this run uses Tansu or Kafka cannot start here."""
+    if CHOICE != "tansu":
+        try:
+            cluster = KafkaCluster(tmp_path / "kafka", ports=[port] if port else None).start()
+        except KafkaUnavailable:
+            if CHOICE == "kafka":
+                raise
+        else:
+            try:
+                yield OwnBroker(cluster.nodes[0], kafka=True)
+            finally:
+                cluster.stop()
+            return
+    with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as tansu:
+        yield OwnBroker(tansu, kafka=False)
+
+
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A Tansu broker for this test alone (stopped, and thawed first, at the end)."""
-    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    """A broker for this test alone (thawed and stopped at the end)."""
+    with own_broker_on(tmp_path) as broker:
+        try:
+            yield broker
+        finally:
+            broker.resume()
 
 
 @pytest.mark.timeout(180)
 async def test_broker_frozen_longer_than_the_request_timeout_then_thawed(
-    own_broker: EmbeddedBroker, fleet: Fleet
+    own_broker: OwnBroker, fleet: Fleet
 ) -> None:
     """SIGSTOP the broker mid-batch for longer than the request timeout, then SIGCONT it.
 
@@ -57,7 +98,7 @@ async def test_broker_frozen_longer_than_the_request_timeout_then_thawed(
     env = service_env(
         bootstrap,
         topics,
-        idempotence=False,
+        idempotence=own_broker.idempotence,
         KAFKA_REQUEST_TIMEOUT_MS=str(REQUEST_TIMEOUT_MS),
         INGEST_BATCH_MAX_MESSAGES="50",
     )
@@ -111,12 +152,17 @@ async def test_broker_absent_at_start_up_arriving_later(tmp_path: Path, fleet: F
     """Start the service against a port where nothing listens; start the broker there later.
 
     The service logs ``broker.unreachable`` with a growing backoff and keeps running; once the broker
-    is up, the topics exist and the feed is produced, it processes everything exactly once.
+    is up and the feed is produced, it processes everything exactly once. (The service may create
+    the topics itself, ``INGEST_CREATE_TOPICS=true``, when it reaches the broker before the test
+    does: an Apache Kafka node comes up without them, and a missing topic is fatal at start-up.)
     """
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     topics = Topics.unique("late")
-    env = service_env(bootstrap, topics, idempotence=False, INGEST_RETRY_MAX_SECONDS="2")
+    idempotence = CHOICE != "tansu"
+    env = service_env(
+        bootstrap, topics, idempotence=idempotence, INGEST_RETRY_MAX_SECONDS="2", INGEST_CREATE_TOPICS="true"
+    )
     svc = fleet.start(env, "service")
 
     await svc.wait_for("broker.unreachable", within=60, count=3)
@@ -125,9 +171,11 @@ async def test_broker_absent_at_start_up_arriving_later(tmp_path: Path, fleet: F
     assert max(waits) > min(waits), f"the backoff must grow: {waits}"
     assert svc.alive, svc.tail()
 
-    with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as late:
-        await topics.create(late.bootstrap_servers, partitions=2)
-        sent = await produce(late.bootstrap_servers, topics.input, feed(800, bad_every=6), partitions=2)
+    with own_broker_on(tmp_path, port) as late:
+        if late.idempotence != idempotence:
+            pytest.skip("Apache Kafka could not start; the service was set up for it")
+        await topics.create(late.bootstrap_servers)
+        sent = await produce(late.bootstrap_servers, topics.input, feed(800, bad_every=6))
         expected = expected_outcomes(sent, topics.input)
         ledger = await wait_accounted(late.bootstrap_servers, topics, expected, within=120, services=[svc])
         svc.terminate()
@@ -138,7 +186,7 @@ async def test_broker_absent_at_start_up_arriving_later(tmp_path: Path, fleet: F
 
 @pytest.mark.timeout(120)
 async def test_a_request_timeout_shorter_than_a_group_join_still_joins(
-    own_broker: EmbeddedBroker, fleet: Fleet
+    own_broker: OwnBroker, fleet: Fleet
 ) -> None:
     """KAFKA_REQUEST_TIMEOUT_MS=3000 is accepted by the settings (the floor is 1000), so it must work.
 
@@ -152,7 +200,7 @@ async def test_a_request_timeout_shorter_than_a_group_join_still_joins(
     bootstrap = own_broker.bootstrap_servers
     topics = await Topics.unique("short-timeout").create(bootstrap)
     sent = await produce(bootstrap, topics.input, feed(10))
-    env = service_env(bootstrap, topics, idempotence=False, KAFKA_REQUEST_TIMEOUT_MS="3000")
+    env = service_env(bootstrap, topics, idempotence=own_broker.idempotence, KAFKA_REQUEST_TIMEOUT_MS="3000")
     svc = fleet.start(env, "service")
     expected = expected_outcomes(sent, topics.input)
     ledger = await wait_accounted(bootstrap, topics, expected, within=30, services=[svc])
