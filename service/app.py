@@ -220,6 +220,7 @@ class Ingestor:
         self._resume_requested = False
         self._in_flight = 0
         self._fetch_error: str | None = None
+        self._send_error: str | None = None
         self._finished = False
         self._pending: _Batch | None = None
         self._completing = asyncio.Lock()
@@ -604,17 +605,54 @@ class Ingestor:
         await self._update_lag(done.offsets)
 
     async def _all_acked(self, sends: list[_Send]) -> bool:
-        """Await every send; True when the broker acknowledged all of them."""
+        """Await every send; True when the broker acknowledged all of them.
+
+        aiokafka retries some refusals inside the producer for as long as they last (a partition with
+        fewer in-sync replicas than ``min.insync.replicas``, or without a leader): an event waiting
+        longer than the request timeout makes the service not ready (``send_failing``) until it is
+        acknowledged, and is logged once as ``send.stalled``.
+        """
         ok = True
+        stall_after = self.settings.kafka_request_timeout_ms / 1000
         for send in sends:
-            if send.future is not None:
+            future = send.future
+            if future is not None:
                 try:
-                    await send.future
+                    if not future.done():
+                        await self._await_ack(send, future, stall_after)
+                    else:
+                        future.result()
                 except KafkaError as exc:
                     send.error = exc
             if send.error is not None:
                 ok = False
         return ok
+
+    async def _await_ack(self, send: _Send, future: asyncio.Future[Any], stall_after: float) -> None:
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), stall_after)
+            except TimeoutError:
+                waited += stall_after
+                if self._send_error is None:
+                    log.warning(
+                        "send.stalled",
+                        destination=send.topic,
+                        topic=send.tp.topic,
+                        partition=send.tp.partition,
+                        offset=send.offset,
+                        waited_seconds=round(waited, 1),
+                        detail="the broker has not acknowledged the event; its partition may have too "
+                        "few in-sync replicas or no leader; nothing is committed past it",
+                    )
+                self._send_error = f"events to {send.topic} not acknowledged for {waited:.0f}s"
+                self.metrics.retries["send"].inc()
+                continue
+            if self._send_error is not None and self._send_error.startswith("events to "):
+                self._send_error = None
+                log.info("send.resumed", destination=send.topic, waited_seconds=round(waited, 1))
+            return
 
     def _prepare(
         self, tp: TopicPartition, offset: int, headers: Sequence[tuple[str, bytes]], outcome: Outcome
@@ -644,9 +682,11 @@ class Ingestor:
                 if send.error is not None and send.tp not in failed_from:
                     failed_from[send.tp] = i
             if not failed_from:
+                self._send_error = None
                 return
             retry = [s for i, s in enumerate(pending) if s.tp in failed_from and i >= failed_from[s.tp]]
             first = pending[min(failed_from.values())]
+            self._send_error = f"sending to {first.topic} failed: {first.error!r}"
             delay = backoff.next_delay()
             self.metrics.retries["send"].inc()
             refused = isinstance(first.error, KafkaError) and not first.error.retriable
@@ -806,6 +846,8 @@ class Ingestor:
             return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
         if self._fetch_error is not None:
             return False, {"reason": "fetch_failing", "detail": self._fetch_error}
+        if self._send_error is not None:
+            return False, {"reason": "send_failing", "detail": self._send_error}
         coordinator = getattr(consumer, "_coordinator", None)
         if coordinator is not None and getattr(coordinator, "coordinator_id", 0) is None:
             return False, {"reason": "no_group_coordinator", "detail": "looking for the group coordinator"}
