@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel
+from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -36,7 +36,7 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
-from service.settings import Settings
+from service.settings import Settings, variable_name
 
 HERE = Path(__file__).resolve().parent
 ARTICLE_SCHEMA_FILE = "article-ingested.v1.schema.json"
@@ -76,11 +76,7 @@ def _default(field: str) -> str:
 
 def _variable(field: str) -> str:
     """The environment variable that sets a setting."""
-    alias = Settings.model_fields[field].validation_alias
-    assert isinstance(alias, AliasChoices), field
-    name = alias.choices[0]
-    assert isinstance(name, str), field
-    return name
+    return variable_name(field)
 
 
 def _channel(field: str, title: str, description: str, message: str) -> dict[str, Any]:

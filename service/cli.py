@@ -1,7 +1,8 @@
 """The ``marker-ingest`` command: translates arguments into calls, and nothing more.
 
-Sub-commands: ``run`` (the service), ``parse`` (the core over files, offline), and the operator
-tools registered by their modules.
+Sub-commands: ``run`` (the service), ``parse`` (the core over files, offline), ``demo``, and the
+operator tools registered by their modules (``produce``, ``redrive``). What they share (exit
+statuses, connection flags, settings) is in ``service.command``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from pydantic import ValidationError
-
 from service import __version__
+from service.command import (
+    CONFIGURATION_EPILOG,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_flags,
+    build_settings,
+)
 from service.events import Source, describe_dead_letter, process_payload
-from service.settings import Settings
+from service.settings import SettingsError
 
-EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_DEAD_LETTERS", "EXIT_OK", "EXIT_USAGE", "main", "make_parser"]
+
+DESCRIPTION = (
+    "marker-ingest reads marker-text news records from a Kafka topic and publishes one article event "
+    "(CloudEvents JSON) per good record and one dead-letter event, saying what was wrong, per bad "
+    "record. Start with 'marker-ingest demo'."
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -78,66 +91,59 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the service until a signal, or until a burst or --max-messages is done."""
+    import structlog
+
     from service.app import run_service
+    from service.logs import configure_logging
 
-    return run_service(build_settings(args))
-
-
-_FLAG_TO_FIELD = {
-    "bootstrap_servers": "kafka_bootstrap_servers",
-    "input_topic": "input_topic",
-    "output_topic": "output_topic",
-    "dlq_topic": "dlq_topic",
-    "group_id": "group_id",
-    "max_messages": "max_messages",
-    "burst": "burst",
-    "http_port": "http_port",
-    "log_format": "log_format",
-    "log_level": "log_level",
-    "max_payload_bytes": "max_payload_bytes",
-}
-
-
-def build_settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by the flags that were given."""
-    overrides = {
-        field: getattr(args, flag)
-        for flag, field in _FLAG_TO_FIELD.items()
-        if getattr(args, flag, None) is not None
-    }
-    return Settings(**overrides)
-
-
-def add_connection_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that talks to Kafka (the rest comes from the environment)."""
-    p.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
-    p.add_argument("--input-topic", help="overrides INGEST_INPUT_TOPIC")
-    p.add_argument("--log-format", choices=["auto", "json", "console"], help="overrides INGEST_LOG_FORMAT")
-    p.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides INGEST_LOG_LEVEL"
-    )
+    unknown: list[tuple[str, str | None]] = []
+    settings = build_settings(args, warn=lambda name, nearest: unknown.append((name, nearest)))
+    configure_logging(settings.log_format, settings.log_level)
+    log = structlog.get_logger()
+    for name, nearest in unknown:
+        log.warning("settings.unknown_variable", variable=name, nearest=nearest)
+    return run_service(settings)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
-    parser = argparse.ArgumentParser(prog="marker-ingest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="marker-ingest", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"marker-ingest {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("parse", help="run the parser over files, offline (lint a feed)")
+    p = sub.add_parser(
+        "parse",
+        help="run the parser over files, offline (lint a feed)",
+        description="Parse marker-text files offline, as the service would: article events as JSON "
+        "Lines on stdout, dead letters described on stderr (or written to --dead-letters). Exit 0 "
+        "when every record is good, 1 when any was dead-lettered, 2 on usage errors.",
+        epilog="The INGEST_MAX_* environment variables set the limits, as for the service.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE", help="marker-text files; - reads stdin")
     p.add_argument("--dead-letters", metavar="PATH", help="write dead-letter events here (JSON Lines)")
     p.add_argument("--max-payload-bytes", type=int, help="overrides INGEST_MAX_PAYLOAD_BYTES")
     p.set_defaults(handler=cmd_parse)
 
-    p = sub.add_parser("run", help="run the service")
+    p = sub.add_parser(
+        "run",
+        help="run the service",
+        description="Run the service: consume marker text from the input topic, publish article "
+        "events to the output topic and dead letters to the dead-letter topic, commit after the "
+        "broker acknowledged them. Runs until SIGTERM or SIGINT (exit 0 after a clean stop), or "
+        "with --burst until the input is drained. Exit 2 on invalid settings.",
+        epilog=CONFIGURATION_EPILOG,
+    )
     add_connection_flags(p)
-    p.add_argument("--output-topic", help="overrides INGEST_OUTPUT_TOPIC")
-    p.add_argument("--dlq-topic", help="overrides INGEST_DLQ_TOPIC")
+    p.add_argument("--output-topic", metavar="TOPIC", help="overrides INGEST_OUTPUT_TOPIC")
+    p.add_argument("--dlq-topic", metavar="TOPIC", help="overrides INGEST_DLQ_TOPIC")
     p.add_argument("--group-id", help="overrides INGEST_GROUP_ID")
-    p.add_argument("--http-port", type=int, help="overrides INGEST_HTTP_PORT")
-    p.add_argument("--max-messages", type=int, metavar="N", help="stop after N input messages")
-    p.add_argument("--burst", action="store_true", default=None, help="drain the input topic, then exit")
+    p.add_argument("--http-port", type=int, metavar="PORT", help="overrides INGEST_HTTP_PORT")
+    p.add_argument(
+        "--max-messages", type=int, metavar="N", help="stop after N input messages (INGEST_MAX_MESSAGES)"
+    )
+    p.add_argument(
+        "--burst", action="store_true", default=None, help="drain the input topic, then exit (INGEST_BURST)"
+    )
     p.set_defaults(handler=cmd_run)
 
     for register in _extra_commands():
@@ -153,11 +159,21 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Argu
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run the whole job on the embedded broker with the sample feed")
+    p = sub.add_parser(
+        "demo",
+        help="run the whole job on the embedded broker with the sample feed",
+        description="Start the bundled Tansu broker (or use --bootstrap-servers), create the demo "
+        "topics, push the sample feed (or PATHs), run the service until the input is drained, and "
+        "print the article events and dead letters that came out.",
+    )
     p.add_argument(
         "paths", nargs="*", metavar="PATH", help="files or directories to push (default: the samples)"
     )
-    p.add_argument("--bootstrap-servers", help="use this broker instead of starting the embedded one")
+    p.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT,...",
+        help="use this broker instead of starting the embedded one",
+    )
     p.add_argument("--verbose", action="store_true", help="show the service's log lines")
     p.set_defaults(handler=cmd_demo)
 
@@ -175,14 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args)
-    except ValidationError as exc:
-        _write(sys.stderr, f"marker-ingest: invalid settings: {_settings_errors(exc)}")
+    except SettingsError as exc:
+        _write(sys.stderr, f"marker-ingest: {exc}")
         return EXIT_USAGE
-
-
-def _settings_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "settings"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

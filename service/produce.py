@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING
 import structlog
 
 from service import __version__
-from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
+from service.command import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
 from service.events import Source, describe_dead_letter, process_payload, strip_bom
 from service.limits import Limits
 from service.logs import configure_logging

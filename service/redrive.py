@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
 from service import __version__
-from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
+from service.command import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
 from service.events import Source, process_payload
 from service.limits import Limits
 from service.settings import Settings

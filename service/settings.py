@@ -1,167 +1,188 @@
 """One typed settings object, built once at start-up from the environment and CLI flags.
 
-Every variable is documented in the README with its default. Invalid combinations fail here, at
-start-up, with a message that names the variables; secrets are ``SecretStr`` and never logged.
+Each field is read from exactly one environment variable, named by ``variable_name``: ``kafka_*``
+fields from ``KAFKA_*``, the others from ``INGEST_*`` (``input_topic`` from ``INGEST_INPUT_TOPIC``),
+matched case-sensitively; no other name counts. In Python a field is given by its name
+(``Settings(input_topic=...)``). Every variable is documented in the README with its default.
+Invalid values and combinations fail here, at start-up, as a ``SettingsError`` whose one line names
+the variables; secrets are ``SecretStr`` and never logged or echoed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import difflib
+import ipaddress
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasGenerator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from service.limits import Limits
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CompressionType = Literal["none", "gzip", "lz4", "zstd", "snappy"]
+OffsetReset = Literal["earliest", "latest"]
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+PREFIXES = ("KAFKA_", "INGEST_")
+"""The environment variables that belong to marker-ingest start with one of these."""
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "kafka_security_protocol": get_args(SecurityProtocol),
+    "kafka_sasl_mechanism": get_args(SaslMechanism),
+    "kafka_compression_type": get_args(CompressionType),
+    "auto_offset_reset": get_args(OffsetReset),
+    "log_format": get_args(LogFormat),
+    "log_level": get_args(LogLevel),
+}
+"""The fields that are a choice, accepted in any case."""
+
+_CORE = Limits()
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def variable_name(field: str) -> str:
+    """The environment variable of a settings field: ``kafka_x`` -> ``KAFKA_X``, ``x`` -> ``INGEST_X``."""
+    return field.upper() if field.startswith("kafka_") else f"INGEST_{field.upper()}"
+
+
+class _DocumentedVariables(EnvSettingsSource):
+    """The environment, by each field's variable only: never by a field's bare name."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.config = {**self.config, "validate_by_name": False, "populate_by_name": False}
 
 
 class Settings(BaseSettings):
-    """Everything marker-ingest can be told. Field names mirror the environment variables."""
+    """Everything marker-ingest can be told; each field's variable is ``variable_name(field)``."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        alias_generator=AliasGenerator(validation_alias=variable_name),
+        validate_by_name=True,
+        validate_by_alias=True,
+        case_sensitive=True,
+        extra="ignore",
+        frozen=True,
+    )
 
     # Kafka connection
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
-    )
-    kafka_security_protocol: SecurityProtocol = Field(
-        "PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol")
-    )
-    kafka_sasl_mechanism: SaslMechanism | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
-    )
-    kafka_sasl_username: str | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username")
-    )
-    kafka_sasl_password: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password")
-    )
-    kafka_ssl_cafile: str | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE", "kafka_ssl_cafile")
-    )
-    kafka_ssl_certfile: str | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile")
-    )
-    kafka_ssl_keyfile: str | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile")
-    )
-    kafka_ssl_key_password: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password")
-    )
-    kafka_enable_idempotence: bool = Field(
-        True, validation_alias=AliasChoices("KAFKA_ENABLE_IDEMPOTENCE", "kafka_enable_idempotence")
-    )
-    kafka_client_id: str = Field(
-        "marker-ingest", validation_alias=AliasChoices("KAFKA_CLIENT_ID", "kafka_client_id")
-    )
-    kafka_request_timeout_ms: int = Field(
-        30_000,
-        ge=1_000,
-        validation_alias=AliasChoices("KAFKA_REQUEST_TIMEOUT_MS", "kafka_request_timeout_ms"),
-    )
-    kafka_compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
-        "none", validation_alias=AliasChoices("KAFKA_COMPRESSION_TYPE", "kafka_compression_type")
-    )
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = Field(None, min_length=1)
+    kafka_sasl_password: SecretStr | None = Field(None, min_length=1)
+    kafka_ssl_cafile: str | None = Field(None, min_length=1)
+    kafka_ssl_certfile: str | None = Field(None, min_length=1)
+    kafka_ssl_keyfile: str | None = Field(None, min_length=1)
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_enable_idempotence: bool = True
+    kafka_client_id: str = Field("marker-ingest", min_length=1)
+    kafka_request_timeout_ms: int = Field(30_000, ge=1_000)
+    kafka_compression_type: CompressionType = "none"
 
     # Topics and group
-    input_topic: str = Field("news.raw", validation_alias=AliasChoices("INGEST_INPUT_TOPIC", "input_topic"))
-    output_topic: str = Field(
-        "news.articles", validation_alias=AliasChoices("INGEST_OUTPUT_TOPIC", "output_topic")
-    )
-    dlq_topic: str = Field(
-        "news.dead-letters", validation_alias=AliasChoices("INGEST_DLQ_TOPIC", "dlq_topic")
-    )
-    group_id: str = Field("marker-ingest", validation_alias=AliasChoices("INGEST_GROUP_ID", "group_id"))
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", validation_alias=AliasChoices("INGEST_AUTO_OFFSET_RESET", "auto_offset_reset")
-    )
-    create_topics: bool = Field(False, validation_alias=AliasChoices("INGEST_CREATE_TOPICS", "create_topics"))
+    input_topic: str = "news.raw"
+    output_topic: str = "news.articles"
+    dlq_topic: str = "news.dead-letters"
+    group_id: str = Field("marker-ingest", min_length=1)
+    auto_offset_reset: OffsetReset = "earliest"
+    create_topics: bool = False
 
-    # Core limits
-    max_payload_bytes: int = Field(
-        1_000_000, ge=1, validation_alias=AliasChoices("INGEST_MAX_PAYLOAD_BYTES", "max_payload_bytes")
-    )
-    max_records_per_payload: int = Field(
-        10_000,
-        ge=1,
-        validation_alias=AliasChoices("INGEST_MAX_RECORDS_PER_PAYLOAD", "max_records_per_payload"),
-    )
-    max_title_chars: int = Field(
-        1_000, ge=1, validation_alias=AliasChoices("INGEST_MAX_TITLE_CHARS", "max_title_chars")
-    )
-    max_text_chars: int = Field(
-        500_000, ge=1, validation_alias=AliasChoices("INGEST_MAX_TEXT_CHARS", "max_text_chars")
-    )
-    max_dead_letter_raw_bytes: int = Field(
-        256 * 1024,
-        ge=1024,
-        validation_alias=AliasChoices("INGEST_MAX_DEAD_LETTER_RAW_BYTES", "max_dead_letter_raw_bytes"),
-    )
-
-    max_event_bytes: int = Field(
-        1_000_000, ge=64 * 1024, validation_alias=AliasChoices("INGEST_MAX_EVENT_BYTES", "max_event_bytes")
-    )
+    # Core limits (their defaults are the core's)
+    max_payload_bytes: int = Field(_CORE.max_payload_bytes, ge=1)
+    max_records_per_payload: int = Field(_CORE.max_records_per_payload, ge=1)
+    max_title_chars: int = Field(_CORE.max_title_chars, ge=1)
+    max_text_chars: int = Field(_CORE.max_text_chars, ge=1)
+    max_dead_letter_raw_bytes: int = Field(_CORE.max_dead_letter_raw_bytes, ge=1024)
+    max_event_bytes: int = Field(_CORE.max_event_bytes, ge=64 * 1024)
 
     # Batching, memory, timing
-    batch_max_messages: int = Field(
-        500, ge=1, validation_alias=AliasChoices("INGEST_BATCH_MAX_MESSAGES", "batch_max_messages")
-    )
-    batch_timeout_ms: int = Field(
-        200, ge=0, validation_alias=AliasChoices("INGEST_BATCH_TIMEOUT_MS", "batch_timeout_ms")
-    )
-    max_bytes_in_flight: int = Field(
-        64 * 1024 * 1024,
-        ge=1024,
-        validation_alias=AliasChoices("INGEST_MAX_BYTES_IN_FLIGHT", "max_bytes_in_flight"),
-    )
-    shutdown_grace_seconds: float = Field(
-        20.0, gt=0, validation_alias=AliasChoices("INGEST_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds")
-    )
-    retry_initial_seconds: float = Field(
-        0.2, gt=0, validation_alias=AliasChoices("INGEST_RETRY_INITIAL_SECONDS", "retry_initial_seconds")
-    )
-    retry_max_seconds: float = Field(
-        10.0, gt=0, validation_alias=AliasChoices("INGEST_RETRY_MAX_SECONDS", "retry_max_seconds")
-    )
-    max_messages: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("INGEST_MAX_MESSAGES", "max_messages")
-    )
-    burst: bool = Field(False, validation_alias=AliasChoices("INGEST_BURST", "burst"))
-    burst_idle_seconds: float = Field(
-        3.0, gt=0, validation_alias=AliasChoices("INGEST_BURST_IDLE_SECONDS", "burst_idle_seconds")
-    )
+    batch_max_messages: int = Field(500, ge=1)
+    batch_timeout_ms: int = Field(200, ge=0)
+    max_bytes_in_flight: int = Field(64 * 1024 * 1024, ge=1024)
+    shutdown_grace_seconds: float = Field(20.0, gt=0)
+    retry_initial_seconds: float = Field(0.2, gt=0)
+    retry_max_seconds: float = Field(10.0, gt=0)
+    max_messages: int | None = Field(None, ge=1)
+    burst: bool = False
+    burst_idle_seconds: float = Field(3.0, gt=0)
 
     # Operations
-    http_port: int = Field(0, ge=0, le=65535, validation_alias=AliasChoices("INGEST_HTTP_PORT", "http_port"))
-    http_host: str = Field(
-        "0.0.0.0",  # noqa: S104 - the probes and the scraper come from outside the container
-        min_length=1,
-        validation_alias=AliasChoices("INGEST_HTTP_HOST", "http_host"),
-    )
-    log_format: Literal["auto", "json", "console"] = Field(
-        "auto", validation_alias=AliasChoices("INGEST_LOG_FORMAT", "log_format")
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("INGEST_LOG_LEVEL", "log_level")
-    )
+    http_port: int = Field(0, ge=0, le=65535)
+    # 0.0.0.0: the probes and the scraper come from outside the container.
+    http_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    log_format: LogFormat = "auto"
+    log_level: LogLevel = "INFO"
 
     # Safety switch
-    safety_dlq_ratio: float | None = Field(
-        None, gt=0, le=1, validation_alias=AliasChoices("INGEST_SAFETY_DLQ_RATIO", "safety_dlq_ratio")
+    safety_dlq_ratio: float | None = Field(None, gt=0, le=1)
+    safety_window_records: int = Field(1000, ge=1)
+    safety_min_records: int = Field(100, ge=1)
+    safety_cooldown_seconds: float = Field(300.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments first, then the documented environment variables; no other source."""
+        return (init_settings, _DocumentedVariables(settings_cls))
+
+    @field_validator(
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_compression_type",
+        "auto_offset_reset",
+        "log_format",
+        "log_level",
+        mode="before",
     )
-    safety_window_records: int = Field(
-        1000, ge=1, validation_alias=AliasChoices("INGEST_SAFETY_WINDOW_RECORDS", "safety_window_records")
-    )
-    safety_min_records: int = Field(
-        100, ge=1, validation_alias=AliasChoices("INGEST_SAFETY_MIN_RECORDS", "safety_min_records")
-    )
-    safety_cooldown_seconds: float = Field(
-        300.0,
-        ge=0,
-        validation_alias=AliasChoices("INGEST_SAFETY_COOLDOWN_SECONDS", "safety_cooldown_seconds"),
-    )
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        """A choice in any case (``plaintext``, ``debug``); anything else is left for the error."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        choices = _CHOICES[info.field_name]
+        return next((c for c in choices if c.lower() == value.strip().lower()), value)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        for address in value.split(","):
+            if (problem := broker_address_problem(address.strip())) is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("input_topic", "output_topic", "dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if (problem := topic_name_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
@@ -175,16 +196,27 @@ class Settings(BaseSettings):
                 problems.append(
                     f"KAFKA_SECURITY_PROTOCOL={proto} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
                 )
-        elif self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password:
+        elif self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password is not None:
             problems.append(f"SASL settings are given but KAFKA_SECURITY_PROTOCOL={proto} does not use SASL")
         uses_ssl = proto in ("SSL", "SASL_SSL")
-        ssl_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
-        if not uses_ssl and any(ssl_files):
+        ssl_files = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        if not uses_ssl and any(ssl_files.values()):
             problems.append(
                 f"KAFKA_SSL_* files are given but KAFKA_SECURITY_PROTOCOL={proto} does not use SSL"
             )
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             problems.append("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
+        problems += [
+            f"{name}: cannot read {path!r}"
+            for name, path in ssl_files.items()
+            if path and not _readable(path)
+        ]
+        if uses_ssl and not problems:
+            problems += self._ssl_problems()
         topics = {self.input_topic, self.output_topic, self.dlq_topic}
         if len(topics) != 3:
             problems.append("INGEST_INPUT_TOPIC, INGEST_OUTPUT_TOPIC and INGEST_DLQ_TOPIC must all differ")
@@ -197,6 +229,30 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _ssl_problems(self) -> list[str]:
+        """Load the SSL files as the clients will, so that a bad file fails here, named."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        problems = []
+        if self.kafka_ssl_cafile:
+            try:
+                context.load_verify_locations(cafile=self.kafka_ssl_cafile)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problems.append(f"KAFKA_SSL_CAFILE: not a CA bundle: {_ssl_reason(exc)}")
+        if self.kafka_ssl_certfile and self.kafka_ssl_keyfile:
+            password = self.kafka_ssl_key_password
+            try:
+                context.load_cert_chain(
+                    self.kafka_ssl_certfile,
+                    self.kafka_ssl_keyfile,
+                    password.get_secret_value() if password is not None else None,
+                )
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problems.append(
+                    "KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE: not a certificate and its key (or a wrong "
+                    f"KAFKA_SSL_KEY_PASSWORD): {_ssl_reason(exc)}"
+                )
+        return problems
 
     @property
     def limits(self) -> Limits:
@@ -240,3 +296,136 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return kwargs
+
+
+VARIABLES: dict[str, str] = {variable_name(field): field for field in Settings.model_fields}
+"""Every environment variable marker-ingest reads, and the field it sets."""
+
+_SECRETS = frozenset(
+    name
+    for name, info in Settings.model_fields.items()
+    if SecretStr in getattr(info.annotation, "__args__", ())
+)
+
+
+def _readable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(reason)
+
+
+def broker_address_problem(address: str) -> str | None:
+    """Why ``address`` is not ``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; None when it is.
+
+    These are the forms the Kafka client accepts (the port defaults to 9092).
+    """
+    if not address:
+        return "an empty broker address (expected HOST:PORT, comma-separated)"
+    host, port = address, None
+    if address.startswith("["):
+        inside, bracket, rest = address[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return f"{address!r} is not [IPv6]:PORT"
+        host, port = inside, rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} in {address!r} is not an IPv6 address"
+    elif ":" in address:
+        try:
+            ipaddress.IPv6Address(address)
+            return None
+        except ValueError:
+            host, _, port = address.rpartition(":")
+    if not host or any(c.isspace() for c in host):
+        return f"no host in {address!r} (expected HOST:PORT)"
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port of {address!r} is not a number from 1 to 65535"
+    return None
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a legal Kafka topic name; None when it is."""
+    if not name:
+        return "must not be empty"
+    if name in (".", "..") or not _TOPIC.fullmatch(name):
+        return (
+            f"{name[:60]!r} is not a Kafka topic name (at most 249 of A-Z, a-z, 0-9, '.', '_', '-'; "
+            "not '.' or '..')"
+        )
+    return None
+
+
+class SettingsError(Exception):
+    """The settings are invalid. ``str()`` is one line that names each bad variable (or flag)."""
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, flags: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the environment, with ``overrides`` (by field name) on top.
+
+    ``flags`` maps the fields given by a command-line flag to the flag, so that an error names what
+    the user typed. Raises ``SettingsError`` when the settings are invalid.
+    """
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, flags or {})) from None
+
+
+def describe_errors(exc: ValidationError, flags: Mapping[str, str]) -> str:
+    """One line for a settings ``ValidationError``: ``invalid setting NAME: reason`` (or several).
+
+    A value is echoed unless it is a secret; the variable is named, or the flag that gave it.
+    """
+    parts = []
+    for err in exc.errors():
+        reason = _reason(err)
+        if not err["loc"]:
+            parts.append(reason)
+            continue
+        field = VARIABLES.get(str(err["loc"][0]), str(err["loc"][0]))
+        name = flags.get(field) or variable_name(field)
+        parts.append(f"{name}: {reason}")
+    if len(parts) == 1 and exc.errors()[0]["loc"]:
+        return f"invalid setting {parts[0]}"
+    return "invalid settings: " + "; ".join(parts)
+
+
+def _reason(err: Any) -> str:
+    """pydantic's message, shorter, with the value given unless it is a secret."""
+    if err["type"] == "value_error" or not err["loc"]:
+        return str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] in ("string_too_short", "too_short") and err.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    message = str(err["msg"]).removeprefix("Input ")
+    field = VARIABLES.get(str(err["loc"][0]), str(err["loc"][0]))
+    value = err.get("input")
+    if field in _SECRETS or not isinstance(value, str | int | float | bool):
+        return message
+    shown = repr(value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "...")
+    return f"{message}, got {shown}"
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The ``KAFKA_*`` and ``INGEST_*`` variables (in any case) that are no setting, with the nearest
+    setting's name (None when none is near): a typo would otherwise be ignored in silence."""
+    env = os.environ if environ is None else environ
+    known = list(VARIABLES)
+    found = []
+    for name in sorted(env):
+        if name in VARIABLES or not name.upper().startswith(PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        found.append((name, nearest[0] if nearest else None))
+    return found
+
+
+def describe_unknown(name: str, nearest: str | None) -> str:
+    """The warning line for one unknown variable."""
+    hint = f" (did you mean {nearest}?)" if nearest else ""
+    return f"unknown setting {name} ignored{hint}"

@@ -168,26 +168,31 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: marker-ingest" in capsys.readouterr().err
 
 
-def test_invalid_settings_from_a_flag_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_settings_from_a_flag_exit_2_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["parse", "--max-payload-bytes", "-5", str(SEED)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("marker-ingest: invalid settings: max_payload_bytes: ")
+    assert err == (
+        "marker-ingest: invalid setting --max-payload-bytes: should be greater than or equal to 1, got -5\n"
+    )
 
 
 def test_a_zero_max_payload_bytes_flag_is_rejected_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["parse", "--max-payload-bytes", "0", str(SEED)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("marker-ingest: invalid settings: max_payload_bytes: ")
+    assert err.startswith("marker-ingest: invalid setting --max-payload-bytes: ")
 
 
-def test_invalid_settings_from_the_environment_exit_2(
+def test_invalid_settings_from_the_environment_exit_2_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("INGEST_MAX_TITLE_CHARS", "0")
     assert main(["parse", str(SEED)]) == 2
-    assert "invalid settings" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "marker-ingest: invalid setting INGEST_MAX_TITLE_CHARS: should be greater than or equal to 1, "
+        "got '0'\n"
+    )
 
 
 def test_limits_come_from_the_environment(

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices
 
-from service.settings import Settings
+from service.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC_VARIABLES = ("INGEST_INPUT_TOPIC", "INGEST_OUTPUT_TOPIC", "INGEST_DLQ_TOPIC")
@@ -32,12 +31,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _setting_variables() -> set[str]:
-    names: set[str] = set()
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        assert isinstance(alias, AliasChoices)
-        names.update(choice for choice in alias.choices if isinstance(choice, str))
-    return names
+    return set(VARIABLES)
 
 
 def _created_topics(service: dict[str, Any]) -> set[str]:

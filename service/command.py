@@ -1,0 +1,88 @@
+"""What every ``marker-ingest`` sub-command shares: exit statuses, the connection flags, and the
+settings built from the environment and the flags (with the one-line error and the warnings about
+unknown variables). ``cli`` and the operator tools import it; it imports neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from service.settings import Settings, describe_unknown, load_settings, topic_name_problem, unknown_variables
+
+EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
+"""0: done; 1: dead letters found, something refused or failed; 2: usage or configuration error."""
+
+_FLAG_TO_FIELD = {
+    "bootstrap_servers": "kafka_bootstrap_servers",
+    "input_topic": "input_topic",
+    "output_topic": "output_topic",
+    "dlq_topic": "dlq_topic",
+    "group_id": "group_id",
+    "max_messages": "max_messages",
+    "burst": "burst",
+    "http_port": "http_port",
+    "log_format": "log_format",
+    "log_level": "log_level",
+    "max_payload_bytes": "max_payload_bytes",
+}
+
+Warn = Callable[[str, str | None], None]
+"""Told each unknown ``KAFKA_*``/``INGEST_*`` variable and the nearest setting's name."""
+
+
+def warn_on_stderr(name: str, nearest: str | None) -> None:
+    """A warning line on stderr, for the commands whose stdout carries their output."""
+    sys.stderr.write(f"marker-ingest: warning: {describe_unknown(name, nearest)}\n")
+
+
+def build_settings(args: argparse.Namespace, *, warn: Warn | None = warn_on_stderr) -> Settings:
+    """Settings from the environment, overridden by the flags that were given.
+
+    Raises ``SettingsError`` naming the bad variable, or the flag when a flag gave the value. Each
+    unknown ``KAFKA_*``/``INGEST_*`` variable is passed to ``warn`` (a typo must not pass unseen).
+    """
+    given = {flag: getattr(args, flag) for flag in _FLAG_TO_FIELD if getattr(args, flag, None) is not None}
+    settings = load_settings(
+        {_FLAG_TO_FIELD[flag]: value for flag, value in given.items()},
+        flags={_FLAG_TO_FIELD[flag]: "--" + flag.replace("_", "-") for flag in given},
+    )
+    if warn is not None:
+        for name, nearest in unknown_variables():
+            warn(name, nearest)
+    return settings
+
+
+def topic_name(text: str) -> str:
+    """An argparse type: a legal Kafka topic name."""
+    problem = topic_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka (the rest comes from the environment)."""
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT,...", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    p.add_argument("--input-topic", metavar="TOPIC", help="overrides INGEST_INPUT_TOPIC")
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=["auto", "json", "console"],
+        help="overrides INGEST_LOG_FORMAT",
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="overrides INGEST_LOG_LEVEL",
+    )
+
+
+CONFIGURATION_EPILOG = (
+    "Everything else is set by environment variables: KAFKA_* for the connection (servers, "
+    "security, idempotence), INGEST_* for the topics, limits, batching, shutdown, HTTP endpoint, "
+    "logging and safety switch. Each is listed with its default in README.md, section "
+    "'Configuration'. An invalid value stops the command with exit status 2 and one line naming it."
+)
