@@ -184,6 +184,7 @@ async def test_a_port_already_taken_stops_the_service_at_start_up() -> None:
         assert await asyncio.wait_for(Ingestor(settings).run(), 10) == 1
 
 
+@pytest.mark.smoke
 async def test_metrics_follow_the_records(broker: BrokerHandle) -> None:
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("metrics").create(bootstrap, partitions=2)

@@ -72,6 +72,7 @@ async def _ingest_and_check(broker: BrokerHandle, topics: Topics) -> list[Any]:
     return inputs
 
 
+@pytest.mark.smoke
 async def test_produce_pushes_a_directory_one_message_per_file(
     broker: BrokerHandle, feed_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

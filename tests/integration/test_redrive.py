@@ -66,6 +66,7 @@ def _selected_by_code(report: dict[str, Any]) -> dict[str, int]:
     return {code: c["selected"] for code, c in report["by_code"].items()}
 
 
+@pytest.mark.smoke
 async def test_redrive_selects_by_code_time_partition_offset_and_limit(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

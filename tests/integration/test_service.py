@@ -32,6 +32,7 @@ from tests.support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
+@pytest.mark.smoke
 async def test_seed_record_becomes_its_article_event(broker: BrokerHandle, seed_record: bytes) -> None:
     topics = await Topics.unique("seed").create(broker.bootstrap_servers)
     await produce(broker.bootstrap_servers, topics.input, [seed_record])
@@ -59,6 +60,7 @@ async def test_seed_record_becomes_its_article_event(broker: BrokerHandle, seed_
     assert len(data["sha256"]) == 64
 
 
+@pytest.mark.smoke
 async def test_mixed_feed_gives_one_event_per_record_on_the_right_topic(broker: BrokerHandle) -> None:
     topics = await Topics.unique("mixed").create(broker.bootstrap_servers)
     limits = Limits(max_payload_bytes=50_000, max_records_per_payload=4)
@@ -175,6 +177,7 @@ async def test_restart_after_stop_mid_stream_keeps_the_accounting(
     ledger.check(expected_outcomes(sent, topics.input), exactly_once=(how == "sigterm"))
 
 
+@pytest.mark.smoke
 async def test_two_instances_share_a_four_partition_topic(broker: BrokerHandle, tmp_path: Path) -> None:
     topics = await Topics.unique("pair").create(broker.bootstrap_servers, partitions=4)
     env = service_env(

@@ -34,22 +34,6 @@ async def test_a_misspelled_output_topic_is_an_error_at_start_up_naming_it(broke
     assert not [e for e in logs if e["event"] == "record"], "records were consumed"
 
 
-async def test_an_invalid_topic_name_is_an_error_at_start_up(broker: BrokerHandle) -> None:
-    topics = await Topics.unique("invalid").create(broker.bootstrap_servers)
-    settings = settings_for(
-        broker.bootstrap_servers, topics, idempotence=broker.idempotence, dlq_topic="has a space"
-    )
-    with capture_logs() as logs:
-        code = await Ingestor(settings).run()
-    assert code == EXIT_CONFIG
-    [line] = [e for e in logs if e["log_level"] == "error"]
-    assert (line["event"], line["setting"], line["error"]) == (
-        "topic.invalid",
-        "INGEST_DLQ_TOPIC",
-        "InvalidTopicError",
-    )
-
-
 @pytest.mark.kafka
 async def test_missing_topics_are_created_when_the_operator_allows_it(broker: BrokerHandle) -> None:
     """INGEST_CREATE_TOPICS=true: the output and dead-letter topics are created with the broker's

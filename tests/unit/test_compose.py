@@ -81,3 +81,23 @@ def test_the_image_runs_the_console_script() -> None:
     assert json.loads(instructions["ENTRYPOINT"]) == [script]
     assert json.loads(instructions["CMD"]) == ["run"]
     assert re.search(r"^USER\s+(?!root\b|0\b)\S+", dockerfile, re.MULTILINE), "the image must not run as root"
+
+
+def test_the_brokers_are_the_kafka_version_the_tests_run() -> None:
+    pom = (ROOT / "tests" / "kafka" / "pom.xml").read_text(encoding="utf-8")
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert match is not None
+    images = {s["image"] for s in _services().values() if "image" in s}
+    assert images == {f"apache/kafka:{match.group(1)}"}
+
+
+def test_the_topics_are_replicated_as_in_the_test_cluster() -> None:
+    """Replication factor 3 and min.insync.replicas=2, like the cluster the fault suite runs on."""
+    command = " ".join(_services()["topics"]["command"])
+    creates = [shlex.split(line) for line in command.splitlines() if "--create" in line]
+    assert len(creates) == 3
+    for words in creates:
+        assert words[words.index("--replication-factor") + 1] == "3", words
+        assert words[words.index("--config") + 1] == "min.insync.replicas=2", words
+    brokers = [s for name, s in _services().items() if name.startswith("kafka-")]
+    assert len(brokers) == 3
