@@ -24,6 +24,13 @@ ERROR_CODE_HEADER = "marker-ingest-error-code"
 """The header every dead letter carries: its error code (the input's own headers are kept too)."""
 REDRIVE_COUNT_HEADER = "marker-ingest-redrive-count"
 """How many times a message was redriven; dead letters keep it, ``redrive`` increments it."""
+ORIGIN_HEADER = "marker-ingest-origin-id"
+"""Set by ``redrive``: the id of the record a redriven message was made from. The service gives the
+message's records the ids that follow it, so a record redriven twice keeps one id."""
+DROPPED_HEADER = "marker-ingest-dropped"
+"""On a dead letter whose input key or headers were too large to copy: ``key``, ``headers`` or both."""
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+"""The ``content-type`` header of article events: CloudEvents' Kafka binding, structured mode."""
 
 MAX_FN = 10**18 - 1
 """FN is at most 18 decimal digits, so it fits a signed 64-bit integer in every consumer."""
@@ -63,7 +70,8 @@ class ArticleIngested(_Contract):
         str,
         Field(
             description="Deterministic from the source coordinates: "
-            "'<topic>:<partition>:<offset>:<record index>'. A redelivered message yields the same id."
+            "'<topic>:<partition>:<offset>:<record index>'. A redelivered message yields the same id; "
+            "a redriven one the ids of the records it was made from (marker-ingest-origin-id)."
         ),
     ]
     source: Annotated[str, Field(description="'urn:marker-ingest:topic:<input topic>'.")]
@@ -118,8 +126,17 @@ class ErrorDetail(_Contract):
 class RawInput(_Contract):
     """The failing input, so that it can be fixed and redriven."""
 
-    text: Annotated[str | None, Field(description="The record (or payload) as text; null if not UTF-8.")]
-    base64: Annotated[str | None, Field(description="The payload as base64 when it is not valid UTF-8.")]
+    text: Annotated[
+        str | None,
+        Field(description="The record (or payload) as text; null if not UTF-8, or if the value was null."),
+    ]
+    base64: Annotated[
+        str | None,
+        Field(
+            description="The payload as base64 when it is not valid UTF-8. Both text and base64 are "
+            "null only when the message value was null."
+        ),
+    ]
     truncated: Annotated[bool, Field(description="True when text/base64 is a truncated copy.")]
     size_bytes: Annotated[int, Field(ge=0, description="Size of the original record or payload in bytes.")]
 
@@ -127,7 +144,13 @@ class RawInput(_Contract):
 class RecordDeadLettered(_Contract):
     """A dead-letter event: one record (or one whole payload) that could not become an article."""
 
-    id: Annotated[str, Field(description="Deterministic, same scheme as article event ids.")]
+    id: Annotated[
+        str,
+        Field(
+            description="Deterministic, same scheme as article event ids; source gives where the "
+            "dead-lettered message was read."
+        ),
+    ]
     type: Literal["io.markeringest.record.deadlettered.v1"]
     scope: Annotated[
         Literal["record", "payload"],

@@ -29,9 +29,13 @@ from schemas.errors import ErrorCode
 from schemas.events import (
     ARTICLE_DATASCHEMA,
     ARTICLE_EVENT_TYPE,
+    CLOUDEVENTS_CONTENT_TYPE,
     DEAD_LETTER_EVENT_TYPE,
     DEAD_LETTER_SCHEMA,
+    DROPPED_HEADER,
     ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    REDRIVE_COUNT_HEADER,
     ArticleIngested,
     RecordDeadLettered,
 )
@@ -181,7 +185,20 @@ def asyncapi() -> dict[str, Any]:
                                 "type": "string",
                                 "description": "Set by the service on dead letters. On input (a redriven "
                                 "dead letter) it is dropped, so a stale code is never carried over.",
-                            }
+                            },
+                            ORIGIN_HEADER: {
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9._-]+:[0-9]+:[0-9]+:[0-9]+$",
+                                "description": "Set by redrive: the id of the record (or, for a whole "
+                                "payload, its first record) the message was made from. The message's "
+                                "events take the ids that follow it (record i: the origin's record index "
+                                "+ i), so a record redriven twice keeps one id. Ignored when malformed.",
+                            },
+                            REDRIVE_COUNT_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9]+$",
+                                "description": "Set by redrive: how many times the message was redriven.",
+                            },
                         },
                         "additionalProperties": {
                             "description": "Not read; copied onto the message's dead letters, if any."
@@ -210,7 +227,20 @@ def asyncapi() -> dict[str, Any]:
                         "input yields the same ids: deduplicate on id. Schema: "
                         f"{ARTICLE_DATASCHEMA} (JSON Schema draft 2020-12)."
                     ),
-                    "contentType": "application/json",
+                    "contentType": "application/cloudevents+json",
+                    "headers": {
+                        "type": "object",
+                        "required": ["content-type"],
+                        "properties": {
+                            "content-type": {
+                                "type": "string",
+                                "const": CLOUDEVENTS_CONTENT_TYPE,
+                                "description": "CloudEvents' Kafka protocol binding, structured content "
+                                "mode: the value is the whole event in the JSON event format.",
+                            }
+                        },
+                        "additionalProperties": False,
+                    },
                     "payload": {"$ref": f"./{ARTICLE_SCHEMA_FILE}"},
                     "bindings": {
                         "kafka": {
@@ -230,7 +260,11 @@ def asyncapi() -> dict[str, Any]:
                     "summary": f"Why a record or a payload failed, type {DEAD_LETTER_EVENT_TYPE}.",
                     "description": (
                         "error.code is a stable public code (listed with its meaning in the schema); "
-                        "raw holds the failing input so that it can be fixed and redriven. Schema: "
+                        "raw holds the failing input so that it can be fixed and redriven. Not a "
+                        "CloudEvent: plain JSON, with no content-type header of its own (the headers "
+                        "are the input's). The whole record (key, headers, value) is at most "
+                        "INGEST_MAX_EVENT_BYTES: the raw copy is cut first; input headers, then the "
+                        f"key, are left out only when the event does not fit otherwise. Schema: "
                         f"{DEAD_LETTER_SCHEMA} (JSON Schema draft 2020-12)."
                     ),
                     "contentType": "application/json",
@@ -242,7 +276,13 @@ def asyncapi() -> dict[str, Any]:
                                 "type": "string",
                                 "enum": [code.value for code in ErrorCode],
                                 "description": "error.code, to route or count without parsing the payload.",
-                            }
+                            },
+                            DROPPED_HEADER: {
+                                "type": "string",
+                                "enum": ["key", "headers", "key,headers"],
+                                "description": "Present when the input's key or headers were too large "
+                                "to copy within INGEST_MAX_EVENT_BYTES (redrive then skips it as truncated).",
+                            },
                         },
                         "additionalProperties": {"description": "The input message's headers, copied."},
                     },
@@ -251,7 +291,8 @@ def asyncapi() -> dict[str, Any]:
                         "kafka": {
                             "key": {
                                 "type": ["string", "null"],
-                                "description": "The input message's key, unchanged (null if it had none).",
+                                "description": "The input message's key, unchanged (null if it had none, "
+                                "or if it was dropped: see marker-ingest-dropped).",
                             },
                             "bindingVersion": KAFKA_BINDING_VERSION,
                         }

@@ -30,12 +30,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from schemas.errors import ErrorCode
-from schemas.events import ERROR_CODE_HEADER
+from schemas.events import ERROR_CODE_HEADER as ERROR_CODE_HEADER
 from service import __version__
-from service.events import Outcome, Source, process_payload
+from service.events import Outcome, Source, origin_of, process_payload
 from service.http import HttpEndpoint, LoopWatch, Response
 from service.logs import configure_logging, flush_records, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
+from service.routing import Destination, Headers, Routes, route
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
 from service.topics import create_with_broker_defaults, topic_problems
@@ -57,13 +58,13 @@ log = structlog.get_logger("marker_ingest")
 
 @dataclass(slots=True)
 class _Send:
-    """One outcome on its way to the broker."""
+    """One outcome on its way to the broker: its input coordinates and what goes out (``event``)."""
 
     tp: TopicPartition
     offset: int
     topic: str
-    outcome: Outcome
-    headers: list[tuple[str, bytes]]
+    event: Destination
+    headers: Headers
     future: asyncio.Future[Any] | None = None
     error: BaseException | None = None
 
@@ -118,14 +119,14 @@ class _Outbox:
     async def add(self, send: _Send) -> None:
         """Append ``send``'s event to its partition's open batch; ship the batch first if it is full."""
         send.future = send.error = None
-        topic, outcome = send.topic, send.outcome
+        topic, event = send.topic, send.event
         partitions = self._partitions.get(topic)
         if partitions is None:
             partitions = await self._partitions_of(topic)
         if isinstance(partitions, KafkaError):
             send.error = partitions
             return
-        key, value, headers = outcome.key, outcome.value, send.headers
+        key, value, headers = event.key, event.value, send.headers
         size = _estimate_size(key, value, headers)
         if size > self._max_request_size:
             send.error = MessageSizeTooLargeError(
@@ -204,6 +205,7 @@ class Ingestor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._limits = settings.limits
+        self._routes = Routes(settings.output_topic, settings.dlq_topic, settings.max_event_bytes)
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -515,7 +517,9 @@ class Ingestor:
                     # Let the producer's sender ship what is ready and acks come back while
                     # this batch is still being processed, instead of all of it at the end.
                     await asyncio.sleep(0)
-                source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key)
+                headers = msg.headers
+                origin = origin_of(headers) if headers else None
+                source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
                 outcomes = process_payload(msg.value, source, self._limits, now=now, version=__version__)
                 size = len(msg.value or b"")
                 in_flight += size
@@ -523,10 +527,10 @@ class Ingestor:
                 dead = 0
                 sends = current.sends
                 for outcome in outcomes:
-                    send = self._prepare(tp, msg.offset, msg.headers, outcome)
+                    send = self._prepare(tp, msg.offset, headers, outcome)
                     await current.outbox.add(send)
                     sends.append(send)
-                    in_flight += len(outcome.value)
+                    in_flight += len(send.event.value)
                     if outcome.error is not None:
                         dead_letters[outcome.error] = dead_letters.get(outcome.error, 0) + 1
                         dead += 1
@@ -654,14 +658,9 @@ class Ingestor:
                 log.info("send.resumed", destination=send.topic, waited_seconds=round(waited, 1))
             return
 
-    def _prepare(
-        self, tp: TopicPartition, offset: int, headers: Sequence[tuple[str, bytes]], outcome: Outcome
-    ) -> _Send:
-        if outcome.error is None:
-            return _Send(tp, offset, self.settings.output_topic, outcome, [])
-        dl_headers = [(k, v) for k, v in headers if k != ERROR_CODE_HEADER]
-        dl_headers.append((ERROR_CODE_HEADER, outcome.error.value.encode()))
-        return _Send(tp, offset, self.settings.dlq_topic, outcome, dl_headers)
+    def _prepare(self, tp: TopicPartition, offset: int, headers: Headers, outcome: Outcome) -> _Send:
+        event = route(outcome, headers, self._routes)
+        return _Send(tp, offset, event.topic, event, event.headers)
 
     def _outbox(self) -> _Outbox:
         assert self.producer is not None

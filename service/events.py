@@ -8,8 +8,11 @@ Pure: the clock and the service version are passed in.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import functools
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,6 +23,7 @@ from schemas.events import (
     ARTICLE_DATASCHEMA,
     ARTICLE_EVENT_TYPE,
     DEAD_LETTER_EVENT_TYPE,
+    ORIGIN_HEADER,
     ArticleData,
 )
 from service.limits import Limits
@@ -29,19 +33,57 @@ from service.validation import article_from_values, validate_record
 _BOM = b"\xef\xbb\xbf"
 
 
+class Origin(NamedTuple):
+    """Where a redriven message first came from: its first record's event id, split in two."""
+
+    message: str
+    """``<topic>:<partition>:<offset>`` of the original input message."""
+    record_index: int
+    """The original index of the message's first record (0 for a whole payload)."""
+
+
+_ORIGIN = re.compile(rb"([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19}):([0-9]{1,10})")
+
+
+def origin_of(headers: Iterable[tuple[str, bytes]]) -> Origin | None:
+    """The origin a redrive stamped on a message (``marker-ingest-origin-id``); None if absent or malformed.
+
+    The last such header counts. A malformed one is ignored: the message keeps its own coordinates.
+    """
+    value = None
+    for name, raw in headers:
+        if name == ORIGIN_HEADER:
+            value = raw
+    if value is None:
+        return None
+    match = _ORIGIN.fullmatch(value)
+    if match is None:
+        return None
+    topic, partition, offset, index = match.groups()
+    return Origin(f"{topic.decode()}:{int(partition)}:{int(offset)}", int(index))
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
-    """The coordinates of one input message."""
+    """The coordinates of one input message, and its origin when it was redriven."""
 
     topic: str
     partition: int
     offset: int
     timestamp_ms: int | None = None
     key: bytes | None = None
+    origin: Origin | None = None
 
     def event_id(self, record_index: int) -> str:
-        """The deterministic event id of the record at ``record_index`` in this message."""
-        return f"{self.topic}:{self.partition}:{self.offset}:{record_index}"
+        """The deterministic event id of the record at ``record_index`` in this message.
+
+        A redriven message's records take the ids of the records they were made from, so that
+        redriving a dead letter twice gives events that deduplication on ``id`` catches.
+        """
+        origin = self.origin
+        if origin is None:
+            return f"{self.topic}:{self.partition}:{self.offset}:{record_index}"
+        return f"{origin.message}:{origin.record_index + record_index}"
 
 
 class Outcome(NamedTuple):
@@ -115,7 +157,7 @@ def process_payload(
     """Turn one message's bytes into exactly one outcome per record (one for a payload failure)."""
     if value is None:
         problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the message value is null")
-        return _payload_failure(problem, b"", source, limits, now, version)
+        return _payload_failure(problem, None, source, limits, now, version)
     if len(value) > limits.max_payload_bytes:
         problem = Problem(
             ErrorCode.PAYLOAD_TOO_LARGE,
@@ -154,7 +196,7 @@ def process_payload(
 
 
 def _payload_failure(
-    problem: Problem, payload: bytes, source: Source, limits: Limits, now: dt.datetime, version: str
+    problem: Problem, payload: bytes | None, source: Source, limits: Limits, now: dt.datetime, version: str
 ) -> list[Outcome]:
     """The one dead letter of a payload that fails as a whole."""
     return [_Builder(source, limits, now, version).payload_failure(problem, payload)]
@@ -177,7 +219,7 @@ def _articles(
         if article is None:
             return None
         # The DATE value passed validation, so it already is article.date.isoformat().
-        outcome = _article(src, source_uri, time, index, article, values["date"], limits.max_event_bytes)
+        outcome = _article(src, source_uri, time, index, article, values["date"], _article_limit(limits))
         if outcome is None:
             return None
         outcomes.append(outcome)
@@ -220,6 +262,16 @@ def _article(
     return _new_outcome(Outcome, (index, event_id, subject.encode(), event, None, fn))
 
 
+ARTICLE_RECORD_RESERVE = 256
+"""Bytes an article's Kafka record adds to its event: the key (an FN, at most 18 digits), the
+``content-type`` header and the record batch framing (at most 180 bytes; ``service.routing``)."""
+
+
+def _article_limit(limits: Limits) -> int:
+    """The largest article event whose Kafka record stays within ``max_event_bytes``."""
+    return limits.max_event_bytes - ARTICLE_RECORD_RESERVE
+
+
 def _event_time(src: Source, now: dt.datetime) -> str:
     """An article event's ``time``: the message's Kafka timestamp, else the processing time."""
     ts = src.timestamp_ms
@@ -249,7 +301,7 @@ class _Builder:
             time = _event_time(self._source, self._now)
             date = checked.date.isoformat()
             outcome = _article(
-                self._source, self._source_uri, time, index, checked, date, self._limits.max_event_bytes
+                self._source, self._source_uri, time, index, checked, date, _article_limit(self._limits)
             )
             if outcome is not None:
                 return outcome
@@ -267,7 +319,7 @@ class _Builder:
             rec.fields[name].position,
         )
 
-    def payload_failure(self, problem: Problem, value: bytes) -> Outcome:
+    def payload_failure(self, problem: Problem, value: bytes | None) -> Outcome:
         return self._dead_letter(0, problem, "payload", payload=value)
 
     def _dead_letter(
@@ -326,7 +378,12 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _raw_copy(text: str | None, payload: bytes | None, limit: int, *, binary: bool) -> dict[str, object]:
-    """The failing input for the dead letter: text when it is UTF-8, else base64; cut at ``limit``."""
+    """The failing input for the dead letter: text when it is UTF-8, else base64; cut at ``limit``.
+
+    Without text or payload (a null message value) both ``text`` and ``base64`` are null.
+    """
+    if text is None and payload is None:
+        return {"text": None, "base64": None, "truncated": False, "size_bytes": 0}
     data = text.encode() if text is not None else (payload or b"")
     cut = data[:limit]
     if binary:
@@ -348,3 +405,49 @@ def _raw_copy(text: str | None, payload: bytes | None, limit: int, *, binary: bo
         "truncated": len(data) > limit,
         "size_bytes": len(data),
     }
+
+
+def fit_dead_letter(dead_letter: bytes, max_bytes: int) -> bytes | None:
+    """A serialized dead letter cut to at most ``max_bytes``: its raw copy is shortened (and marked
+    ``truncated``) as far as needed; None when it is still too large with an empty copy.
+
+    For the shell, which must fit the whole Kafka record (key and headers too) in
+    ``INGEST_MAX_EVENT_BYTES``. A dead letter that already fits is returned unchanged.
+    """
+    if len(dead_letter) <= max_bytes:
+        return dead_letter
+    event = orjson.loads(dead_letter)
+    raw = event["raw"]
+    binary = raw["text"] is None
+    if raw["text"] is not None:
+        data: bytes = raw["text"].encode()
+    elif raw["base64"] is not None:
+        try:
+            data = base64.b64decode(raw["base64"])
+        except binascii.Error:
+            data = b""
+    else:
+        return None
+    size_bytes = raw["size_bytes"]
+
+    def cut(limit: int) -> bytes:
+        event["raw"] = {
+            **_raw_copy(None, data, limit, binary=binary),
+            "truncated": True,
+            "size_bytes": size_bytes,
+        }
+        return orjson.dumps(event)
+
+    empty = len(cut(0))
+    if empty > max_bytes:
+        return None
+    limit, size = len(data), len(dead_letter)
+    for attempt in range(64):
+        # JSON escapes make a copy up to 6 times its bytes: scale by what the last copy cost per byte.
+        per_byte = (size - empty) / max(limit, 1)
+        limit = max(0, min(limit - 1, int((max_bytes - empty) / per_byte) if attempt < 8 else limit // 2))
+        fitted = cut(limit)
+        size = len(fitted)
+        if size <= max_bytes:
+            return fitted
+    return cut(0)

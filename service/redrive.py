@@ -3,8 +3,9 @@
 The dead-letter topic is read to its end without joining a consumer group; the selected dead letters
 are turned back into the input they came from (the record's text for a record-level dead letter, the
 whole payload, byte for byte, for a payload-level one) and published with the original key and
-headers, plus ``marker-ingest-redrive-count``. ``--dry-run`` re-parses instead of publishing and
-reports how many would now succeed.
+headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id`` (the dead letter's id,
+which the service gives the redriven records' events back). ``--dry-run`` re-parses instead of
+publishing and reports how many would now succeed.
 
 Functional core, imperative shell: ``plan_redrive``, ``build_report`` and the renderers decide and
 never do I/O; ``redrive`` reads the topic and publishes; ``cmd_redrive`` translates arguments.
@@ -28,7 +29,13 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode
-from schemas.events import ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
+from schemas.events import (
+    DROPPED_HEADER,
+    ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    REDRIVE_COUNT_HEADER,
+    RecordDeadLettered,
+)
 from service import __version__
 from service.command import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
 from service.events import Source, process_payload
@@ -44,7 +51,7 @@ class SkipReason(StrEnum):
     """Why a selected dead letter was not (or would not be) redriven."""
 
     TRUNCATED = "truncated"
-    """The raw copy is truncated: the original bytes are gone."""
+    """The raw copy is truncated, or the input's key or headers were dropped: the original is gone."""
     MAX_REDRIVES = "max_redrives"
     """Its redrive count is already at ``--max-redrives``."""
     INVALID_REDRIVE_COUNT = "invalid_redrive_count"
@@ -101,7 +108,8 @@ class RedriveMessage:
     """What goes back to the input topic for one dead letter."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None when the input's value was null."""
     headers: tuple[tuple[str, bytes], ...]
 
 
@@ -146,11 +154,17 @@ def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int | None:
     return int(text) if text.isdecimal() and text.isascii() else None
 
 
+_BOM = "\ufeff".encode()
+
+
 def original_bytes(event: RecordDeadLettered) -> bytes | None:
-    """The input the dead letter was made from, or None when its raw copy is incomplete.
+    """The input the dead letter was made from, or None when its raw copy is incomplete (or there
+    is none: a null value, see ``was_null``).
 
     A record-level dead letter holds the record's text; a payload-level one the payload as text or,
-    when it was not UTF-8, as base64. Either way the bytes come back exactly as they were sent.
+    when it was not UTF-8, as base64. Either way the bytes come back meaning what they meant: a
+    record whose text starts with U+FEFF is given a byte-order mark before it, since the service
+    takes a message's leading U+FEFF for one.
     """
     raw = event.raw
     if raw.truncated:
@@ -163,8 +177,18 @@ def original_bytes(event: RecordDeadLettered) -> bytes | None:
         except binascii.Error:
             return None
     else:
-        data = b""
-    return data if len(data) == raw.size_bytes else None
+        return None
+    if len(data) != raw.size_bytes:
+        return None
+    if event.scope == "record" and data.startswith(_BOM):
+        return _BOM + data
+    return data
+
+
+def was_null(event: RecordDeadLettered) -> bool:
+    """True when the dead letter was made from a null message value (no text and no base64)."""
+    raw = event.raw
+    return raw.text is None and raw.base64 is None and raw.size_bytes == 0 and not raw.truncated
 
 
 def original_key(event: RecordDeadLettered) -> bytes | None:
@@ -173,18 +197,32 @@ def original_key(event: RecordDeadLettered) -> bytes | None:
     return None if key is None else base64.b64decode(key)
 
 
-def redriven_headers(headers: Iterable[tuple[str, bytes]], count: int) -> tuple[tuple[str, bytes], ...]:
-    """The input's headers as the dead letter carried them, with the redrive count set to ``count``."""
-    kept = [(k, v) for k, v in headers if k not in (ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER)]
+_NOT_CARRIED = frozenset({ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, DROPPED_HEADER})
+
+
+def redriven_headers(
+    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None
+) -> tuple[tuple[str, bytes], ...]:
+    """The input's headers as the dead letter carried them, with the redrive count set to ``count``
+    and, when given, ``marker-ingest-origin-id`` set to ``origin_id``."""
+    kept = [(k, v) for k, v in headers if k not in _NOT_CARRIED]
+    if origin_id is not None:
+        kept.append((ORIGIN_HEADER, origin_id.encode()))
     kept.append((REDRIVE_COUNT_HEADER, str(count).encode()))
     return tuple(kept)
 
 
-def _identity(event: RecordDeadLettered) -> tuple[str, int, int, int]:
-    """What makes two dead letters the same input: the message for payload scope, else the record."""
-    src = event.source
-    index = -1 if event.scope == "payload" else src.record_index
-    return (src.topic, src.partition, src.offset, index)
+def _identity(event: RecordDeadLettered) -> tuple[bool, str]:
+    """What makes two dead letters the same input: the id (which a redriven input keeps) and scope.
+
+    The dead letters of a redelivered message, and those of the same input redriven again, share it.
+    """
+    return (event.scope == "payload", event.id)
+
+
+def _rank(count: int | None) -> float:
+    """Which copy of one input to redrive: the most redriven; a malformed count first (it is skipped)."""
+    return float("inf") if count is None else count
 
 
 def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
@@ -202,12 +240,13 @@ def plan_redrive(
 ) -> Plan:
     """Select the dead letters to redrive and decide, for each, its message or why it is skipped.
 
-    Copies of one input (the same payload, or the same record) are selected once; the rest count as
-    duplicates. ``filters.limit`` bounds the number selected. Records that are not dead-letter
-    events are counted as unreadable and never selected.
+    Copies of one input (the same payload, or the same record, redelivered or redriven again) are
+    selected once, as the copy with the highest redrive count, so that ``--max-redrives`` holds;
+    the rest count as duplicates. ``filters.limit`` bounds the number selected (reading stops
+    there). Records that are not dead-letter events are counted as unreadable and never selected.
     """
     plan = Plan()
-    seen: set[tuple[str, int, int, int]] = set()
+    seen: dict[tuple[bool, str], int] = {}
     for rec in records:
         if filters.limit is not None and len(plan.decisions) >= filters.limit:
             break
@@ -219,29 +258,35 @@ def plan_redrive(
         if not filters.matches(event):
             continue
         identity = _identity(event)
-        if identity in seen:
-            plan.duplicates += 1
+        decision = _decide(rec, event, max_redrives)
+        position = seen.get(identity)
+        if position is None:
+            seen[identity] = len(plan.decisions)
+            plan.decisions.append(decision)
             continue
-        seen.add(identity)
-        plan.decisions.append(_decide(rec, event, max_redrives))
+        plan.duplicates += 1
+        if _rank(decision.redrive_count) > _rank(plan.decisions[position].redrive_count):
+            plan.decisions[position] = decision
     return plan
 
 
 def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int) -> Decision:
     count = redrive_count(rec.headers)
-    data = original_bytes(event)
+    null = was_null(event)
+    data = None if null else original_bytes(event)
+    dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
     skip: SkipReason | None = None
     if count is None:
         skip = SkipReason.INVALID_REDRIVE_COUNT
     elif count >= max_redrives:
         skip = SkipReason.MAX_REDRIVES
-    elif data is None:
+    elif (data is None and not null) or dropped:
         skip = SkipReason.TRUNCATED
     message = None
-    if skip is None and data is not None and count is not None:
+    if skip is None and count is not None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
         key = original_key(event) if event.source.key_base64 is not None else rec.key
-        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1))
+        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1, event.id))
     return Decision(
         dead_letter_id=event.id,
         dlq_partition=rec.partition,

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from schemas.events import ORIGIN_HEADER
 from service.app import ERROR_CODE_HEADER, Ingestor
 from service.cli import main
 from service.redrive import REDRIVE_COUNT_HEADER
@@ -125,11 +126,14 @@ async def test_redrive_selects_by_code_time_partition_offset_and_limit(
     redriven = [r for r in inputs if dict(r.headers).get(REDRIVE_COUNT_HEADER)]
     originals = {s.key for s in sent if s.value == MISSING_TITLE}
     assert {r.key for r in redriven} == originals == {b"k2", b"k5"}
+    origins = set()
     for rec in redriven:
         assert rec.value == MISSING_TITLE
         headers = dict(rec.headers)
+        origins.add(headers.pop(ORIGIN_HEADER).decode())
         assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1"}
         assert ERROR_CODE_HEADER not in headers
+    assert origins == {f"{topics.input}:{s.partition}:{s.offset}:0" for s in sent if s.value == MISSING_TITLE}
 
 
 async def test_dry_run_counts_what_the_current_limits_would_let_through(
@@ -188,7 +192,8 @@ async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit
     assert code == 1
     assert "redriven 0\n" in out
     assert "skipped 1: max_redrives=1" in out
-    assert f"{topics.input}:0:3:0 (invalid_field, dead-letter partition 0 offset 3, redrive count 3)" in out
+    # Every round's dead letter keeps the original id: the redriven message carries its origin.
+    assert f"{topics.input}:0:0:0 (invalid_field, dead-letter partition 0 offset 3, redrive count 3)" in out
     assert "redrive limit reached" in out
 
     code, report = await _redrive(capsys, "--from-offset", "3", "--max-redrives", "4")
@@ -261,3 +266,39 @@ async def test_a_truncated_dead_letter_is_skipped_and_reported(
     [rec] = await read_all(bootstrap, side)
     assert rec.value == NO_MARKERS
     assert len(await read_all(bootstrap, topics.input)) == 2
+
+
+async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_stays_null(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-ids").create(bootstrap)
+    large = record(40, text="long body " * 100).encode()
+    await produce(bootstrap, topics.input, [large, None])
+    await _ingest(broker, topics, max_payload_bytes=800)
+    _use_env(monkeypatch, broker, topics)
+
+    for _ in range(2):
+        code, report = await _redrive(capsys, "--code", "payload_too_large")
+        assert (code, report["redriven"]) == (0, 1), report
+    code, report = await _redrive(capsys, "--code", "empty_payload")
+    assert (code, report["redriven"]) == (0, 1), report
+    inputs = await read_all(bootstrap, topics.input)
+    assert [r.value for r in inputs] == [large, None, large, large, None], "null is redriven as null"
+    assert [dict(r.headers).get(ORIGIN_HEADER) for r in inputs[2:]] == [
+        f"{topics.input}:0:0:0".encode(),
+        f"{topics.input}:0:0:0".encode(),
+        f"{topics.input}:0:1:0".encode(),
+    ]
+
+    await _ingest(broker, topics, max_payload_bytes=100_000)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert [(a["id"], a["kafkaoffset"]) for a in articles] == [
+        (f"{topics.input}:0:0:0", 2),
+        (f"{topics.input}:0:0:0", 3),
+    ], "deduplication on id removes the second redrive's article"
+    dead = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
+    null_again = [d for d in dead if d["source"]["offset"] == 4]
+    assert [(d["id"], d["error"]["code"], d["raw"]["text"]) for d in null_again] == [
+        (f"{topics.input}:0:1:0", "empty_payload", None)
+    ]

@@ -8,11 +8,13 @@ import hashlib
 import json
 import re
 
+import orjson
 import pytest
 from markertext import (
     NOW,
     NOW_RFC3339,
     SOURCE,
+    TIMESTAMP_MS,
     TIMESTAMP_RFC3339,
     VERSION,
     decode,
@@ -30,10 +32,11 @@ from schemas.events import (
     ARTICLE_DATASCHEMA,
     ARTICLE_EVENT_TYPE,
     DEAD_LETTER_EVENT_TYPE,
+    ORIGIN_HEADER,
     ArticleIngested,
     RecordDeadLettered,
 )
-from service.events import Source, rfc3339
+from service.events import Origin, Source, fit_dead_letter, origin_of, rfc3339
 from service.limits import Limits
 
 
@@ -269,9 +272,11 @@ def test_payload_raw_copy_is_the_whole_message() -> None:
     assert raw["size_bytes"] == 3 + len(payload.encode())
 
 
-def test_null_payload_raw_copy_is_empty() -> None:
+def test_a_null_value_has_neither_text_nor_base64_so_it_is_not_taken_for_an_empty_one() -> None:
     raw = decode(run(None)[0])["raw"]
-    assert raw == {"text": "", "base64": None, "truncated": False, "size_bytes": 0}
+    assert raw == {"text": None, "base64": None, "truncated": False, "size_bytes": 0}
+    empty = decode(run(b"")[0])["raw"]
+    assert empty == {"text": "", "base64": None, "truncated": False, "size_bytes": 0}
 
 
 def test_raw_copy_is_cut_at_the_limit() -> None:
@@ -458,3 +463,67 @@ def test_the_format_doc_digest_example() -> None:
     parts = example.group(1).split("␟")
     assert _digest(*parts) == "2fd3e382d87d3176031836ee0df2a38d9d932ec5ff0d4b4c9c9cb9d031bc9edb"
     assert "2fd3e382d87d3176031836ee0df2a38d9d932ec5ff0d4b4c9c9cb9d031bc9edb" in doc_section("## Events")
+
+
+# --- redriven messages keep their records' ids ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "origin"),
+    [
+        ([(ORIGIN_HEADER, b"t3.raw:0:15071:2")], Origin("t3.raw:0:15071", 2)),
+        ([(ORIGIN_HEADER, b"a:1:2:3"), (ORIGIN_HEADER, b"news.raw:07:8:0")], Origin("news.raw:7:8", 0)),
+        ([("trace", b"t3.raw:0:1:0")], None),
+        ([(ORIGIN_HEADER, b"t3.raw:0:15071")], None),
+        ([(ORIGIN_HEADER, b"t3 raw:0:1:0")], None),
+        ([(ORIGIN_HEADER, b"t:0:-1:0")], None),
+        ([(ORIGIN_HEADER, "t:0:1:٣".encode())], None),
+        ([(ORIGIN_HEADER, b"")], None),
+    ],
+)
+def test_the_origin_is_read_from_its_header(headers: list[tuple[str, bytes]], origin: Origin | None) -> None:
+    assert origin_of(headers) == origin
+
+
+def test_a_redriven_message_gives_its_records_the_ids_that_follow_its_origin() -> None:
+    payload = " ".join([record(fn="1"), record(fn="2", date="2024-02-30")])
+    redriven = Source("t3.raw", 0, 15073, TIMESTAMP_MS, b"k", origin=Origin("t3.raw:0:15071", 4))
+    article, dead = run(payload, source=redriven)
+    assert (article.event_id, dead.event_id) == ("t3.raw:0:15071:4", "t3.raw:0:15071:5")
+    assert decode(article)["id"] == "t3.raw:0:15071:4"
+    assert decode(dead)["id"] == "t3.raw:0:15071:5"
+    assert decode(article)["kafkaoffset"] == 15073, "the extensions say where it was read"
+    assert decode(dead)["source"]["offset"] == 15073
+
+
+# --- fitting a dead letter into a smaller record --------------------------------------------------
+
+
+def test_a_dead_letter_that_fits_is_left_as_it_is() -> None:
+    [outcome] = run("no markers at all")
+    assert fit_dead_letter(outcome.value, len(outcome.value)) is outcome.value
+
+
+@pytest.mark.parametrize("payload", ["wörds, no markers " * 2000, "\x00" * 30_000], ids=["text", "escaped"])
+def test_a_dead_letter_is_cut_to_the_size_asked_and_says_it_is_truncated(payload: str) -> None:
+    [outcome] = run(payload)
+    target = len(outcome.value) // 3
+    fitted = fit_dead_letter(outcome.value, target)
+    assert fitted is not None
+    assert target - 200 < len(fitted) <= target
+    event, before = orjson.loads(fitted), orjson.loads(outcome.value)
+    assert event["raw"]["truncated"] is True
+    assert event["raw"]["size_bytes"] == len(payload.encode())
+    assert payload.startswith(event["raw"]["text"])
+    assert {k: v for k, v in event.items() if k != "raw"} == {k: v for k, v in before.items() if k != "raw"}
+    RecordDeadLettered.model_validate_json(fitted)
+
+
+def test_a_dead_letter_too_large_even_without_its_raw_copy_does_not_fit() -> None:
+    [outcome] = run("no markers at all")
+    smallest = fit_dead_letter(outcome.value, len(outcome.value) - len("no markers at all"))
+    assert smallest is not None
+    assert orjson.loads(smallest)["raw"]["text"] == ""
+    assert fit_dead_letter(outcome.value, len(smallest) - 1) is None
+    [null] = run(None)
+    assert fit_dead_letter(null.value, len(null.value) - 1) is None

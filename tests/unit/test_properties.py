@@ -72,8 +72,11 @@ def reference_digest(fn: int, date: str, title: str, text: str, extra: dict[str,
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
-def check_envelope(outcomes: list[Outcome], source: Source) -> None:
-    """Invariants of every result: indices 0..n-1, deterministic ids, events valid per the models."""
+def check_envelope(outcomes: list[Outcome], source: Source, *, null: bool = False) -> None:
+    """Invariants of every result: indices 0..n-1, deterministic ids, events valid per the models.
+
+    ``null``: the message value was null, so its dead letter has neither text nor base64.
+    """
     assert len(outcomes) >= 1
     assert [o.record_index for o in outcomes] == list(range(len(outcomes)))
     for o in outcomes:
@@ -95,7 +98,10 @@ def check_envelope(outcomes: list[Outcome], source: Source) -> None:
                 assert len(outcomes) == 1
             else:
                 assert not dead.error.code.payload_level
-            assert (dead.raw.text is None) != (dead.raw.base64 is None)
+            if null:
+                assert (dead.raw.text, dead.raw.base64, dead.raw.size_bytes) == (None, None, 0)
+            else:
+                assert (dead.raw.text is None) != (dead.raw.base64 is None)
 
 
 SOURCE = Source("fuzz.in", 4, 1234, timestamp_ms=1_700_000_000_000, key=b"k")
@@ -135,7 +141,7 @@ payloads = st.one_of(
 @given(payload=payloads, source=sources, limits=limits_strategy)
 def test_arbitrary_bytes_never_raise(payload: bytes | None, source: Source, limits: Limits) -> None:
     outcomes = process_payload(payload, source, limits, now=NOW, version="p")
-    check_envelope(outcomes, source)
+    check_envelope(outcomes, source, null=payload is None)
 
 
 # --- marker soup ----------------------------------------------------------------------------------

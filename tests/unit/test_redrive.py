@@ -12,9 +12,10 @@ import pytest
 from markertext import NOW, VERSION, record
 
 from schemas.errors import ErrorCode
+from schemas.events import DROPPED_HEADER, ORIGIN_HEADER
 from service import redrive as rd
 from service.cli import EXIT_USAGE, main
-from service.events import Source, process_payload
+from service.events import Source, origin_of, process_payload
 from service.limits import Limits
 from service.redrive import (
     REDRIVE_COUNT_HEADER,
@@ -32,6 +33,7 @@ from service.redrive import (
     render_text,
     would_succeed,
 )
+from service.routing import Routes, route
 
 INPUT = "news.raw"
 ERROR_HEADER = "marker-ingest-error-code"
@@ -301,7 +303,11 @@ def test_a_message_carries_key_headers_and_the_next_count() -> None:
     assert decision.redrive_count == 1
     assert msg.key == b"k-9"
     assert msg.value == NO_MARKERS.encode()
-    assert msg.headers == (("trace", b"t"), (REDRIVE_COUNT_HEADER, b"2"))
+    assert msg.headers == (
+        ("trace", b"t"),
+        (ORIGIN_HEADER, decision.dead_letter_id.encode()),
+        (REDRIVE_COUNT_HEADER, b"2"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -543,3 +549,103 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
     [(_, message)] = rd.plan_redrive([record], rd.Filters()).messages
     assert message.key == key
     assert message.value == b"no markers here"
+
+
+# --- redriving twice, what the bytes mean, null values ---------------------------------------------
+
+
+def _service_dead_letters(q: DLQ, msg: rd.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
+    """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
+    source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers))
+    added = []
+    for outcome in process_payload(msg.value, source, Limits(), now=NOW, version=VERSION):
+        if outcome.error is None:
+            continue
+        dest = route(outcome, msg.headers, Routes("out", "dlq", Limits().max_event_bytes))
+        rec = DeadLetterRecord(0, len(q.records), dest.key, dest.value, tuple(dest.headers))
+        q.records.append(rec)
+        added.append(rec)
+    return added
+
+
+def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> None:
+    q = DLQ()
+    [original] = q.add("oops " + record(fn="9"), offset=15071)
+    [(first, msg1)] = plan_redrive(q.records, Filters()).messages
+    assert first.dead_letter_id == f"{INPUT}:0:15071:0"
+    assert dict(msg1.headers)[ORIGIN_HEADER] == f"{INPUT}:0:15071:0".encode()
+    # The service reads it again at 15073 and dead-letters it again (nothing was fixed).
+    [again] = _service_dead_letters(q, msg1, offset=15073)
+    assert _event(again).id == _event(original).id == f"{INPUT}:0:15071:0"
+    assert _event(again).source.offset == 15073
+
+    plan = plan_redrive(q.records, Filters(codes=frozenset({ErrorCode.STRAY_TEXT})))
+    assert plan.duplicates == 1, "the first redrive's own dead letter is a copy of the original"
+    [(second, msg2)] = plan.messages
+    assert (second.redrive_count, second.dlq_offset) == (1, again.offset), "the most redriven copy"
+    assert dict(msg2.headers)[ORIGIN_HEADER] == dict(msg1.headers)[ORIGIN_HEADER]
+    assert dict(msg2.headers)[REDRIVE_COUNT_HEADER] == b"2"
+
+    # Once fixed (here: read as an article), both redriven copies give one id, which dedup catches.
+    for msg, offset in ((msg1, 15073), (msg2, 15075)):
+        fixed = msg.value.replace(b"oops ", b"") if msg.value else b""
+        source = Source(INPUT, 0, offset, None, msg.key, origin_of(msg.headers))
+        [article] = process_payload(fixed, source, Limits(), now=NOW, version=VERSION)
+        assert article.is_article
+        assert article.event_id == f"{INPUT}:0:15071:0"
+
+
+def test_the_copy_with_the_highest_redrive_count_is_the_one_redriven() -> None:
+    q = DLQ()
+    q.add(NO_MARKERS, offset=3, headers=((REDRIVE_COUNT_HEADER, b"2"),))
+    q.add(NO_MARKERS, offset=3)  # an older copy read after it (another dead-letter partition)
+    [decision] = plan_redrive(q.records, Filters(), max_redrives=3).decisions
+    assert decision.redrive_count == 2
+    q.add(NO_MARKERS, offset=3, headers=((REDRIVE_COUNT_HEADER, b"3"),))
+    [decision] = plan_redrive(q.records, Filters(), max_redrives=3).decisions
+    assert decision.skip is SkipReason.MAX_REDRIVES, "an older copy must not reset the count"
+
+
+def test_a_record_starting_with_u_feff_is_redriven_so_that_it_keeps_its_verdict() -> None:
+    payload = "\ufeff\ufeff" + record(fn="5")  # a byte-order mark, then U+FEFF as text: stray_text at 0
+    [rec] = DLQ().add(payload)
+    event = _event(rec)
+    assert (event.scope, event.error.code, event.error.position) == ("record", ErrorCode.STRAY_TEXT, 0)
+    [(_, msg)] = plan_redrive([rec], Filters()).messages
+    assert msg.value is not None
+    [again] = process_payload(msg.value, Source(INPUT, 0, 9), Limits(), now=NOW, version=VERSION)
+    assert (again.error, orjson.loads(again.value)["error"]["position"]) == (ErrorCode.STRAY_TEXT, 0)
+    assert not would_succeed(msg, Limits(), topic=INPUT, now=NOW)
+    assert orjson.loads(again.value)["raw"]["text"] == event.raw.text
+
+
+def test_a_null_value_is_redriven_as_null_and_an_empty_one_as_empty() -> None:
+    q = DLQ()
+    q.add(None, key=b"tombstone")
+    q.add(b"", key=b"empty")
+    null, empty = (m for _, m in plan_redrive(q.records, Filters()).messages)
+    assert (null.key, null.value) == (b"tombstone", None)
+    assert (empty.key, empty.value) == (b"empty", b"")
+    assert not would_succeed(null, Limits(), topic=INPUT, now=NOW)
+
+
+def test_a_dead_letter_whose_input_key_or_headers_were_dropped_is_not_redriven() -> None:
+    q = DLQ()
+    [rec] = q.add(NO_MARKERS)
+    q.records[0] = DeadLetterRecord(0, 0, None, rec.value, (*rec.headers, (DROPPED_HEADER, b"key")))
+    [decision] = plan_redrive(q.records, Filters()).decisions
+    assert decision.skip is SkipReason.TRUNCATED
+
+
+def test_redriven_headers_replace_the_services_own_headers() -> None:
+    headers = [
+        ("t", b"1"),
+        (ORIGIN_HEADER, b"old:0:0:0"),
+        (DROPPED_HEADER, b"key"),
+        (REDRIVE_COUNT_HEADER, b"1"),
+    ]
+    assert redriven_headers(headers, 2, "news.raw:0:5:1") == (
+        ("t", b"1"),
+        (ORIGIN_HEADER, b"news.raw:0:5:1"),
+        (REDRIVE_COUNT_HEADER, b"2"),
+    )

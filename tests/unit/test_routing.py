@@ -1,0 +1,182 @@
+"""Routing an outcome (``service.routing``): topic, key and headers; CloudEvents' Kafka binding; the
+whole dead-letter record within ``INGEST_MAX_EVENT_BYTES``."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka, from_structured
+from cloudevents.core.formats.json import JSONFormat
+from hypothesis import given
+from hypothesis import strategies as st
+from markertext import NOW, VERSION, record
+
+from schemas.events import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    DROPPED_HEADER,
+    ERROR_CODE_HEADER,
+    RecordDeadLettered,
+)
+from service.events import ARTICLE_RECORD_RESERVE, Outcome, Source, process_payload
+from service.limits import Limits
+from service.routing import Destination, Routes, record_size, route
+
+ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)
+SOURCE = Source("news.raw", 2, 40, timestamp_ms=1_706_054_400_123, key=b"feed-7")
+
+
+def _outcomes(value: bytes | None, source: Source = SOURCE, limits: Limits | None = None) -> list[Outcome]:
+    return process_payload(value, source, limits or Limits(), now=NOW, version=VERSION)
+
+
+def _java_sdk_mode(headers: dict[str, bytes]) -> str:
+    """How the Java SDK's ``KafkaMessageFactory`` reads a record: structured when ``content-type``
+    is a CloudEvents format, binary when ``ce_specversion`` is there, else it refuses it."""
+    content_type = headers.get("content-type", b"").decode().lower()
+    if content_type.startswith("application/cloudevents"):
+        return "structured"
+    if "ce_specversion" in headers:
+        return "binary"
+    raise ValueError("not a CloudEvent: no content-type and no ce_specversion header")
+
+
+def _kafka_message(dest: Destination) -> KafkaMessage:
+    return KafkaMessage(headers=dict(dest.headers), key=dest.key, value=dest.value)
+
+
+def test_an_article_event_goes_to_the_output_topic_in_structured_mode() -> None:
+    [outcome] = _outcomes(record(fn="2433").encode())
+    dest = route(outcome, [("trace", b"t-1")], ROUTES)
+    assert dest.topic == "news.articles"
+    assert dest.key == b"2433"
+    assert dest.value is outcome.value, "the event's bytes are unchanged"
+    assert list(dest.headers) == [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
+    assert CLOUDEVENTS_CONTENT_TYPE == "application/cloudevents+json; charset=UTF-8"
+    assert _java_sdk_mode(dict(dest.headers)) == "structured"
+
+
+def test_the_cloudevents_sdk_reads_an_article_event_from_its_kafka_record() -> None:
+    [outcome] = _outcomes(record(fn="2433", title="Ceasefire talks").encode())
+    dest = route(outcome, [], ROUTES)
+    for read in (from_kafka, from_structured):
+        event = read(_kafka_message(dest), JSONFormat(), None)
+        assert event.get_id() == "news.raw:2:40:0"
+        assert event.get_type() == "io.markeringest.article.ingested.v1"
+        assert event.get_source() == "urn:marker-ingest:topic:news.raw"
+        assert event.get_subject() == "2433"
+        assert event.get_extension("kafkaoffset") == 40
+        assert event.get_extension("partitionkey") == "2433"
+        data = event.get_data()
+        assert isinstance(data, dict)
+        assert (data["fn"], data["title"]) == (2433, "Ceasefire talks")
+        assert data == orjson.loads(dest.value)["data"]
+
+
+def test_a_dead_letter_carries_the_input_key_and_headers_and_its_code() -> None:
+    [outcome] = _outcomes(b"no markers here")
+    stale = [(ERROR_CODE_HEADER, b"stray_text"), (DROPPED_HEADER, b"key")]
+    dest = route(outcome, [("trace", b"t-1"), *stale, ("b", b"")], ROUTES)
+    assert dest.topic == "news.dead-letters"
+    assert dest.key == b"feed-7"
+    assert dest.value is outcome.value
+    assert list(dest.headers) == [("trace", b"t-1"), ("b", b""), (ERROR_CODE_HEADER, b"no_markers")]
+
+
+def _estimate(dest: Destination) -> int:
+    """aiokafka's own estimate of a batch holding only this record."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(dest.key, dest.value, list(dest.headers))
+    return size
+
+
+@given(
+    key=st.one_of(st.none(), st.binary(max_size=300)),
+    value=st.binary(max_size=300),
+    headers=st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200)), max_size=8),
+)
+def test_record_size_is_never_below_what_kafka_counts(
+    key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    assert record_size(key, value, headers) >= _estimate(Destination("t", key, value, headers))
+
+
+def test_record_size_is_not_far_above_what_kafka_counts() -> None:
+    dest = Destination("t", b"k" * 1000, b"v" * 100_000, [("h", b"x" * 500)] * 3)
+    assert 0 <= record_size(dest.key, dest.value, dest.headers) - _estimate(dest) < 64
+
+
+BIG_PAYLOAD = b"words without markers " * 14_000  # ~300 KB: a payload-level dead letter
+
+
+def _dead_letter(dest: Destination) -> RecordDeadLettered:
+    return RecordDeadLettered.model_validate_json(dest.value)
+
+
+def test_a_dead_letter_with_a_huge_key_is_cut_to_fit_the_record_limit() -> None:
+    source = Source("news.raw", 0, 7, key=b"k" * 800_000)
+    [outcome] = _outcomes(BIG_PAYLOAD, source)
+    plain = route(outcome, [], Routes("o", "d", 10_000_000))
+    assert record_size(plain.key, plain.value, plain.headers) > 1_048_588, "what Kafka refused"
+
+    dest = route(outcome, [("trace", b"t-1")], ROUTES)
+    assert record_size(dest.key, dest.value, dest.headers) <= ROUTES.max_record_bytes
+    assert dest.key == source.key, "the key still fits: the raw copy is cut instead"
+    assert list(dest.headers) == [("trace", b"t-1"), (ERROR_CODE_HEADER, b"no_markers")]
+    event = _dead_letter(dest)
+    assert event.raw.truncated
+    assert event.raw.size_bytes == len(BIG_PAYLOAD)
+    assert event.raw.text is not None
+    assert BIG_PAYLOAD.startswith(event.raw.text.encode())
+    assert len(event.raw.text) > 150_000, "cut no more than needed"
+    assert event.model_dump(exclude={"raw"}) == _dead_letter(plain).model_dump(exclude={"raw"})
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "dropped", "kept_key", "kept_headers"),
+    [
+        (b"k" * 999_990, [("trace", b"t")], b"key", None, [("trace", b"t")]),
+        (b"small", [("h", b"x" * 1000)] * 1000, b"headers", b"small", []),
+        (b"k" * 999_990, [("h", b"x" * 1000)] * 999, b"key,headers", None, []),
+    ],
+    ids=["key", "headers", "both"],
+)
+def test_input_key_or_headers_that_leave_no_room_for_the_event_are_dropped_and_said_so(
+    key: bytes,
+    headers: list[tuple[str, bytes]],
+    dropped: bytes,
+    kept_key: bytes | None,
+    kept_headers: list[tuple[str, bytes]],
+) -> None:
+    [outcome] = _outcomes(b"no markers", Source("news.raw", 0, 7, key=key))
+    dest = route(outcome, headers, ROUTES)
+    assert record_size(dest.key, dest.value, dest.headers) <= ROUTES.max_record_bytes
+    assert dest.key == kept_key
+    assert list(dest.headers) == [
+        *kept_headers,
+        (ERROR_CODE_HEADER, b"no_markers"),
+        (DROPPED_HEADER, dropped),
+    ]
+    assert _dead_letter(dest).raw.text == "no markers", "the event itself is whole"
+
+
+def test_a_binary_raw_copy_is_cut_on_a_byte_boundary_and_stays_base64() -> None:
+    payload = b"\xff\xfe" * 200_000
+    [outcome] = _outcomes(payload, Source("news.raw", 0, 7, key=b"k" * 900_000))
+    dest = route(outcome, [], ROUTES)
+    assert record_size(dest.key, dest.value, dest.headers) <= ROUTES.max_record_bytes
+    raw = _dead_letter(dest).raw
+    assert (raw.text, raw.truncated, raw.size_bytes) == (None, True, len(payload))
+    assert raw.base64 is not None
+
+
+def test_an_article_record_fits_the_limit_with_its_key_and_header() -> None:
+    payload = record(fn="123456789012345678", text="x" * 5000).encode()
+    [probe] = _outcomes(payload)
+    dest = route(probe, [], ROUTES)
+    assert record_size(dest.key, dest.value, dest.headers) - len(probe.value) <= ARTICLE_RECORD_RESERVE
+    smallest = len(probe.value) + ARTICLE_RECORD_RESERVE
+    for limit, is_article in ((smallest, True), (smallest - 1, False)):
+        [outcome] = _outcomes(payload, limits=Limits(max_event_bytes=limit))
+        assert outcome.is_article is is_article, limit
+        dest = route(outcome, [], Routes("o", "d", limit))
+        assert record_size(dest.key, dest.value, dest.headers) <= limit
