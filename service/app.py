@@ -15,9 +15,12 @@ dead letters (once the batch in flight is committed) until SIGUSR1 or the cool-d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from schemas.events import ERROR_CODE_HEADER as ERROR_CODE_HEADER
 from service import __version__
 from service.events import Outcome, Source, origin_of, process_payload
 from service.http import HttpEndpoint, LoopWatch, Response
-from service.logs import configure_logging, flush_records, record_logger
+from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
 from service.routing import Destination, Headers, Routes, route
 from service.safety import SafetyPolicy, SafetySwitch
@@ -169,6 +172,11 @@ _PARTITIONER = DefaultPartitioner()
 _estimate_size = DefaultRecordBatchBuilder.estimate_size_in_bytes
 
 
+STOP_MARGIN_SECONDS = 2.0
+"""After the grace period, the Kafka clients get this long to stop (leave the group, close)."""
+HARD_STOP_MARGIN_SECONDS = 4.0
+"""A process still running this long after the grace period is ended by a timer (``stop.hard_exit``)."""
+
 EXIT_CONFIG = 2
 """Exit status of ``run`` when the configuration does not match the cluster (a topic is missing)."""
 
@@ -231,16 +239,22 @@ class Ingestor:
             in_flight=lambda: self._in_flight,
             paused=lambda: 1.0 if self.paused else 0.0,
             assigned=lambda: len(self._assignment()),
+            ready=lambda: 1.0 if self.readiness()[0] else 0.0,
+            log_write_errors=lambda: float(log_write_errors()),
         )
 
     # ----------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
-        """Stop fetching; finish, acknowledge and commit the batch in flight; then return."""
+        """Stop fetching; finish, acknowledge and commit the batch in flight; then return.
+
+        The flag is set before anything is logged: a log stream that fails cannot keep the service
+        from stopping (a signal handler calls this)."""
         if not self._stop_requested.is_set():
-            log.info("stop.requested", grace_seconds=self.settings.shutdown_grace_seconds)
             self._stop_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
             self._stop_requested.set()
+            with contextlib.suppress(Exception):
+                log.info("stop.requested", grace_seconds=self.settings.shutdown_grace_seconds)
 
     async def wait_stop_requested(self) -> None:
         """Return once a stop was requested."""
@@ -323,7 +337,8 @@ class Ingestor:
         backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
         while not self.stopping:
             try:
-                await self._check_topics()
+                if not await self._until_stopped(self._check_topics()):
+                    return False
             except KafkaError as exc:
                 delay = backoff.next_delay()
                 self.metrics.retries["connect"].inc()
@@ -332,8 +347,9 @@ class Ingestor:
                 continue
             consumer, producer = self._make_clients()
             try:
-                await producer.start()
-                await consumer.start()
+                started = await self._until_stopped(producer.start()) and await self._until_stopped(
+                    consumer.start()
+                )
             except KafkaError as exc:
                 delay = backoff.next_delay()
                 self.metrics.retries["connect"].inc()
@@ -341,10 +357,46 @@ class Ingestor:
                 await _stop_quietly(producer, consumer)
                 await self._sleep(delay)
                 continue
+            if not started:
+                await _stop_quietly(producer, consumer, limit_seconds=self._stop_budget())
+                return False
             consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
             self.consumer, self.producer = consumer, producer
             return True
         return False
+
+    async def _until_stopped(self, work: Any) -> bool:
+        """Await ``work``, unless a stop is requested first (then it is cancelled): True when it ran
+        to the end. Start-up waits on the broker (up to the request timeout); a stop must not."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return False
+
+    def _stop_budget(self) -> float:
+        """How long the clients may take to stop: what is left of the grace period plus
+        ``STOP_MARGIN_SECONDS`` once a stop was requested, else the grace period."""
+        if self._stop_deadline is None:
+            return self.settings.shutdown_grace_seconds
+        return max(0.1, self._stop_deadline + STOP_MARGIN_SECONDS - time.monotonic())
+
+    def grace_remaining(self) -> float:
+        """Seconds left of the grace period (the whole of it before a stop is requested)."""
+        remaining = self._remaining()
+        return self.settings.shutdown_grace_seconds if remaining is None else remaining
+
+    def _remaining(self) -> float | None:
+        """Seconds left of the grace period once a stop was requested, else None."""
+        return None if self._stop_deadline is None else self._stop_deadline - time.monotonic()
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit status (0 clean, 1 grace period expired).
@@ -353,6 +405,7 @@ class Ingestor:
         answers while the broker is still unreachable; a port that cannot be bound exits with 1.
         """
         log.info("service.starting", version=__version__, settings=self.settings.redacted())
+        on_library_line(lambda name: self.metrics.kafka_client_lines.labels(name).inc())
         s = self.settings
         if s.http_port:
             self.http = HttpEndpoint(
@@ -370,6 +423,7 @@ class Ingestor:
         try:
             return await self._run_kafka()
         finally:
+            on_library_line(None)
             if self.http is not None:
                 await self.http.stop()
                 await self._loop_watch.stop()
@@ -377,6 +431,9 @@ class Ingestor:
     async def _run_kafka(self) -> int:
         try:
             if not await self._start_clients():
+                log.info(
+                    "service.stopped", messages=0, records=0, detail="stopped before the broker answered"
+                )
                 return 0
         except TopicsMissing as exc:
             for setting, (topic, why) in exc.problems.items():
@@ -394,11 +451,16 @@ class Ingestor:
         except GraceExpired:
             log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
             return 1
+        except asyncio.CancelledError:
+            # serve() cancels the loop wherever it waits once the grace period is over.
+            remaining = self._remaining()
+            if remaining is None or remaining > 0:
+                raise
+            log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
+            return 1
         finally:
             self._finished = True
-            await _stop_quietly(
-                self.producer, self.consumer, self._probe, limit_seconds=self.settings.shutdown_grace_seconds
-            )
+            await _stop_quietly(self.producer, self.consumer, self._probe, budget=self._stop_budget)
             log.info("service.stopped", messages=self.messages_done, records=self.records_done)
         return 0
 
@@ -636,7 +698,7 @@ class Ingestor:
         waited = 0.0
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(future), stall_after)
+                await self._within_grace(asyncio.wait_for(asyncio.shield(future), stall_after))
             except TimeoutError:
                 waited += stall_after
                 if self._send_error is None:
@@ -723,7 +785,7 @@ class Ingestor:
         backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
         while True:
             try:
-                await self.consumer.commit(offsets)
+                await self._within_grace(self.consumer.commit(offsets))
             except (CommitFailedError, IllegalStateError) as exc:
                 self.metrics.commit_failures.inc()
                 log.warning(
@@ -884,13 +946,33 @@ class Ingestor:
         return Response(200, self.metrics.render(), CONTENT_TYPE)
 
     async def _sleep(self, seconds: float, *, during_shutdown_limit: bool = False) -> None:
-        """Sleep, but raise ``GraceExpired`` once a stop was requested and the grace period is over."""
-        if during_shutdown_limit and self._stop_deadline is not None:
-            remaining = self._stop_deadline - time.monotonic()
-            if remaining <= 0:
-                raise GraceExpired
-            seconds = min(seconds, remaining)
-        await asyncio.sleep(seconds)
+        """Sleep. Work that must finish before the service stops (``during_shutdown_limit``) sleeps
+        at most until the end of the grace period, then raises ``GraceExpired``; other sleeps (a
+        backoff before reconnecting) end as soon as a stop is requested."""
+        if during_shutdown_limit:
+            remaining = self._remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    raise GraceExpired
+                seconds = min(seconds, remaining)
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
+    async def _within_grace(self, work: Any) -> Any:
+        """Await ``work``; once a stop was requested, only until the end of the grace period
+        (``GraceExpired``: a frozen broker answers nothing, and the grace period is a promise)."""
+        remaining = self._remaining()
+        if remaining is None:
+            return await work
+        if remaining <= 0:
+            work.close()
+            raise GraceExpired
+        try:
+            return await asyncio.wait_for(work, remaining)
+        except TimeoutError:
+            raise GraceExpired from None
 
 
 def _safety_switch(settings: Settings) -> SafetySwitch | None:
@@ -935,13 +1017,17 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def _stop_quietly(
-    *clients: AIOKafkaConsumer | AIOKafkaProducer | None, limit_seconds: float = 10.0
+    *clients: AIOKafkaConsumer | AIOKafkaProducer | None,
+    limit_seconds: float = 10.0,
+    budget: Any = None,
 ) -> None:
+    """Stop each client, all of them within ``limit_seconds`` (or what ``budget()`` says is left)."""
+    deadline = time.monotonic() + (limit_seconds if budget is None else budget())
     for client in clients:
         if client is None:
             continue
         try:
-            await asyncio.wait_for(client.stop(), limit_seconds)
+            await asyncio.wait_for(client.stop(), max(0.1, deadline - time.monotonic()))
         except (KafkaError, TimeoutError) as exc:
             log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
 
@@ -955,11 +1041,29 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, ingestor.request_stop)
     loop.add_signal_handler(signal.SIGUSR1, ingestor.request_resume)
     task = asyncio.create_task(ingestor.run())
+    watchdog = asyncio.create_task(_watchdog(ingestor))
     try:
         return await _run_with_grace(task, ingestor)
     finally:
+        watchdog.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+async def _watchdog(ingestor: Ingestor) -> None:
+    """The last resort behind the grace period: once a stop is requested, a timer thread ends the
+    process with status 1 after ``INGEST_SHUTDOWN_GRACE_SECONDS + HARD_STOP_MARGIN_SECONDS``, even if
+    the event loop is blocked (the process normally exits well before)."""
+    await ingestor.wait_stop_requested()
+    timer = threading.Timer(ingestor.settings.shutdown_grace_seconds + HARD_STOP_MARGIN_SECONDS, _hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def _hard_exit() -> None:
+    with contextlib.suppress(Exception):
+        os.write(2, b'{"event": "stop.hard_exit", "level": "error", "detail": "the grace period ran out"}\n')
+    os._exit(1)
 
 
 async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
@@ -969,9 +1073,14 @@ async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
     if task in done:
         stop_wait.cancel()
         return task.result()
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(asyncio.shield(task), max(0.0, ingestor.grace_remaining()))
+    # The grace period is over: cancel the loop wherever it waits (a frozen broker answers nothing);
+    # it logs stop.grace_expired, and the clients get STOP_MARGIN_SECONDS to stop.
+    task.cancel()
     try:
-        return await asyncio.wait_for(task, ingestor.settings.shutdown_grace_seconds + 5)
-    except TimeoutError:
+        return await asyncio.wait_for(task, STOP_MARGIN_SECONDS + 1)
+    except (TimeoutError, asyncio.CancelledError):
         log.error("stop.forced", detail="the service did not stop within the grace period")
         return 1
 

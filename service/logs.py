@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TextIO, cast
 
 import orjson
 import structlog
@@ -41,10 +41,89 @@ class _IsoTime:
         return event_dict
 
 
+REPEAT_WINDOW_SECONDS = 10.0
+"""A Kafka client's line that repeats (same logger, level and message template) is written once per
+this window; the next one written says how many were held back (``repeated``)."""
+
+_write_errors = 0
+_library_hook: Any = None
+
+
+def log_write_errors() -> int:
+    """Log writes that failed (a closed or broken stderr) since start-up; the lines were dropped."""
+    return _write_errors
+
+
+def on_library_line(hook: Any) -> None:
+    """Call ``hook(logger_name)`` for every warning or error of the Kafka client (for the metrics),
+    repeats held back included; ``None`` removes it."""
+    global _library_hook
+    _library_hook = hook
+
+
+class _SafeStream:
+    """stderr for the log lines: a write that fails (the reader of a pipe went away, the stream was
+    closed) is counted and dropped, so that logging can never stop the service or a signal handler."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> None:
+        global _write_errors
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):
+            _write_errors += 1
+
+    def flush(self) -> None:
+        global _write_errors
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            _write_errors += 1
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _Repeats(logging.Filter):
+    """Holds back a library line that repeats within ``REPEAT_WINDOW_SECONDS`` (aiokafka logs every
+    failed connection attempt, hundreds of lines a minute during an outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        hook = _library_hook
+        if hook is not None and record.levelno >= logging.WARNING:
+            hook(record.name)
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < REPEAT_WINDOW_SECONDS:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if last is not None and last[1]:
+            record.repeated = last[1]
+        return True
+
+
+def _library_event(_logger: Any, _name: str, event_dict: structlog.typing.EventDict) -> Any:
+    """A Kafka client's line in the service's shape: a stable event name, the text as ``detail``."""
+    event_dict["detail"] = event_dict.get("event")
+    event_dict["event"] = f"kafka_client.{event_dict.get('level', 'info')}"
+    return event_dict
+
+
 class _Sink:
     """One binary stream for every JSON line; per-record lines wait in a buffer until the next flush."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO | _SafeStream) -> None:
         self._stream = stream
         self._buffered: list[bytes] = []
 
@@ -124,6 +203,13 @@ def flush_records() -> None:
         current[2].flush()
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (OSError, ValueError):
+        return False
+
+
 def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
     """Route structlog (and the standard library's loggers, e.g. aiokafka's) to stderr.
 
@@ -131,7 +217,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     """
     global _configured
     flush_records()
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    use_console = fmt == "console" or (fmt == "auto" and _isatty(sys.stderr))
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
@@ -143,7 +229,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
         stamp,
     ]
     if use_console:
-        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+        factory: Any = structlog.PrintLoggerFactory(cast(TextIO, _SafeStream(sys.stderr)))
         structlog.configure(
             processors=[*shared, renderer],
             wrapper_class=wrapper,
@@ -151,11 +237,11 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             cache_logger_on_first_use=True,
         )
         _configured = (factory, structlog.get_logger(RECORDS), None)
-        stdlib_stream: Any = sys.stderr
+        stdlib_stream: Any = _SafeStream(sys.stderr)
     else:
         # structlog's own lines skip the str round trip: orjson renders bytes, written to the binary
         # stream. The standard library's lines (aiokafka) keep the str renderer logging.Formatter needs.
-        sink = _Sink(sys.stderr.buffer)
+        sink = _Sink(_SafeStream(sys.stderr.buffer))
         own_renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
 
         def factory(*_args: Any) -> _LineLogger:
@@ -178,9 +264,15 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=["repeated"]),
+                _library_event,
+            ],
         )
     )
+    handler.addFilter(_Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if level == "INFO" else level)

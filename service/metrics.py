@@ -123,6 +123,23 @@ class Metrics:
             "Input partitions assigned to this instance.",
             registry=registry,
         )
+        self._ready = Gauge(
+            "marker_ingest_ready",
+            "1 while /readyz would answer 200, else 0 (an outage shows here even while idle).",
+            registry=registry,
+        )
+        self._log_write_errors = Gauge(
+            "marker_ingest_log_write_errors",
+            "Log lines dropped because stderr could not be written (a broken pipe), since start-up.",
+            registry=registry,
+        )
+        kafka_client_lines = Counter(
+            "marker_ingest_kafka_client_warnings",
+            "Warnings and errors the Kafka client (aiokafka) logged, by logger, repeats held back included.",
+            ["logger"],
+            registry=registry,
+        )
+        self.kafka_client_lines = kafka_client_lines
 
     def watch(
         self,
@@ -130,11 +147,17 @@ class Metrics:
         in_flight: Callable[[], float],
         paused: Callable[[], float],
         assigned: Callable[[], float],
+        ready: Callable[[], float] | None = None,
+        log_write_errors: Callable[[], float] | None = None,
     ) -> None:
         """Gauges read from the shell's own state when scraped, never updated on the hot path."""
         self._in_flight.set_function(in_flight)
         self._paused.set_function(paused)
         self._assigned.set_function(assigned)
+        if ready is not None:
+            self._ready.set_function(ready)
+        if log_write_errors is not None:
+            self._log_write_errors.set_function(log_write_errors)
 
     def count_batch(
         self,
