@@ -24,7 +24,8 @@ def free_port() -> int:
         return port
 
 
-def _accepts(port: int) -> bool:
+def accepts_connections(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -59,7 +60,7 @@ class EmbeddedBroker:
             if self.log_path:
                 out.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout
-        while not _accepts(self.port):
+        while not accepts_connections(self.port):
             if self._proc.poll() is not None:
                 raise RuntimeError(f"the Tansu broker exited with status {self._proc.returncode}")
             if time.monotonic() > deadline:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.support import SERVICE_CMD, Coord, Ledger, Sent, Topics, produce, record
+from tests.support import SERVICE_CMD, Coord, Ledger, Sent, Topics, expected_outcomes, produce, record
 
 
 async def wait_until(
@@ -288,6 +288,26 @@ async def wait_accounted(
         return f"{len(missing)} of {len(expected)} records unaccounted for, e.g. {missing[:5]}\n{logs}"
 
     await wait_until(done, within=within, interval=interval, what="full accounting", detail=detail)
+    return ledger
+
+
+async def account_and_stop(
+    bootstrap: str,
+    topics: Topics,
+    sent: Iterable[Sent],
+    svc: ServiceProcess,
+    *,
+    exactly_once: bool,
+    within: float = 120,
+    exit_within: float = 40,
+) -> Ledger:
+    """The end of a fault test: wait until every record of ``sent`` is accounted for, SIGTERM the
+    service (it must exit 0), and check the accounting invariant."""
+    expected = expected_outcomes(sent, topics.input)
+    ledger = await wait_accounted(bootstrap, topics, expected, within=within, services=[svc])
+    svc.terminate()
+    assert await svc.wait_exit(within=exit_within) == 0, svc.tail()
+    ledger.check(expected, exactly_once=exactly_once)
     return ledger
 
 

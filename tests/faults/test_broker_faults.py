@@ -18,7 +18,7 @@ import pytest
 
 from service.broker import EmbeddedBroker, free_port
 from tests.conftest import CHOICE
-from tests.faults.harness import Feeder, Fleet, env_int, wait_accounted, wait_until
+from tests.faults.harness import Feeder, Fleet, account_and_stop, env_int, wait_accounted, wait_until
 from tests.kafka.cluster import KafkaCluster, KafkaNode, KafkaUnavailable
 from tests.support import Topics, expected_outcomes, feed, produce, service_env
 
@@ -176,11 +176,7 @@ async def test_broker_absent_at_start_up_arriving_later(tmp_path: Path, fleet: F
             pytest.skip("Apache Kafka could not start; the service was set up for it")
         await topics.create(late.bootstrap_servers)
         sent = await produce(late.bootstrap_servers, topics.input, feed(800, bad_every=6))
-        expected = expected_outcomes(sent, topics.input)
-        ledger = await wait_accounted(late.bootstrap_servers, topics, expected, within=120, services=[svc])
-        svc.terminate()
-        assert await svc.wait_exit(within=30) == 0, svc.tail()
-        ledger.check(expected, exactly_once=True)
+        await account_and_stop(late.bootstrap_servers, topics, sent, svc, exactly_once=True, exit_within=30)
     print(f"unreachable {len(waits)} times, waits {waits}")
 
 

@@ -24,13 +24,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+
+from service.broker import accepts_connections, free_port
 
 POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100
@@ -107,20 +108,6 @@ def ensure_jars() -> Path:
     else:
         staging.rename(lib)
     return lib
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class KafkaNode:
@@ -210,7 +197,7 @@ class KafkaNode:
     def wait_listening(self, timeout: float = 60.0) -> None:
         """Wait until the node accepts connections; raises ``KafkaUnavailable`` if it dies or is late."""
         deadline = time.monotonic() + timeout
-        while not _accepts(self.port):
+        while not accepts_connections(self.port):
             if self._proc is None or self._proc.poll() is not None:
                 raise KafkaUnavailable(f"{self.dir.name} exited; see {self.log_path}:\n{self.tail()}")
             if time.monotonic() > deadline:
