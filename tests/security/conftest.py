@@ -84,3 +84,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
         yield kafka
     finally:
         kafka.stop()
+
+
+@pytest.fixture(autouse=True)
+def _needs_kafka() -> None:
+    """Overrides the suite's: these tests need ``secured`` (which skips by itself), not ``broker``."""
