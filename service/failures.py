@@ -140,7 +140,7 @@ def classify(exc: BaseException, stage: Stage, access: Access, *, topic: str | N
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _certificate(exc, access)
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or exc.strerror or type(exc).__name__
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
         return Failure(
             Kind.TLS,
             f"the TLS handshake with the broker failed ({reason}): does this listener speak TLS?",
