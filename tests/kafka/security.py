@@ -11,7 +11,7 @@ PLAINTEXT      PLAINTEXT          nothing: the tests' super user (``User:ANONYMO
 SASL           SASL_PLAINTEXT     PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 passwords
 TLS            SSL                nothing from the client (server verification only)
 MTLS           SSL                a client certificate from the CA (``ssl.client.auth=required``)
-SASLTLS        SASL_SSL           PLAIN and SCRAM passwords over TLS
+SASLTLS        SASL_SSL           PLAIN passwords over TLS (PLAIN only: a mechanism mismatch)
 WRONGHOST      SSL                serves a certificate for ``kafka.invalid``, not 127.0.0.1
 EXPIRED        SSL                serves a certificate that expired yesterday
 =============  =================  =================================================================
@@ -154,10 +154,11 @@ class SecuredKafka:
             extra[f"listener.name.{listener}.plain.sasl.jaas.config"] = (
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
             )
-            for mech in ("scram-sha-256", "scram-sha-512"):
-                extra[f"listener.name.{listener}.{mech}.sasl.jaas.config"] = (
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-                )
+        for mech in ("scram-sha-256", "scram-sha-512"):
+            extra[f"listener.name.sasl.{mech}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        extra["listener.name.sasltls.sasl.enabled.mechanisms"] = "PLAIN"
         scram = []
         for user, password in ((SERVICE_USER, self.password), (LIMITED_USER, self.limited_password)):
             for mech in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
