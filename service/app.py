@@ -28,14 +28,22 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER as ERROR_CODE_HEADER
 from service import __version__
+from service.connection import diagnose
 from service.events import Outcome, Source, origin_of, process_payload
+from service.failures import Access, Failure, Stage, access_from, classify, fatal_at_startup
 from service.http import HttpEndpoint, LoopWatch, Response
 from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
@@ -190,6 +198,14 @@ class TopicsMissing(Exception):
         """Setting name → (topic, the broker's error)."""
 
 
+class Misconfigured(Exception):
+    """Raised at start-up when the cluster refuses the configuration or the credentials."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.line)
+        self.failure = failure
+
+
 class GraceExpired(Exception):
     """Raised inside the loop when shutdown took longer than the grace period."""
 
@@ -283,6 +299,13 @@ class Ingestor:
         assigned: set[TopicPartition] = self.consumer.assignment()
         return assigned
 
+    @property
+    def _access(self) -> Access:
+        return access_from(self.settings)
+
+    def _failure(self, exc: BaseException, stage: Stage, topic: str | None = None) -> Failure | None:
+        return classify(exc, stage, self._access, topic=topic)
+
     def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         s = self.settings
         common = s.kafka_client_kwargs()
@@ -323,9 +346,19 @@ class Ingestor:
         names[s.dlq_topic] = "INGEST_DLQ_TOPIC"
         kwargs = s.kafka_client_kwargs()
         problems = await topic_problems(list(names), kwargs)
+        for topic, why in problems.items():
+            if why == "TopicAuthorizationFailedError":
+                denied = self._failure(TopicAuthorizationFailedError(topic), Stage.CHECK_TOPICS, topic)
+                assert denied is not None
+                raise Misconfigured(denied)
         missing = [t for t, why in problems.items() if why == "UnknownTopicOrPartitionError"]
         if missing and s.create_topics:
-            created = await create_with_broker_defaults(missing, kwargs)
+            try:
+                created = await create_with_broker_defaults(missing, kwargs)
+            except KafkaError as exc:
+                if (failure := self._failure(exc, Stage.CREATE_TOPICS, ", ".join(missing))) is not None:
+                    raise Misconfigured(failure) from None
+                raise
             log.warning("topics.created", topics=created, detail="INGEST_CREATE_TOPICS=true")
             problems = await topic_problems(list(names), kwargs)
         if problems:
@@ -335,39 +368,51 @@ class Ingestor:
         """Check the topics, then start both clients, waiting with backoff while the broker is
         unreachable."""
         backoff = Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+        seen: tuple[str, int] = ("", 0)
         while not self.stopping:
+            stage = Stage.CONNECT
+            consumer = producer = None
             try:
-                if not await self._until_stopped(self._check_topics()):
+                done, diagnosed = await self._until_stopped(diagnose(self.settings))
+                if not done:
                     return False
+                failure, cause = diagnosed
+                if failure is None and cause is None:
+                    stage = Stage.CHECK_TOPICS
+                    if not (await self._until_stopped(self._check_topics()))[0]:
+                        return False
+                    consumer, producer = self._make_clients()
+                    stage = Stage.START_PRODUCER
+                    started = (await self._until_stopped(producer.start()))[0]
+                    stage = Stage.CONNECT
+                    started = started and (await self._until_stopped(consumer.start()))[0]
+                    if not started:
+                        await _stop_quietly(producer, consumer, limit_seconds=self._stop_budget())
+                        return False
             except KafkaError as exc:
-                delay = backoff.next_delay()
-                self.metrics.retries["connect"].inc()
-                log.warning("broker.unreachable", error=repr(exc), retry_in=round(delay, 2))
-                await self._sleep(delay)
-                continue
-            consumer, producer = self._make_clients()
-            try:
-                started = await self._until_stopped(producer.start()) and await self._until_stopped(
-                    consumer.start()
-                )
-            except KafkaError as exc:
-                delay = backoff.next_delay()
-                self.metrics.retries["connect"].inc()
-                log.warning("broker.unreachable", error=repr(exc), retry_in=round(delay, 2))
                 await _stop_quietly(producer, consumer)
+                failure, cause = self._failure(exc, stage), repr(exc)
+            if failure is not None:
+                seen = (failure.line, seen[1] + 1 if seen[0] == failure.line else 1)
+                if fatal_at_startup(failure, seen[1]):
+                    raise Misconfigured(failure)
+            if cause is not None:
+                delay = backoff.next_delay()
+                self.metrics.retries["connect"].inc()
+                log.warning("broker.unreachable", error=cause, retry_in=round(delay, 2))
                 await self._sleep(delay)
                 continue
-            if not started:
-                await _stop_quietly(producer, consumer, limit_seconds=self._stop_budget())
-                return False
+            assert consumer is not None
+            assert producer is not None
             consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
             self.consumer, self.producer = consumer, producer
             return True
         return False
 
-    async def _until_stopped(self, work: Any) -> bool:
-        """Await ``work``, unless a stop is requested first (then it is cancelled): True when it ran
-        to the end. Start-up waits on the broker (up to the request timeout); a stop must not."""
+    async def _until_stopped(self, work: Any) -> tuple[bool, Any]:
+        """Await ``work``, unless a stop is requested first (then it is cancelled): ``(True, its
+        result)`` when it ran to the end, else ``(False, None)``. Start-up waits on the broker (up
+        to the request timeout); a stop must not."""
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop_requested.wait())
         try:
@@ -375,12 +420,11 @@ class Ingestor:
         finally:
             stop.cancel()
         if task.done():
-            task.result()
-            return True
+            return True, task.result()
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-        return False
+        return False, None
 
     def _stop_budget(self) -> float:
         """How long the clients may take to stop: what is left of the grace period plus
@@ -406,6 +450,8 @@ class Ingestor:
         """
         log.info("service.starting", version=__version__, settings=self.settings.redacted())
         on_library_line(lambda name: self.metrics.kafka_client_lines.labels(name).inc())
+        for warning in self.settings.warnings():
+            log.warning("settings.weakened", detail=warning)
         s = self.settings
         if s.http_port:
             self.http = HttpEndpoint(
@@ -435,6 +481,9 @@ class Ingestor:
                     "service.stopped", messages=0, records=0, detail="stopped before the broker answered"
                 )
                 return 0
+        except Misconfigured as exc:
+            log.error("kafka.misconfigured", **exc.failure.fields(), exit_status=EXIT_CONFIG)
+            return EXIT_CONFIG
         except TopicsMissing as exc:
             for setting, (topic, why) in exc.problems.items():
                 log.error(
@@ -474,6 +523,7 @@ class Ingestor:
         assert self.consumer is not None
         idle_since = time.monotonic()
         lag_due = 0.0
+        fetch_backoff = Backoff(s.retry_initial_seconds, s.retry_max_seconds)
         while not self.stopping:
             self._resume_if_due()
             max_records = s.batch_max_messages
@@ -482,13 +532,19 @@ class Ingestor:
             try:
                 batch = await self.consumer.getmany(timeout_ms=s.batch_timeout_ms, max_records=max_records)
             except KafkaError as exc:
-                self._fetch_error = repr(exc)
+                failure = self._failure(exc, Stage.FETCH, s.input_topic)
+                line = repr(exc) if failure is None else failure.line
                 self.metrics.retries["fetch"].inc()
-                log.warning("fetch.failed", error=repr(exc))
+                if failure is None:
+                    log.warning("fetch.failed", error=repr(exc))
+                elif line != self._fetch_error:
+                    log.error("fetch.refused", error=repr(exc), **failure.fields())
+                self._fetch_error = line
                 await self._complete_pending()
-                await self._sleep(s.retry_initial_seconds)
+                await self._sleep(fetch_backoff.next_delay())
                 continue
             self._fetch_error = None
+            fetch_backoff.attempt = 0
             if not batch:
                 await self._complete_pending()
                 now = time.monotonic()
@@ -747,7 +803,11 @@ class Ingestor:
                 return
             retry = [s for i, s in enumerate(pending) if s.tp in failed_from and i >= failed_from[s.tp]]
             first = pending[min(failed_from.values())]
-            self._send_error = f"sending to {first.topic} failed: {first.error!r}"
+            assert first.error is not None
+            failure = self._failure(first.error, Stage.SEND, first.topic)
+            self._send_error = (
+                f"sending to {first.topic} failed: {first.error!r}" if failure is None else failure.line
+            )
             delay = backoff.next_delay()
             self.metrics.retries["send"].inc()
             refused = isinstance(first.error, KafkaError) and not first.error.retriable
@@ -766,9 +826,10 @@ class Ingestor:
                         "detail": "the broker refuses this event; its input partition is blocked until it is "
                         "accepted (check the topic's max.message.bytes and ACLs)"
                     }
-                    if refused
+                    if refused and failure is None
                     else {}
                 ),
+                **({} if failure is None else failure.fields()),
             )
             await self._sleep(delay, during_shutdown_limit=True)
             outbox = self._outbox()

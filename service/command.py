@@ -51,6 +51,9 @@ def build_settings(args: argparse.Namespace, *, warn: Warn | None = warn_on_stde
     if warn is not None:
         for name, nearest in unknown_variables():
             warn(name, nearest)
+    if warn is warn_on_stderr:
+        for line in settings.warnings():
+            sys.stderr.write(f"marker-ingest: warning: {line}\n")
     return settings
 
 

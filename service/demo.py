@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from service.app import Ingestor
 from service.broker import EmbeddedBroker
+from service.connection import explain
+from service.failures import EXIT_MISCONFIGURED, Stage
 from service.logs import configure_logging
 from service.produce import collect_files, produce_files
 from service.settings import Settings
@@ -96,4 +99,9 @@ def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> 
             burst=True,
             burst_idle_seconds=5.0,
         )
-        return asyncio.run(_demo(settings, files))
+        try:
+            return asyncio.run(_demo(settings, files))
+        except KafkaError as exc:
+            failure = explain(exc, Stage.START_PRODUCER, settings)
+            sys.stderr.write(f"marker-ingest demo: {repr(exc) if failure is None else failure.line}\n")
+            return 1 if failure is None else EXIT_MISCONFIGURED

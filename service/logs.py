@@ -177,6 +177,17 @@ class _TextToSink:
         return None
 
 
+def hide_credentials(record: logging.LogRecord) -> bool:
+    """A logging filter: aiokafka logs every request at DEBUG, SaslAuthenticate's bytes (the PLAIN
+    password, SCRAM's proofs) included; keep the line, drop the request's content."""
+    if record.name.startswith("aiokafka") and record.levelno <= logging.DEBUG:
+        text = record.getMessage()
+        cut = text.find("SaslAuthenticateRequest")
+        if cut >= 0:
+            record.msg, record.args = text[:cut] + "SaslAuthenticateRequest(<credentials hidden>)", None
+    return True
+
+
 _configured: tuple[Any, Any, _Sink | None] | None = None
 """What ``configure_logging`` set up last: structlog's logger factory, the per-record logger, the sink."""
 
@@ -272,6 +283,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             ],
         )
     )
+    handler.addFilter(hide_credentials)
     handler.addFilter(_Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]

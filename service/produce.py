@@ -328,6 +328,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Run ``marker-ingest produce``."""
     from aiokafka.errors import KafkaError
 
+    from service.connection import explain, preflight
+    from service.failures import EXIT_MISCONFIGURED, Stage
+
     settings = build_settings(args)
     topic: str = args.topic or settings.input_topic
     if topic in (settings.output_topic, settings.dlq_topic):
@@ -344,6 +347,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
             total += path.stat().st_size
     progress = ProgressBar(sys.stderr, total, len(files))
     with tool_logging(settings):
+        if (failure := preflight(settings)) is not None:
+            sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
+            return EXIT_MISCONFIGURED
         try:
             report = asyncio.run(
                 produce_files(
@@ -356,6 +362,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 )
             )
         except KafkaError as exc:
+            if (failure := explain(exc, Stage.SEND, settings, topic)) is not None:
+                sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
+                return EXIT_MISCONFIGURED
             sys.stderr.write(f"marker-ingest produce: send failed: {exc!r}\n")
             return EXIT_REFUSED
     for path, why in report.refused:

@@ -657,6 +657,8 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
 
+    from service.connection import explain, preflight
+    from service.failures import EXIT_MISCONFIGURED, Stage
     from service.produce import tool_logging
 
     options = options_from(args)
@@ -668,9 +670,15 @@ def cmd_redrive(args: argparse.Namespace) -> int:
         sys.stderr.write("marker-ingest redrive: --to-topic must not be the output or dead-letter topic\n")
         return EXIT_USAGE
     with tool_logging(settings):
+        if (failure := preflight(settings)) is not None:
+            sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
+            return EXIT_MISCONFIGURED
         try:
             report = asyncio.run(redrive(settings, options))
         except KafkaError as exc:
+            if (failure := explain(exc, Stage.FETCH, settings)) is not None:
+                sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
+                return EXIT_MISCONFIGURED
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {exc!r}\n")
             return EXIT_INCOMPLETE
     sys.stdout.write(render_json(report) if args.json else render_text(report))

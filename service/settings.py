@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = Field(None, min_length=1)
     kafka_ssl_keyfile: str | None = Field(None, min_length=1)
     kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     kafka_enable_idempotence: bool = True
     kafka_client_id: str = Field("marker-ingest", min_length=1)
     kafka_request_timeout_ms: int = Field(30_000, ge=1_000)
@@ -266,6 +267,15 @@ class Settings(BaseSettings):
             max_event_bytes=self.max_event_bytes,
         )
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but weaken security, one line each, to log at start-up."""
+        if not self.kafka_ssl_check_hostname and self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            return [
+                "KAFKA_SSL_CHECK_HOSTNAME=false: the broker's certificate is not checked against the "
+                "address connected to; any certificate from a trusted CA is accepted"
+            ]
+        return []
+
     def redacted(self) -> dict[str, Any]:
         """The effective settings for the start-up log line: secrets shown as '**********'."""
         return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
@@ -281,7 +291,7 @@ class Settings(BaseSettings):
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
-            kwargs["ssl_context"] = create_ssl_context(
+            context = create_ssl_context(
                 cafile=self.kafka_ssl_cafile,
                 certfile=self.kafka_ssl_certfile,
                 keyfile=self.kafka_ssl_keyfile,
@@ -289,6 +299,8 @@ class Settings(BaseSettings):
                 if self.kafka_ssl_key_password
                 else None,
             )
+            context.check_hostname = self.kafka_ssl_check_hostname
+            kwargs["ssl_context"] = context
         if self.kafka_security_protocol.startswith("SASL_"):
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
             kwargs["sasl_plain_username"] = self.kafka_sasl_username

@@ -122,6 +122,8 @@ class KafkaNode:
         self.lib = lib
         self.properties = properties
         self.port = int(properties["_port"])
+        self.format_args: list[str] = []
+        """Extra ``StorageTool format`` arguments (``--add-scram ...``)."""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -162,7 +164,7 @@ class KafkaNode:
         """Format the node's storage (once, before its first start)."""
         config = self.write_config()
         cmd = [*self._java(CONTROLLER_HEAP), "kafka.tools.StorageTool", "format", "-t", cluster_id]
-        cmd += ["-c", str(config), "--ignore-formatted"]
+        cmd += ["-c", str(config), "--ignore-formatted", *self.format_args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting {self.dir.name} failed: {done.stdout}{done.stderr}".strip())
@@ -253,6 +255,10 @@ class KafkaNode:
 class KafkaCluster:
     """A local Apache Kafka: ``brokers=1`` is one combined node, more adds a separate controller.
 
+    A single node may get ``listeners`` besides its PLAINTEXT one (name → security protocol and port;
+    their settings go in ``extra``) and ``format_args`` for its storage format (SCRAM users); see
+    ``tests/kafka/security.py``.
+
     A context manager; the nodes are stopped (and their logs kept in ``workdir``) on exit.
     """
 
@@ -263,9 +269,13 @@ class KafkaCluster:
         *,
         ports: list[int] | None = None,
         extra: dict[str, str] | None = None,
+        listeners: dict[str, tuple[str, int]] | None = None,
+        format_args: list[str] | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("a cluster needs at least one broker")
+        if listeners and brokers != 1:
+            raise ValueError("extra listeners are for a single node (their ports are fixed)")
         self.workdir = Path(workdir)
         self.brokers = brokers
         self.extra = dict(extra or {})
@@ -278,8 +288,14 @@ class KafkaCluster:
             cport = free_port()
             props = self._broker_props(1, broker_ports[0], f"1@127.0.0.1:{cport}")
             props["process.roles"] = "broker,controller"
+            for name, (protocol, port) in (listeners or {}).items():
+                props["listeners"] += f",{name}://127.0.0.1:{port}"
+                props["advertised.listeners"] += f",{name}://127.0.0.1:{port}"
+                props["listener.security.protocol.map"] += f",{name}:{protocol}"
             props["listeners"] += f",CONTROLLER://127.0.0.1:{cport}"
-            self.nodes.append(KafkaNode(1, "broker,controller", self.workdir, self.lib, props))
+            node = KafkaNode(1, "broker,controller", self.workdir, self.lib, props)
+            node.format_args = list(format_args or [])
+            self.nodes.append(node)
         else:
             cport = free_port()
             voters = f"{CONTROLLER_ID}@127.0.0.1:{cport}"

@@ -1,0 +1,111 @@
+"""The connection probe: what really happens when a client cannot reach the cluster.
+
+aiokafka's bootstrap logs why each broker refused and raises only ``Unable to bootstrap``. The probe
+makes the same connection (TCP, TLS, ApiVersions, SASL, a Metadata request) to each bootstrap address
+and returns the exception that stopped it, for ``service.failures.classify``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
+
+from service.failures import Failure, Stage, access_from, classify, classify_closed
+from service.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Why a connection failed: the exception, and how far it got (``connect`` or ``metadata``)."""
+
+    error: BaseException
+    stage: str
+
+    @property
+    def closed(self) -> bool:
+        """True when the broker closed the connection (no other reason given)."""
+        return isinstance(self.error, KafkaConnectionError)
+
+
+def _addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
+    out = []
+    for address in bootstrap_servers.split(","):
+        address = address.strip()
+        host, _, port = address.rpartition(":") if not address.endswith("]") else (address, "", "")
+        if not host or not port.isdigit():
+            host, port = address, "9092"
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+async def probe(client_kwargs: dict[str, Any]) -> ProbeResult | None:
+    """Connect to each bootstrap address as the clients would; None when one answers Metadata.
+
+    Otherwise the first address's failure (a refused TCP connection counts for less than anything a
+    broker said, so a later address's TLS or SASL error wins over it).
+    """
+    timeout_ms = int(client_kwargs.get("request_timeout_ms", 30_000))
+    options = {
+        "client_id": client_kwargs.get("client_id", "marker-ingest"),
+        "request_timeout_ms": timeout_ms,
+        "ssl_context": client_kwargs.get("ssl_context"),
+        "security_protocol": client_kwargs.get("security_protocol", "PLAINTEXT"),
+        "sasl_mechanism": client_kwargs.get("sasl_mechanism"),
+        "sasl_plain_username": client_kwargs.get("sasl_plain_username"),
+        "sasl_plain_password": client_kwargs.get("sasl_plain_password"),
+    }
+    found: ProbeResult | None = None
+    for host, port in _addresses(str(client_kwargs["bootstrap_servers"])):
+        stage = "connect"
+        try:
+            conn = await create_conn(host, port, **options)
+            stage = "metadata"
+            try:
+                await conn.send(MetadataRequest([]))
+            finally:
+                conn.close()
+        except (OSError, KafkaError, TimeoutError) as exc:
+            result = ProbeResult(exc, stage)
+            if found is None or (_only_unreachable(found) and not _only_unreachable(result)):
+                found = result
+            continue
+        return None
+    return found
+
+
+def _only_unreachable(result: ProbeResult) -> bool:
+    """Refused, timed out, or no such host: no broker said anything."""
+    error = result.error
+    return (
+        isinstance(error, TimeoutError | ConnectionRefusedError | socket.gaierror) or type(error) is OSError
+    )
+
+
+async def diagnose(settings: Settings) -> tuple[Failure | None, str | None]:
+    """Probe the connection the settings describe: (None, None) when a broker answers; else the
+    ``Failure`` retrying cannot cure, if it is one, and the probe's error to log."""
+    found = await probe(settings.kafka_client_kwargs())
+    if found is None:
+        return None, None
+    access = access_from(settings)
+    failure = classify(found.error, Stage.CONNECT, access)
+    if failure is None and found.closed:
+        failure = classify_closed(found.stage, access)
+    return failure, repr(found.error)
+
+
+def preflight(settings: Settings) -> Failure | None:
+    """For the operator tools, before they start a client: the ``Failure`` of the connection, if
+    it has one (an unreachable broker is left to the tool's own error)."""
+    return asyncio.run(diagnose(settings))[0]
+
+
+def explain(exc: BaseException, stage: Stage, settings: Settings, topic: str | None = None) -> Failure | None:
+    """For the operator tools: the ``Failure`` behind a client's error, if it is one."""
+    return classify(exc, stage, access_from(settings), topic=topic)
