@@ -306,8 +306,12 @@ async def produce_files(
 
     Each file is reported on its own: pushed (every message acknowledged), refused (unreadable, or
     by ``lint``) or failed (a message too large to send, or not acknowledged), and the next file goes
-    on. An error of the client that is no one file's (the broker unreachable) is raised.
+    on. An error of the client that is no one file's (a send timed out) stops the push: that file and
+    the next ones fail with it, the files handed over before are settled. A producer that cannot
+    start (the broker unreachable) raises.
     """
+    from aiokafka.errors import KafkaError
+
     from service.topics import started
 
     report = PushReport()
@@ -318,7 +322,7 @@ async def produce_files(
     try:
         async with started(producer_for(settings)) as producer:
             sendings: list[_Sending] = []
-            for path in files:
+            for number, path in enumerate(files):
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
@@ -331,7 +335,12 @@ async def produce_files(
                 if problem is not None:
                     report.refused.append((path, problem))
                     continue
-                sendings.append(await _send_file(producer, target, path, batch, on_sent))
+                try:
+                    sendings.append(await _send_file(producer, target, path, batch, on_sent))
+                except KafkaError as exc:
+                    why = f"not sent, the push stopped: {describe_kafka_error(exc)}"
+                    report.failed.extend((p, why) for p in files[number:])
+                    break
             for sending in sendings:
                 await _settle(sending, report)
     finally:

@@ -233,6 +233,31 @@ async def test_each_file_is_reported_on_its_own_and_the_next_ones_go_on(
     assert fake.sent[-1] == b"1"
 
 
+async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    import service.produce
+
+    fake = _FakeProducer(client_limit=5000, broker_limit=5000)
+    sends = fake.send
+
+    async def send(topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        if key == b"2.txt":
+            raise KafkaTimeoutError()
+        return await sends(topic, value, key)
+
+    monkeypatch.setattr(fake, "send", send)
+    monkeypatch.setattr(service.produce, "producer_for", lambda _settings: fake)
+    files = [tmp_path / f"{n}.txt" for n in (1, 2, 3)]
+    for path in files:
+        path.write_text("x")
+    report = await service.produce.produce_files(Settings(), files)
+    assert (report.files, fake.sent) == (1, [b"1.txt"])
+    assert report.failed == [(p, "not sent, the push stopped: KafkaTimeoutError") for p in files[1:]]
+
+
 # --- files and the command line -------------------------------------------------------------------
 
 
