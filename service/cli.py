@@ -23,6 +23,7 @@ from service.command import (
     EXIT_USAGE,
     add_connection_flags,
     build_settings,
+    display_name,
 )
 from service.events import Source, describe_dead_letter, process_payload
 from service.settings import SettingsError
@@ -59,9 +60,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
             try:
                 payload = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
             except OSError as exc:
-                _write(sys.stderr, f"marker-ingest parse: cannot read {path}: {exc.strerror}")
+                _write(sys.stderr, f"marker-ingest parse: cannot read {display_name(path)}: {exc.strerror}")
                 return EXIT_USAGE
-            source = Source(topic="stdin" if path == "-" else path, partition=0, offset=index)
+            name = "stdin" if path == "-" else display_name(path)
+            source = Source(topic=name, partition=0, offset=index)
             for outcome in process_payload(payload, source, limits, now=now, version=__version__):
                 if outcome.error is None:
                     articles += 1
@@ -73,7 +75,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
                 else:
                     _write(
                         sys.stderr,
-                        f"{path}: record {outcome.record_index}: {describe_dead_letter(outcome.value)}",
+                        f"{name}: record {outcome.record_index}: {describe_dead_letter(outcome.value)}",
                     )
         out.flush()
     finally:

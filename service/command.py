@@ -6,6 +6,7 @@ unknown variables). ``cli`` and the operator tools import it; it imports neither
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -55,6 +56,20 @@ def build_settings(args: argparse.Namespace, *, warn: Warn | None = warn_on_stde
         for line in settings.warnings():
             sys.stderr.write(f"marker-ingest: warning: {line}\n")
     return settings
+
+
+def display_name(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be printed and put into JSON: bytes that are not UTF-8 (a
+    file name such as ``bad\\xffname.txt``) are shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def describe_kafka_error(exc: BaseException) -> str:
+    """A Kafka client error in one line: its class and its message (each once)."""
+    name, text = type(exc).__name__, str(exc).strip()
+    if not text:
+        return name
+    return text if name in text else f"{name}: {text}"
 
 
 def topic_name(text: str) -> str:

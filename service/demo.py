@@ -17,14 +17,16 @@ from aiokafka.errors import KafkaError
 
 from service.app import Ingestor
 from service.broker import EmbeddedBroker
+from service.command import EXIT_USAGE, describe_kafka_error, display_name
 from service.connection import explain
 from service.failures import EXIT_MISCONFIGURED, Stage
 from service.logs import configure_logging
-from service.produce import collect_files, produce_files
-from service.settings import Settings
+from service.produce import NothingToPush, collect_files, produce_files
+from service.settings import Settings, load_settings
 from service.topics import create_topics, read_topic
 
 SAMPLE_FEED = Path(__file__).parent / "samples" / "feed"
+EXIT_FAILED = 1
 
 
 def _say(line: str = "") -> None:
@@ -32,14 +34,25 @@ def _say(line: str = "") -> None:
     sys.stdout.flush()
 
 
+class _NoBroker(Exception):
+    """The embedded broker did not start."""
+
+
 @contextlib.contextmanager
 def _broker(bootstrap_servers: str | None) -> Iterator[str]:
     if bootstrap_servers:
         yield bootstrap_servers
         return
-    with EmbeddedBroker() as broker:
+    broker = EmbeddedBroker()
+    try:
+        broker.start()
+    except (RuntimeError, OSError) as exc:
+        raise _NoBroker(f"cannot start the embedded Tansu broker: {exc}") from exc
+    try:
         _say(f"started the embedded Tansu broker on {broker.bootstrap_servers}")
         yield broker.bootstrap_servers
+    finally:
+        broker.stop()
 
 
 async def _demo(settings: Settings, files: list[Path]) -> int:
@@ -52,7 +65,9 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
         f"created topics {settings.input_topic} (4 partitions), {settings.output_topic}, {settings.dlq_topic}"
     )
     report = await produce_files(settings, files)
-    _say(f"pushed {report.messages} file(s), {report.bytes} bytes, to {settings.input_topic}")
+    _say(f"pushed {report.files} file(s), {report.bytes} bytes, to {settings.input_topic}")
+    for path, why in report.refused + report.failed:
+        _say(f"  not pushed: {display_name(path)}: {why}")
     _say("running marker-ingest until the input is drained...")
     status = await Ingestor(settings).run()
     kwargs = settings.kafka_client_kwargs()
@@ -80,28 +95,49 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     return status
 
 
+def _fail(line: str) -> None:
+    sys.stderr.write(f"marker-ingest demo: {line}\n")
+
+
 def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> int:
-    """Run the demo; returns the exit status."""
-    configure_logging("console", "INFO" if verbose else "WARNING")
-    files = collect_files(paths or [SAMPLE_FEED])
-    with _broker(bootstrap_servers) as bootstrap:
-        overrides: dict[str, object] = {}
-        if bootstrap_servers is None:
-            # Tansu rejects InitProducerId v0: the embedded broker needs idempotence off.
-            overrides["kafka_enable_idempotence"] = False
-        settings = Settings(
-            kafka_bootstrap_servers=bootstrap,
-            **overrides,  # type: ignore[arg-type]
-            input_topic="demo.news.raw",
-            output_topic="demo.news.articles",
-            dlq_topic="demo.news.dead-letters",
-            group_id="marker-ingest-demo",
-            burst=True,
-            burst_idle_seconds=5.0,
-        )
-        try:
+    """Run the demo; returns the exit status (2 for a bad path, 1 when the broker fails it)."""
+
+    configure_logging("auto", "INFO" if verbose else "WARNING")
+    try:
+        files = collect_files(paths or [SAMPLE_FEED])
+    except FileNotFoundError as exc:
+        _fail(f"no such file or directory: {display_name(str(exc))}")
+        return EXIT_USAGE
+    except NothingToPush as exc:
+        _fail(f"nothing to push under {display_name(str(exc))} (no files; hidden ones are skipped)")
+        return EXIT_USAGE
+    overrides: dict[str, object] = {
+        "input_topic": "demo.news.raw",
+        "output_topic": "demo.news.articles",
+        "dlq_topic": "demo.news.dead-letters",
+        "group_id": "marker-ingest-demo",
+        "burst": True,
+        "burst_idle_seconds": 5.0,
+    }
+    if bootstrap_servers is None:
+        # Tansu rejects InitProducerId v0: the embedded broker needs idempotence off.
+        overrides["kafka_enable_idempotence"] = False
+    else:
+        overrides["kafka_bootstrap_servers"] = bootstrap_servers
+    # Bad settings fail before a broker is started.
+    settings = load_settings(overrides, flags={"kafka_bootstrap_servers": "--bootstrap-servers"})
+    try:
+        with _broker(bootstrap_servers) as bootstrap:
+            settings = load_settings({**overrides, "kafka_bootstrap_servers": bootstrap})
             return asyncio.run(_demo(settings, files))
-        except KafkaError as exc:
-            failure = explain(exc, Stage.START_PRODUCER, settings)
-            sys.stderr.write(f"marker-ingest demo: {repr(exc) if failure is None else failure.line}\n")
-            return 1 if failure is None else EXIT_MISCONFIGURED
+    except KafkaError as exc:
+        failure = explain(exc, Stage.START_PRODUCER, settings)
+        if failure is not None:
+            _fail(failure.line)
+            return EXIT_MISCONFIGURED
+        where = bootstrap_servers or "the embedded broker"
+        _fail(f"the broker at {where} failed: {describe_kafka_error(exc)}")
+        return EXIT_FAILED
+    except _NoBroker as exc:
+        _fail(str(exc))
+        return EXIT_FAILED

@@ -12,17 +12,27 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
 from service import __version__
-from service.command import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
+from service.command import (
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_flags,
+    build_settings,
+    describe_kafka_error,
+    display_name,
+    topic_name,
+)
 from service.events import Source, describe_dead_letter, process_payload, strip_bom
 from service.limits import Limits
 from service.logs import configure_logging
@@ -39,20 +49,30 @@ Message = tuple[bytes | None, bytes]
 """A (key, value) pair to send."""
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, and the files under directories named (sorted, hidden files skipped).
+class NothingToPush(Exception):
+    """A directory named on the command line holds no file to push (hidden ones are skipped)."""
 
-    Raises ``FileNotFoundError`` for a path that does not exist.
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, and the files under directories named (sorted).
+
+    Below a named directory, hidden files and directories (a name starting with a dot) are
+    skipped; the path of the named directory itself may have any name (``../feed``,
+    ``~/.cache/feed``). Raises ``FileNotFoundError`` for a path that does not exist and
+    ``NothingToPush`` for a directory without a file to push.
     """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(
+            found = [
                 p
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(x.startswith(".") for x in p.parts)
-            )
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            ]
+            if not found:
+                raise NothingToPush(str(path))
+            files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
@@ -68,6 +88,9 @@ class PushReport:
     messages: int = 0
     bytes: int = 0
     refused: list[tuple[Path, str]] = field(default_factory=list)
+    """Files not sent: unreadable, or refused by ``--lint``."""
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    """Files of which a message could not be sent or was not acknowledged."""
     seconds: float = 0.0
 
     @property
@@ -86,7 +109,7 @@ def split_records(data: bytes, name: str) -> list[Message]:
     cannot split (not UTF-8, no markers) stays one message keyed by ``name``, so the service
     dead-letters it with the precise reason.
     """
-    whole: list[Message] = [(name.encode(), data)]
+    whole: list[Message] = [(os.fsencode(name), data)]
     try:
         text = strip_bom(data).decode("utf-8")
     except UnicodeDecodeError:
@@ -98,14 +121,14 @@ def split_records(data: bytes, name: str) -> list[Message]:
     for rec in records:
         chunk = text[rec.start : rec.end].strip()
         fn = rec.fields.get("fn")
-        key = fn.value if fn is not None and fn.value else name
-        messages.append((key.encode(), chunk.encode()))
+        key = fn.value.encode() if fn is not None and fn.value else os.fsencode(name)
+        messages.append((key, chunk.encode()))
     return messages or whole
 
 
 def file_messages(data: bytes, name: str, *, per_record: bool) -> list[Message]:
     """The messages a file becomes."""
-    return split_records(data, name) if per_record else [(name.encode(), data)]
+    return split_records(data, name) if per_record else [(os.fsencode(name), data)]
 
 
 def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> str | None:
@@ -132,9 +155,11 @@ def render_bar(
 def render_summary(report: PushReport, topic: str) -> str:
     """The summary printed at the end."""
     refused = f"; refused {len(report.refused)} file(s)" if report.refused else ""
+    failed = f"; failed {len(report.failed)} file(s)" if report.failed else ""
     return (
         f"pushed {report.files} file(s) as {report.messages} message(s), {report.bytes} bytes, "
-        f"to {topic} in {report.seconds:.2f} s ({report.messages_per_second:.1f} messages/s){refused}\n"
+        f"to {topic} in {report.seconds:.2f} s ({report.messages_per_second:.1f} messages/s)"
+        f"{refused}{failed}\n"
     )
 
 
@@ -208,29 +233,64 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-async def push_messages(
-    settings: Settings,
-    messages: Iterator[tuple[bytes | None, bytes]],
-    *,
-    topic: str | None = None,
-    on_sent: Callable[[int], None] | None = None,
-) -> int:
-    """Send (key, value) pairs to ``topic`` (default: the input topic); wait for every ack."""
-    producer = producer_for(settings)
-    await producer.start()
-    sent = 0
-    try:
-        futures = []
-        for key, value in messages:
-            futures.append(await producer.send(topic or settings.input_topic, value, key=key))
-            sent += 1
-            if on_sent is not None:
-                on_sent(len(value))
-        for fut in futures:
-            await fut
-    finally:
-        await producer.stop()
-    return sent
+@dataclass
+class _Sending:
+    """One file's messages handed to the producer, and what became of them."""
+
+    path: Path
+    messages: int
+    bytes: int
+    acks: list[tuple[int, asyncio.Future[Any]]] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    """(index of the message in the file, why it was not sent)."""
+
+
+async def _send_file(
+    producer: AIOKafkaProducer,
+    topic: str,
+    path: Path,
+    batch: list[Message],
+    on_sent: Callable[[int], None] | None,
+) -> _Sending:
+    """Hand a file's messages to the producer. A message too large for the producer is noted and
+    the rest go on; any other error of the client is raised (it would fail every file alike)."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    sending = _Sending(path, len(batch), sum(len(v) for _, v in batch))
+    for index, (key, value) in enumerate(batch):
+        try:
+            sending.acks.append((index, await producer.send(topic, value, key=key)))
+        except MessageSizeTooLargeError as exc:
+            sending.errors.append(
+                (index, f"{len(value)} bytes, too large to send: {describe_kafka_error(exc)}")
+            )
+            continue
+        if on_sent is not None:
+            on_sent(len(value))
+    return sending
+
+
+async def _settle(sending: _Sending, report: PushReport) -> None:
+    """Wait for a file's acknowledgements; count it as pushed, or as failed with the first reason."""
+    from aiokafka.errors import KafkaError
+
+    results = await asyncio.gather(*(ack for _, ack in sending.acks), return_exceptions=True)
+    for (index, _), result in zip(sending.acks, results, strict=True):
+        if isinstance(result, KafkaError):
+            sending.errors.append((index, f"not acknowledged: {describe_kafka_error(result)}"))
+        elif isinstance(result, BaseException):
+            raise result
+    if not sending.errors:
+        report.files += 1
+        report.messages += sending.messages
+        report.bytes += sending.bytes
+        return
+    index, why = min(sending.errors)
+    if sending.messages > 1:
+        why = (
+            f"{len(sending.errors)} of {sending.messages} message(s) not sent; first: message {index}: {why}"
+        )
+    report.failed.append((sending.path, why))
 
 
 async def produce_files(
@@ -242,35 +302,49 @@ async def produce_files(
     lint: bool = False,
     progress: ProgressBar | None = None,
 ) -> PushReport:
-    """Push ``files`` one message per file (or per record); with ``lint``, refuse bad files whole."""
+    """Push ``files`` one message per file (or per record); with ``lint``, refuse bad files whole.
+
+    Each file is reported on its own: pushed (every message acknowledged), refused (unreadable, or
+    by ``lint``) or failed (a message too large to send, or not acknowledged), and the next file goes
+    on. An error of the client that is no one file's (a send timed out) stops the push: that file and
+    the next ones fail with it, the files handed over before are settled. A producer that cannot
+    start (the broker unreachable) raises.
+    """
+    from aiokafka.errors import KafkaError
+
+    from service.topics import started
+
     report = PushReport()
     limits = settings.limits
-    started = time.monotonic()
-
-    def messages() -> Iterator[Message]:
-        for path in files:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                report.refused.append((path, f"cannot read: {exc.strerror}"))
-                continue
-            batch = file_messages(data, path.name, per_record=per_record)
-            problem = first_problem(batch, limits, name=str(path)) if lint else None
-            if progress is not None:
-                progress.file_done(len(data))
-            if problem is not None:
-                report.refused.append((path, problem))
-                continue
-            report.files += 1
-            for key, value in batch:
-                report.bytes += len(value)
-                yield key, value
-
+    target = topic or settings.input_topic
     on_sent = progress.message_sent if progress is not None else None
+    begun = time.monotonic()
     try:
-        report.messages = await push_messages(settings, messages(), topic=topic, on_sent=on_sent)
+        async with started(producer_for(settings)) as producer:
+            sendings: list[_Sending] = []
+            for number, path in enumerate(files):
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    report.refused.append((path, f"cannot read: {exc.strerror}"))
+                    continue
+                batch = file_messages(data, path.name, per_record=per_record)
+                problem = first_problem(batch, limits, name=display_name(path)) if lint else None
+                if progress is not None:
+                    progress.file_done(len(data))
+                if problem is not None:
+                    report.refused.append((path, problem))
+                    continue
+                try:
+                    sendings.append(await _send_file(producer, target, path, batch, on_sent))
+                except KafkaError as exc:
+                    why = f"not sent, the push stopped: {describe_kafka_error(exc)}"
+                    report.failed.extend((p, why) for p in files[number:])
+                    break
+            for sending in sendings:
+                await _settle(sending, report)
     finally:
-        report.seconds = time.monotonic() - started
+        report.seconds = time.monotonic() - begun
         if progress is not None:
             progress.close()
     return report
@@ -312,7 +386,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_connection_flags(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories of marker text")
-    p.add_argument("--topic", help="push here instead of the input topic")
+    p.add_argument("--topic", type=topic_name, metavar="TOPIC", help="push here instead of the input topic")
     p.add_argument(
         "--per-record", action="store_true", help="one message per record (key = its FN) instead of per file"
     )
@@ -339,7 +413,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     try:
         files = collect_files(args.paths)
     except FileNotFoundError as exc:
-        sys.stderr.write(f"marker-ingest produce: no such file or directory: {exc}\n")
+        sys.stderr.write(f"marker-ingest produce: no such file or directory: {display_name(str(exc))}\n")
+        return EXIT_USAGE
+    except NothingToPush as exc:
+        sys.stderr.write(
+            f"marker-ingest produce: nothing to push under {display_name(str(exc))} "
+            "(no files; hidden files and directories are skipped)\n"
+        )
         return EXIT_USAGE
     total = 0
     for path in files:
@@ -365,10 +445,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
             if (failure := explain(exc, Stage.SEND, settings, topic)) is not None:
                 sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
                 return EXIT_MISCONFIGURED
-            sys.stderr.write(f"marker-ingest produce: send failed: {exc!r}\n")
+            sys.stderr.write(f"marker-ingest produce: send failed: {describe_kafka_error(exc)}\n")
             return EXIT_REFUSED
     for path, why in report.refused:
-        sys.stderr.write(f"refused {path}: {why}\n")
+        sys.stderr.write(f"refused {display_name(path)}: {why}\n")
+    for path, why in report.failed:
+        sys.stderr.write(f"failed {display_name(path)}: {why}\n")
     sys.stdout.write(render_summary(report, topic))
     sys.stdout.flush()
-    return EXIT_REFUSED if report.refused else EXIT_OK
+    return EXIT_REFUSED if report.refused or report.failed else EXIT_OK

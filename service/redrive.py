@@ -37,7 +37,15 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
-from service.command import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, add_connection_flags, build_settings
+from service.command import (
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_flags,
+    build_settings,
+    describe_kafka_error,
+    topic_name,
+)
 from service.events import Source, process_payload
 from service.limits import Limits
 from service.settings import Settings
@@ -512,13 +520,12 @@ async def publish(
     from aiokafka.errors import KafkaError
 
     from service.produce import producer_for
+    from service.topics import started
 
     failed: set[str] = set()
     if not messages:
         return failed
-    producer = producer_for(settings)
-    await producer.start()
-    try:
+    async with started(producer_for(settings)) as producer:
         pending: list[tuple[str, asyncio.Future[Any]]] = []
         for decision, msg in messages:
             try:
@@ -532,8 +539,6 @@ async def publish(
                 await future
             except KafkaError:
                 failed.add(dead_letter_id)
-    finally:
-        await producer.stop()
     return failed
 
 
@@ -599,8 +604,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(or, with --dry-run, would be), 1 when some could not be, 2 on usage errors.",
     )
     add_connection_flags(p)
-    p.add_argument("--dlq-topic", help="overrides INGEST_DLQ_TOPIC")
-    p.add_argument("--to-topic", metavar="TOPIC", help="publish here instead of the input topic")
+    p.add_argument("--dlq-topic", metavar="TOPIC", help="overrides INGEST_DLQ_TOPIC")
+    p.add_argument(
+        "--to-topic", type=topic_name, metavar="TOPIC", help="publish here instead of the input topic"
+    )
     p.add_argument(
         "--code",
         action="append",
@@ -660,6 +667,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     from service.connection import explain, preflight
     from service.failures import EXIT_MISCONFIGURED, Stage
     from service.produce import tool_logging
+    from service.topics import TopicNotFound
 
     options = options_from(args)
     if isinstance(options, str):
@@ -675,11 +683,17 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             return EXIT_MISCONFIGURED
         try:
             report = asyncio.run(redrive(settings, options))
+        except TopicNotFound as exc:
+            given = "--dlq-topic" if args.dlq_topic is not None else "INGEST_DLQ_TOPIC"
+            sys.stderr.write(
+                f"marker-ingest redrive: the dead-letter topic {exc.topic!r} ({given}) does not exist\n"
+            )
+            return EXIT_USAGE
         except KafkaError as exc:
             if (failure := explain(exc, Stage.FETCH, settings)) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
                 return EXIT_MISCONFIGURED
-            sys.stderr.write(f"marker-ingest redrive: Kafka error: {exc!r}\n")
+            sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc)}\n")
             return EXIT_INCOMPLETE
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     sys.stdout.flush()

@@ -4,16 +4,45 @@ exist (without creating them), create, read to the end."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError, for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 TOPIC_ALREADY_EXISTS = 36
+
+
+class _Client(Protocol):
+    async def start(self) -> Any: ...
+    async def stop(self) -> Any: ...
+
+
+C = TypeVar("C", bound=_Client)
+
+
+@contextlib.asynccontextmanager
+async def started(client: C) -> AsyncIterator[C]:
+    """A started producer or consumer, stopped however the block ends, also when ``start()``
+    itself fails (an unreachable broker): otherwise aiokafka warns of an unclosed client."""
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.stop()
+
+
+class TopicNotFound(UnknownTopicOrPartitionError):  # type: ignore[misc]  # aiokafka is untyped
+    """The topic does not exist on the cluster (its metadata never named it)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} does not exist")
+        self.topic = topic
 
 
 async def create_topics(
@@ -29,8 +58,8 @@ async def create_topics(
     kwargs = dict(client_kwargs or {})
     kwargs["bootstrap_servers"] = bootstrap_servers
     admin = AIOKafkaAdminClient(**kwargs)
-    await admin.start()
     try:
+        await admin.start()
         response = await admin.create_topics(
             [
                 NewTopic(name, num_partitions=n, replication_factor=replication_factor, topic_configs=configs)
@@ -101,13 +130,14 @@ async def read_topic(
 
     The end is each partition's high watermark as fetch responses report it (on the Tansu build,
     ListOffsets(latest) is wrong for multi-record batches, fetch high watermarks are right); a
-    partition that reports none ends after ``quiet_seconds`` without records.
+    partition that reports none ends after ``quiet_seconds`` without records. Raises
+    ``TopicNotFound`` when the cluster's metadata does not name the topic within 5 s (a topic
+    just created may take a moment to appear).
     """
     kwargs = dict(client_kwargs or {})
     kwargs["bootstrap_servers"] = bootstrap_servers
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **kwargs)
-    await consumer.start()
-    try:
+    async with started(consumer):
         parts = consumer.partitions_for_topic(topic)
         for _ in range(50):
             if parts:
@@ -117,7 +147,7 @@ async def read_topic(
             parts = consumer.partitions_for_topic(topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
         if not tps:
-            return []
+            raise TopicNotFound(topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Any] = []
@@ -135,5 +165,3 @@ async def read_topic(
                 return records
             if loop.time() - quiet_since > quiet_seconds:
                 return records
-    finally:
-        await consumer.stop()

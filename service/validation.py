@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import unicodedata
 
 from pydantic import ValidationError
 
@@ -36,8 +37,30 @@ def _check_fn(fv: FieldValue) -> int | Problem:
     if not (v.isascii() and v.isdigit()):
         return _invalid("fn", fv, f"expected a non-negative integer, got {v[:40]!r}")
     if len(v) > _FN_MAX_DIGITS:
-        return _invalid("fn", fv, f"at most {_FN_MAX_DIGITS} digits allowed, got {len(v)}")
+        # Leading zeros are dropped: only the significant digits count.
+        v = v.lstrip("0") or "0"
+        if len(v) > _FN_MAX_DIGITS:
+            return _invalid("fn", fv, f"at most {_FN_MAX_DIGITS} digits allowed, got {len(v)}")
     return int(v)
+
+
+_VISIBLE_CATEGORIES = frozenset("LNPS")
+# Letters and symbols that draw nothing: the Hangul fillers and the blank Braille pattern.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def has_visible_character(text: str) -> bool:
+    """True when ``text`` has a character that draws something: a letter, digit, punctuation mark,
+    symbol or private-use character. Spaces, control and format characters (U+200B, bidi
+    overrides), lone combining marks and unassigned code points draw nothing on their own."""
+    first = text[:1]
+    if first.isalnum() and first not in _BLANK_LETTERS:
+        return True
+    for ch in text:
+        category = unicodedata.category(ch)
+        if (category[0] in _VISIBLE_CATEGORIES or category == "Co") and ch not in _BLANK_LETTERS:
+            return True
+    return False
 
 
 def _check_date(fv: FieldValue) -> dt.date | Problem:
@@ -58,6 +81,8 @@ def _check_text(name: str, fv: FieldValue, max_chars: int) -> Problem | None:
         return _invalid(name, fv, "must not be empty")
     if len(fv.value) > max_chars:
         return _invalid(name, fv, f"{len(fv.value)} characters, over the limit of {max_chars}")
+    if name == "title" and not has_visible_character(fv.value):
+        return _invalid(name, fv, "has no visible character")
     return None
 
 
@@ -132,6 +157,9 @@ def article_from_values(values: dict[str, str], limits: Limits) -> ArticleData |
     if not (fn_text.isdigit() and fn_text.isascii() and len(fn_text) <= _FN_MAX_DIGITS):
         return None
     if not (0 < len(title) <= limits.max_title_chars and 0 < len(text) <= limits.max_text_chars):
+        return None
+    first = title[0]
+    if not (first.isascii() and first.isalnum()) and not has_visible_character(title):
         return None
     if not (len(date_text) == 10 and date_text[4] == "-" and date_text[7] == "-" and date_text.isascii()):
         return None

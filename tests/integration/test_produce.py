@@ -140,3 +140,77 @@ async def test_lint_refuses_a_bad_file_and_pushes_the_rest(
 
     inputs = await read_all(broker.bootstrap_servers, topics.input)
     assert sorted(r.key for r in inputs) == [b"01-one.txt", b"03-bom.txt"]
+
+
+async def test_a_file_too_large_to_send_is_reported_and_the_next_files_are_pushed(
+    broker: BrokerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = await Topics.unique("produce-large").create(broker.bootstrap_servers)
+    # The producer's request limit is 2 x INGEST_MAX_PAYLOAD_BYTES + 1 MiB: 1,050,624 bytes here.
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+    _use_env(monkeypatch, dict(env, INGEST_MAX_PAYLOAD_BYTES="1024"))
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    (feed / "1.txt").write_text(record(1), encoding="utf-8")
+    big = feed / "2-big.txt"
+    big.write_bytes(b"x" * 1_200_000)
+    (feed / "3.txt").write_text(record(3), encoding="utf-8")
+    per_record = feed / "4-records.txt"
+    per_record.write_text(record(4) + " " + record(5, text="y" * 1_100_000), encoding="utf-8")
+
+    for argv in (["produce", str(feed)], ["produce", "--per-record", str(feed)]):
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, argv) == 1
+        out, err = capsys.readouterr()
+        assert out.startswith("pushed 2 file(s) as 2 message(s), "), out
+        assert out.endswith("; failed 2 file(s)\n")
+        failed = [line for line in err.splitlines() if line.startswith("failed ")]
+        assert len(failed) == 2, err
+        assert failed[0].startswith(
+            f"failed {big}: 1200000 bytes, too large to send: [Error 10] MessageSizeTooLargeError"
+        )
+        if "--per-record" in argv:
+            assert failed[1].startswith(
+                f"failed {per_record}: 1 of 2 message(s) not sent; first: message 1: "
+            )
+        else:
+            assert failed[1].startswith(f"failed {per_record}: {per_record.stat().st_size} bytes, too large")
+
+    inputs = await read_all(broker.bootstrap_servers, topics.input)
+    assert sorted(r.key for r in inputs) == [b"1", b"1.txt", b"3", b"3.txt", b"4"]
+
+
+async def test_a_file_name_that_is_not_utf8_is_pushed_with_its_name_as_the_key(
+    broker: BrokerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = await Topics.unique("produce-odd-name").create(broker.bootstrap_servers)
+    _use_env(monkeypatch, service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence))
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    (feed / os.fsdecode(b"bad\xffname.txt")).write_text(record(1), encoding="utf-8")
+    (feed / os.fsdecode(b"words\xfe.txt")).write_text("no markers", encoding="utf-8")
+
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["produce", "--lint", str(feed)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("pushed 1 file(s) as 1 message(s), ")
+    assert err.startswith(f"refused {feed}/words\\xfe.txt: message 0 record 0: no_markers: ")
+    [pushed] = await read_all(broker.bootstrap_servers, topics.input)
+    assert pushed.key == b"bad\xffname.txt"
+
+
+async def test_a_folder_below_a_hidden_one_is_pushed(
+    broker: BrokerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = await Topics.unique("produce-dot-path").create(broker.bootstrap_servers)
+    _use_env(monkeypatch, service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence))
+    feed = tmp_path / ".cache" / "feed"
+    feed.mkdir(parents=True)
+    (feed / "1.txt").write_text(record(1), encoding="utf-8")
+    monkeypatch.chdir(feed)
+
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["produce", "../feed"]) == 0
+    assert capsys.readouterr().out.startswith("pushed 1 file(s) as 1 message(s), ")
+    [pushed] = await read_all(broker.bootstrap_servers, topics.input)
+    assert pushed.key == b"1.txt"

@@ -302,3 +302,20 @@ async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_
     assert [(d["id"], d["error"]["code"], d["raw"]["text"]) for d in null_again] == [
         (f"{topics.input}:0:1:0", "empty_payload", None)
     ]
+
+
+async def test_a_dead_letter_topic_that_does_not_exist_is_a_usage_error(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = await Topics.unique("redrive-missing").create(broker.bootstrap_servers)
+    _use_env(monkeypatch, broker, topics)
+    missing = f"{topics.dlq}.does.not.exist"
+
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["redrive", "--dlq-topic", missing]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"marker-ingest redrive: the dead-letter topic {missing!r} (--dlq-topic) does not exist\n"
+    monkeypatch.setenv("INGEST_DLQ_TOPIC", missing)
+    assert await asyncio.to_thread(main, ["redrive", "--dry-run"]) == 2
+    assert capsys.readouterr().err.endswith("(INGEST_DLQ_TOPIC) does not exist\n")

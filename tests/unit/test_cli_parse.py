@@ -203,6 +203,22 @@ def test_limits_come_from_the_environment(
     assert f"{SEED}: record 0: invalid_field at " in capsys.readouterr().err
 
 
+def test_a_file_name_that_is_not_utf8_is_parsed_like_any_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = Path(os.fsdecode(bytes(tmp_path) + b"/good\xffname.txt"))
+    good.write_bytes(record(fn="7").encode())
+    bad = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xffname.txt"))
+    bad.write_bytes(b"no markers")
+    assert main(["parse", str(good)]) == EXIT_OK
+    out, _ = capsys.readouterr()
+    [article] = _lines(out)
+    assert article["kafkatopic"] == f"{tmp_path}/good\\xffname.txt"
+    assert main(["parse", str(bad)]) == EXIT_DEAD_LETTERS
+    err = capsys.readouterr().err
+    assert err.startswith(f"{tmp_path}/bad\\xffname.txt: record 0: no_markers")
+
+
 def test_python_dash_m_service_parse(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "KAFKA_"))}
     done = subprocess.run(

@@ -261,11 +261,36 @@ def _invalid(payload: str, field: str, value_at: int) -> None:
 
 @pytest.mark.parametrize(
     "fn",
-    ["abc", "-1", "+5", "1.0", "1 2", "0x1F", "１２", "٣", "1000000000000000000", "0000000000000000001"],
+    ["abc", "-1", "+5", "1.0", "1 2", "0x1F", "１２", "٣", "1000000000000000000", "0001000000000000000000"],
 )
 def test_invalid_fn(fn: str) -> None:
     payload = record(fn=fn)
     _invalid(payload, "fn", payload.index(fn))
+
+
+def test_an_fn_over_18_digits_counts_the_significant_ones() -> None:
+    error = error_of(record(fn="000" + "1" * 19))
+    assert error["message"] == "fn: at most 18 digits allowed, got 19"
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "\u200b",
+        "\x00\x00",
+        "\u202e",
+        "\u2066\u2069",
+        "\ufeff",
+        "\u3164",
+        "\u2800",
+        "\u0301",
+        "\u200b\x7f\u00ad",
+    ],
+)
+def test_a_title_with_no_visible_character_is_invalid(title: str) -> None:
+    payload = record(title=title)
+    _invalid(payload, "title", payload.index(title))
+    assert error_of(payload)["message"] == "title: has no visible character"
 
 
 @pytest.mark.parametrize(

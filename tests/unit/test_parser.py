@@ -171,6 +171,24 @@ def test_fn_bounds_are_accepted(fn: str) -> None:
     assert only(record(fn=fn))["data"]["fn"] == int(fn)
 
 
+@pytest.mark.parametrize(
+    ("fn", "value"),
+    [
+        ("0" * 22, 0),
+        ("0" * 18 + "1", 1),
+        ("0" * 5000 + "9" * 18, 10**18 - 1),
+    ],
+)
+def test_fn_with_any_number_of_leading_zeros_is_the_integer(fn: str, value: int) -> None:
+    event = only(record(fn=fn))
+    assert (event["data"]["fn"], event["subject"]) == (value, str(value))
+
+
+@pytest.mark.parametrize("title", ["x", "\u200bx", "\x00-", "—", "🙂", "\ue000", "１", "e\u0301"])
+def test_a_title_with_a_visible_character_is_an_article(title: str) -> None:
+    assert only(record(title=title))["data"]["title"] == title
+
+
 @pytest.mark.parametrize("date", ["2024-02-29", "0001-01-01", "9999-12-31"])
 def test_existing_dates_are_accepted(date: str) -> None:
     assert only(record(date=date))["data"]["date"] == date

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -12,8 +13,10 @@ import structlog
 from markertext import record
 
 from service.cli import EXIT_USAGE, main
+from service.command import display_name
 from service.limits import Limits
 from service.produce import (
+    NothingToPush,
     ProgressBar,
     PushReport,
     collect_files,
@@ -163,7 +166,96 @@ def test_render_summary() -> None:
     )
     report.refused.append((Path("bad.txt"), "no_markers"))
     assert render_summary(report, "t").endswith("(6.0 messages/s); refused 1 file(s)\n")
+    report.failed.append((Path("big.txt"), "too large to send"))
+    assert render_summary(report, "t").endswith("(6.0 messages/s); refused 1 file(s); failed 1 file(s)\n")
     assert PushReport().messages_per_second == 0.0
+
+
+# --- sending, per file ----------------------------------------------------------------------------
+
+
+class _FakeProducer:
+    """Refuses values over ``client_limit`` bytes at ``send`` (as aiokafka does over its request size)
+    and fails the acknowledgement of values over ``broker_limit`` (as a broker over max.message.bytes)."""
+
+    def __init__(self, client_limit: int, broker_limit: int) -> None:
+        self.client_limit, self.broker_limit = client_limit, broker_limit
+        self.sent: list[bytes | None] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, _topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        if len(value) > self.client_limit:
+            raise MessageSizeTooLargeError(f"The message is {len(value)} bytes")
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if len(value) > self.broker_limit:
+            ack.set_exception(MessageSizeTooLargeError())
+        else:
+            self.sent.append(key)
+            ack.set_result(None)
+        return ack
+
+
+async def test_each_file_is_reported_on_its_own_and_the_next_ones_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.produce
+
+    fake = _FakeProducer(client_limit=5000, broker_limit=2000)
+    monkeypatch.setattr(service.produce, "producer_for", lambda _settings: fake)
+    names = ["1-ok.txt", "2-client.txt", "3-ok.txt", "4-broker.txt", "5-mixed.txt"]
+    sizes = {"2-client.txt": 6000, "4-broker.txt": 3000}
+    for name in names[:4]:
+        (tmp_path / name).write_bytes(b"x" * sizes.get(name, 10))
+    (tmp_path / "5-mixed.txt").write_text(f"{record(fn='1')} {record(fn='2', text='y' * 3000)}")
+    files = [tmp_path / name for name in names]
+
+    report = await service.produce.produce_files(Settings(), files)
+    assert (report.files, report.messages, report.bytes) == (2, 2, 20)
+    assert [(p.name, why) for p, why in report.failed] == [
+        (
+            "2-client.txt",
+            "6000 bytes, too large to send: [Error 10] MessageSizeTooLargeError: The message is 6000 bytes",
+        ),
+        ("4-broker.txt", "not acknowledged: [Error 10] MessageSizeTooLargeError"),
+        ("5-mixed.txt", "not acknowledged: [Error 10] MessageSizeTooLargeError"),
+    ]
+    per_record = await service.produce.produce_files(Settings(), files[4:], per_record=True)
+    assert [why for _, why in per_record.failed] == [
+        "1 of 2 message(s) not sent; first: message 1: not acknowledged: [Error 10] MessageSizeTooLargeError"
+    ]
+    assert fake.sent[-1] == b"1"
+
+
+async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    import service.produce
+
+    fake = _FakeProducer(client_limit=5000, broker_limit=5000)
+    sends = fake.send
+
+    async def send(topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        if key == b"2.txt":
+            raise KafkaTimeoutError()
+        return await sends(topic, value, key)
+
+    monkeypatch.setattr(fake, "send", send)
+    monkeypatch.setattr(service.produce, "producer_for", lambda _settings: fake)
+    files = [tmp_path / f"{n}.txt" for n in (1, 2, 3)]
+    for path in files:
+        path.write_text("x")
+    report = await service.produce.produce_files(Settings(), files)
+    assert (report.files, fake.sent) == (1, [b"1.txt"])
+    assert report.failed == [(p, "not sent, the push stopped: KafkaTimeoutError") for p in files[1:]]
 
 
 # --- files and the command line -------------------------------------------------------------------
@@ -179,6 +271,46 @@ def test_collect_files_walks_directories_and_skips_hidden_files(tmp_path: Path) 
     assert collect_files([tmp_path]) == [tmp_path / "1.txt", tmp_path / "b" / "2.txt"]
     with pytest.raises(FileNotFoundError):
         collect_files([tmp_path / "missing"])
+
+
+def test_hidden_names_are_looked_for_only_below_the_named_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = tmp_path / ".cache" / "p" / "feed"
+    (feed / ".git").mkdir(parents=True)
+    (feed / "1.txt").write_text("x")
+    (feed / ".git" / "HEAD").write_text("x")
+    assert collect_files([feed]) == [feed / "1.txt"]
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert collect_files(["../.cache/p/feed"]) == [Path("../.cache/p/feed/1.txt")]
+
+
+def test_a_directory_with_nothing_to_push_is_an_error_not_a_silent_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "hidden-only" / ".git").mkdir(parents=True)
+    (tmp_path / "hidden-only" / ".notes").write_text("x")
+    (tmp_path / "hidden-only" / ".git" / "HEAD").write_text("x")
+    for folder in ("empty", "hidden-only"):
+        with pytest.raises(NothingToPush):
+            collect_files([tmp_path / folder])
+        argv = ["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path / folder)]
+        assert main(argv) == EXIT_USAGE
+        assert capsys.readouterr().err == (
+            f"marker-ingest produce: nothing to push under {tmp_path / folder} "
+            "(no files; hidden files and directories are skipped)\n"
+        )
+
+
+def test_a_file_name_that_is_not_utf8_is_its_key_byte_for_byte() -> None:
+    name = os.fsdecode(b"bad\xffname.txt")
+    data = f"{record(fn='1')} {record(fn='')}".encode()
+    assert file_messages(data, name, per_record=False) == [(b"bad\xffname.txt", data)]
+    assert [k for k, _ in split_records(data, name)] == [b"1", b"bad\xffname.txt"]
+    assert split_records(b"\xff", name) == [(b"bad\xffname.txt", b"\xff")]
+    assert display_name(name) == "bad\\xffname.txt"
 
 
 def test_a_missing_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -221,6 +221,8 @@ glued_markers = st.builds(
 tricky_values = st.lists(st.one_of(plain_values, glued_markers, spaces), min_size=1, max_size=5).map("".join)
 values = st.one_of(plain_values, tricky_values).filter(lambda s: s == s.strip() and not reference_markers(s))
 non_empty_values = values.filter(bool)
+# A valid title has a visible character: one ASCII letter or digit is one, whatever the rest.
+titles = non_empty_values.map(lambda s: s if any(c.isascii() and c.isalnum() for c in s) else "t" + s)
 extra_names = (
     st.lists(st.sampled_from(string.ascii_uppercase), min_size=1, max_size=6)
     .map("".join)
@@ -244,7 +246,7 @@ def gen_records(draw: st.DrawFn) -> GenRecord:
     digits = str(fn)
     fn_text = "0" * draw(st.integers(0, 18 - len(digits))) + digits
     extra = draw(st.dictionaries(extra_names, values, max_size=3))
-    return GenRecord(fn, fn_text, draw(st.dates()), draw(non_empty_values), draw(non_empty_values), extra)
+    return GenRecord(fn, fn_text, draw(st.dates()), draw(titles), draw(non_empty_values), extra)
 
 
 def _field(draw: st.DrawFn, name: str, value: str) -> str:
