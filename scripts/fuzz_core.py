@@ -169,6 +169,9 @@ def _check_outcome(o: Outcome, source: Source, limits: Limits) -> None:
     _require(o.key == source.key, "a dead letter must keep the input key")
     _require((dead.scope == "payload") == o.error.payload_level, f"scope {dead.scope} for {o.error}")
     raw = dead.raw
+    if raw.size_bytes == 0 and raw.text is None and raw.base64 is None:
+        _require(o.error == ErrorCode.EMPTY_PAYLOAD, "a copy of nothing outside a null payload")
+        return  # a null value: no copy at all (redrive sends null again)
     _require((raw.text is None) != (raw.base64 is None), "raw: exactly one of text and base64")
     copied = raw.text.encode() if raw.text is not None else base64.b64decode(raw.base64 or "")
     _require(len(copied) <= limits.max_dead_letter_raw_bytes, "raw copy over the limit")
