@@ -16,6 +16,7 @@ topics, small heaps and thread pools for a 2-core machine, and topics created on
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import contextlib
@@ -372,7 +373,9 @@ class KafkaCluster:
         raise KeyError(node_id)
 
     def start(self, timeout: float = 90.0) -> KafkaCluster:
-        """Format, start every node, and wait until metadata lists every broker."""
+        """Format, start every node, and wait until metadata lists every broker. The nodes are
+        also killed when the Python process exits without stopping them (an interrupted run)."""
+        atexit.register(self._kill_leftovers)
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda n: n.format(self.cluster_id), self.nodes))
         for node in self.nodes:
@@ -400,8 +403,13 @@ class KafkaCluster:
             time.sleep(0.3)
         raise KafkaUnavailable(f"metadata did not list {want} broker(s) within {timeout:g}s: {last!r}")
 
+    def _kill_leftovers(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
     def stop(self) -> None:
         """Stop every node (brokers first, then the controller); logs stay in ``workdir``."""
+        atexit.unregister(self._kill_leftovers)
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda n: n.stop(timeout=20), self.broker_nodes))
         for node in self.nodes:
