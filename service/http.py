@@ -42,11 +42,11 @@ log = structlog.get_logger("marker_ingest")
 MAX_REQUEST_LINE = 4 * 1024
 MAX_HEADER_FIELD = 8 * 1024
 MAX_CONNECTIONS = 16
-ACCEPTS_PER_SECOND = 200.0
-ACCEPT_BURST = 20
+ACCEPTS_PER_SECOND = 50.0
+ACCEPT_BURST = 10
 CONNECTION_SECONDS = 5.0
 LINGER_SECONDS = 2.0
-LISTEN_BACKLOG = 64
+LISTEN_BACKLOG = 32
 STOP_SECONDS = 3.0
 
 
@@ -183,21 +183,24 @@ class _Connection(web.RequestHandler):
     def __init__(
         self,
         manager: web.Server,
-        endpoint: HttpEndpoint,
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
+        *,
+        seconds: float,
+        opened: Callable[[_GracefulClose], None],
+        closed: Callable[[_GracefulClose], None],
     ) -> None:
         super().__init__(
             manager,
             loop=loop,
-            keepalive_timeout=endpoint.connection_seconds,
+            keepalive_timeout=seconds,
             logger=logger,
             access_log=None,  # type: ignore[arg-type]  # documented: None turns the access log off
             max_line_size=MAX_REQUEST_LINE,
             max_field_size=MAX_HEADER_FIELD,
             lingering_time=0,
         )
-        self._endpoint, self._event_loop = endpoint, loop
+        self._event_loop, self._seconds, self._opened, self._closed = loop, seconds, opened, closed
         self._graceful: _GracefulClose | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -205,8 +208,8 @@ class _Connection(web.RequestHandler):
         """Wrap the transport for a graceful close, and end the connection at its deadline."""
         wire = cast(asyncio.Transport, transport)
         self._graceful = _GracefulClose(wire, self._event_loop, LINGER_SECONDS)
-        self._deadline = self._event_loop.call_later(self._endpoint.connection_seconds, wire.abort)
-        self._endpoint._opened(self._graceful)
+        self._deadline = self._event_loop.call_later(self._seconds, wire.abort)
+        self._opened(self._graceful)
         super().connection_made(cast(asyncio.Transport, self._graceful))
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -215,7 +218,7 @@ class _Connection(web.RequestHandler):
         if self._deadline is not None:
             self._deadline.cancel()
         if self._graceful is not None:
-            self._endpoint._closed(self._graceful)
+            self._closed(self._graceful)
             self._graceful = None
 
     def handle_error(
@@ -302,14 +305,24 @@ class HttpEndpoint:
     async def _serve(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         assert self._owner is not None
-        logger = logging.getLogger("marker_ingest.http")
-        logger.propagate = False
-        if not logger.handlers:
-            logger.addHandler(_ToLoop(self._owner))
+        logger = logging.Logger("marker_ingest.http", logging.WARNING)  # outside the hierarchy
+        logger.addHandler(_ToLoop(self._owner))
         server = web.Server(self._respond, loop=loop)
         self._loop, self._stopping = loop, asyncio.Event()
         self._slots = asyncio.Semaphore(self.max_connections)
-        accepting = loop.create_task(self._accept(sock, lambda: _Connection(server, self, loop, logger)))
+        accepting = loop.create_task(
+            self._accept(
+                sock,
+                lambda: _Connection(
+                    server,
+                    loop,
+                    logger,
+                    seconds=self.connection_seconds,
+                    opened=self._open.add,
+                    closed=self._closed,
+                ),
+            )
+        )
         started.set_result(None)
         try:
             await self._stopping.wait()
@@ -339,9 +352,6 @@ class HttpEndpoint:
                 slots.release()
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
-
-    def _opened(self, graceful: _GracefulClose) -> None:
-        self._open.add(graceful)
 
     def _closed(self, graceful: _GracefulClose) -> None:
         if graceful in self._open:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from service.app import Ingestor
 from service.broker import free_port
@@ -115,6 +116,24 @@ async def test_get_and_head_keep_their_content_types_and_length(endpoint: HttpEn
         assert "connection: close" in headers
     assert get.endswith(b'{"status":"ok"}\n')
     assert head.endswith(b"\r\n\r\n"), "HEAD: no body"
+
+
+async def test_a_failing_route_is_answered_500_and_logged_on_the_service_loop() -> None:
+    def broken() -> Response:
+        raise ValueError("boom")
+
+    http = HttpEndpoint("127.0.0.1", 0, {"/broken": broken})
+    await http.start()
+    try:
+        with capture_logs() as logs:
+            answer = await exchange(http.port, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.1)  # the line is handed to this loop
+    finally:
+        await http.stop()
+    assert status_of(answer) == 500
+    [failed] = [line for line in logs if line["event"] == "http.route_failed"]
+    assert failed["path"] == "/broken"
+    assert "boom" in failed["error"]
 
 
 # ----------------------------------------------------------------- a /metrics flood
