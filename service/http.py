@@ -139,6 +139,11 @@ def _to_web(response: Response) -> web.Response:
     return answer
 
 
+def _made(handler: _Connection) -> Callable[[], _Connection]:
+    """A protocol factory answering a protocol made beforehand (to know whether it was used)."""
+    return lambda: handler
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on the first address ``host`` resolves to. Raises ``OSError``."""
     family, _, _, _, address = socket.getaddrinfo(
@@ -203,12 +208,14 @@ class _Connection(web.RequestHandler):
         self._event_loop, self._seconds, self._opened, self._closed = loop, seconds, opened, closed
         self._graceful: _GracefulClose | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self.opened = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Wrap the transport for a graceful close, and end the connection at its deadline."""
         wire = cast(asyncio.Transport, transport)
         self._graceful = _GracefulClose(wire, self._event_loop, LINGER_SECONDS)
         self._deadline = self._event_loop.call_later(self._seconds, wire.abort)
+        self.opened = True
         self._opened(self._graceful)
         super().connection_made(cast(asyncio.Transport, self._graceful))
 
@@ -287,7 +294,7 @@ class HttpEndpoint:
         self._sock = await asyncio.to_thread(_listen, self.host, self.requested_port)
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(self._sock, started),), name="http", daemon=True
+            target=self._run, args=(self._sock, started), name="http", daemon=True
         )
         self._thread.start()
         await asyncio.wrap_future(started)
@@ -300,7 +307,17 @@ class HttpEndpoint:
         with contextlib.suppress(RuntimeError):  # its loop ended already
             loop.call_soon_threadsafe(stopping.set)
         await asyncio.to_thread(thread.join, STOP_SECONDS)
-        self._thread = self._loop = self._stopping = None
+        self._thread = self._loop = self._stopping = self._sock = None
+
+    def _run(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
+        """The thread: serve until stopped; a failure before serving is raised by ``start``."""
+        try:
+            asyncio.run(self._serve(sock, started))
+        except BaseException as exc:
+            sock.close()
+            if started.done():
+                raise
+            started.set_exception(exc)
 
     async def _serve(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -345,11 +362,13 @@ class HttpEndpoint:
         while True:
             await slots.acquire()
             await asyncio.sleep(budget.take(loop.time()))
+            handler = connection()
             try:
                 conn, _ = await loop.sock_accept(sock)
-                await loop.connect_accepted_socket(connection, conn)
+                await loop.connect_accepted_socket(_made(handler), conn)
             except OSError as exc:  # out of file descriptors, or the client hung up at once
-                slots.release()
+                if not handler.opened:  # else its connection_lost frees the slot
+                    slots.release()
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
 
