@@ -154,7 +154,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _GracefulClose:
+class GracefulClose:
     """A transport whose ``close`` flushes the response, sends a FIN and then reads and drops what
     the client still sends until it closes its end (or ``linger`` seconds pass).
 
@@ -192,8 +192,8 @@ class _Connection(web.RequestHandler):
         logger: logging.Logger,
         *,
         seconds: float,
-        opened: Callable[[_GracefulClose], None],
-        closed: Callable[[_GracefulClose], None],
+        opened: Callable[[GracefulClose], None],
+        closed: Callable[[GracefulClose], None],
     ) -> None:
         super().__init__(
             manager,
@@ -206,14 +206,14 @@ class _Connection(web.RequestHandler):
             lingering_time=0,
         )
         self._event_loop, self._seconds, self._opened, self._closed = loop, seconds, opened, closed
-        self._graceful: _GracefulClose | None = None
+        self._graceful: GracefulClose | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.opened = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Wrap the transport for a graceful close, and end the connection at its deadline."""
         wire = cast(asyncio.Transport, transport)
-        self._graceful = _GracefulClose(wire, self._event_loop, LINGER_SECONDS)
+        self._graceful = GracefulClose(wire, self._event_loop, LINGER_SECONDS)
         self._deadline = self._event_loop.call_later(self._seconds, wire.abort)
         self.opened = True
         self._opened(self._graceful)
@@ -274,7 +274,7 @@ class HttpEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._open: set[_GracefulClose] = set()
+        self._open: set[GracefulClose] = set()
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -372,7 +372,7 @@ class HttpEndpoint:
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
 
-    def _closed(self, graceful: _GracefulClose) -> None:
+    def _closed(self, graceful: GracefulClose) -> None:
         if graceful in self._open:
             self._open.discard(graceful)
             assert self._slots is not None

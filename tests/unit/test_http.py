@@ -1,6 +1,8 @@
-"""The HTTP endpoint's decisions: routes, refusals, the metrics cache and the accept budget; no I/O."""
+"""The HTTP endpoint's decisions: routes, refusals, the metrics cache, the accept budget; no I/O."""
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -10,6 +12,7 @@ from service.http import (
     MAX_HEADER_FIELD,
     MAX_REQUEST_LINE,
     AcceptBudget,
+    GracefulClose,
     Response,
     cached,
     refusal,
@@ -73,3 +76,49 @@ def test_the_accept_budget_allows_a_burst_then_paces_at_its_rate() -> None:
     assert budget.take(0.1) == pytest.approx(0.1), "the one waited for is spent; the next waits too"
     assert budget.take(10.0) == 0.0, "refilled after a quiet spell"
     assert budget.tokens == pytest.approx(2.0), "never more than the burst"
+
+
+class _Wire:
+    """A transport that records what is done to it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def is_closing(self) -> bool:
+        return "close" in self.calls
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+class _Later:
+    """A loop that only records ``call_later``."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[float, Any]] = []
+
+    def call_later(self, delay: float, callback: Any) -> None:
+        self.scheduled.append((delay, callback))
+
+
+def test_closing_half_closes_first_and_closes_for_good_after_the_linger_time() -> None:
+    wire, loop = _Wire(), _Later()
+    graceful = GracefulClose(cast(Any, wire), cast(Any, loop), 2.0)
+    assert graceful.get_extra_info("peername") == "info:peername", "the rest is the transport's"
+    graceful.close()
+    graceful.close()
+    assert wire.calls == ["write_eof"], "a FIN after the response; the client's input is still read"
+    assert graceful.is_closing()
+    [(delay, callback)] = loop.scheduled
+    assert delay == 2.0
+    callback()
+    assert wire.calls == ["write_eof", "close"]
