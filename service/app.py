@@ -44,7 +44,7 @@ from service import __version__
 from service.connection import diagnose
 from service.events import Outcome, Source, origin_of, process_payload
 from service.failures import Access, Failure, Stage, access_from, classify, fatal_at_startup
-from service.http import HttpEndpoint, LoopWatch, Response
+from service.http import HttpEndpoint, LoopWatch, Response, cached
 from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
 from service.plans import resend_plan
@@ -55,6 +55,8 @@ from service.topics import create_with_broker_defaults, topic_problems
 
 HEALTH_STALE_LIMIT_SECONDS = 10.0
 """``/healthz`` fails once the event loop has been this late to tick."""
+METRICS_MAX_AGE_SECONDS = 1.0
+"""``/metrics`` is rendered at most once per this interval; a scrape flood gets the same bytes."""
 LAG_REFRESH_SECONDS = 1.0
 YIELD_EVERY = 32
 """Messages processed between two yields to the event loop within a batch."""
@@ -447,7 +449,8 @@ class Ingestor:
         """Run until stopped; returns the process exit status (0 clean, 1 grace period expired).
 
         The HTTP endpoint (when ``INGEST_HTTP_PORT`` is set) comes up first, so that ``/healthz``
-        answers while the broker is still unreachable; a port that cannot be bound exits with 1.
+        answers while the broker is still unreachable; a port that cannot be bound exits with 1. It
+        serves from a thread of its own: its routes only read the state this loop keeps.
         """
         log.info("service.starting", version=__version__, settings=self.settings.redacted())
         on_library_line(lambda name: self.metrics.kafka_client_lines.labels(name).inc())
@@ -458,7 +461,11 @@ class Ingestor:
             self.http = HttpEndpoint(
                 s.http_host,
                 s.http_port,
-                {"/metrics": self._metrics_route, "/healthz": self._healthz, "/readyz": self._readyz},
+                {
+                    "/metrics": cached(self._metrics_route, METRICS_MAX_AGE_SECONDS),
+                    "/healthz": self._healthz,
+                    "/readyz": self._readyz,
+                },
             )
             try:
                 await self.http.start()

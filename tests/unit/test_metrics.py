@@ -1,13 +1,11 @@
-"""The metrics (own registry, names, tallies) and the HTTP responder's pure parts; no I/O."""
+"""The metrics (own registry, names, tallies); no I/O."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.errors import ErrorCode
-from service.http import Response, parse_request_line, render_response, route_request
 from service.metrics import Metrics
 
 
@@ -100,38 +98,3 @@ def test_lag_is_per_partition_and_lost_partitions_are_dropped() -> None:
     s = _samples(m)
     assert ("marker_ingest_consumer_lag_messages", (("partition", "0"), ("topic", "in"))) not in s
     assert ("marker_ingest_consumer_lag_messages", (("partition", "1"), ("topic", "in"))) in s
-
-
-@pytest.mark.parametrize(
-    ("line", "parsed"),
-    [
-        (b"GET /metrics HTTP/1.1\r\n", ("GET", "/metrics")),
-        (b"HEAD /readyz?verbose=1 HTTP/1.0\r\n", ("HEAD", "/readyz")),
-        (b"GET /healthz\r\n", None),
-        (b"GET metrics HTTP/1.1\r\n", None),
-        (b"\x16\x03\x01 junk", None),
-        (b"", None),
-    ],
-)
-def test_request_lines_are_parsed_or_refused(line: bytes, parsed: tuple[str, str] | None) -> None:
-    assert parse_request_line(line) == parsed
-
-
-def test_routes_answer_and_unknown_paths_and_methods_do_not() -> None:
-    routes = {"/healthz": lambda: Response.json(200, {"status": "ok"})}
-    assert route_request("GET", "/healthz", routes).status == 200
-    missing = route_request("GET", "/nope", routes)
-    assert missing.status == 404
-    assert orjson.loads(missing.body)["paths"] == ["/healthz"]
-    assert route_request("POST", "/healthz", routes).status == 405
-
-
-def test_responses_are_complete_http_1_1_messages() -> None:
-    wire = render_response(Response(503, b'{"ready":false}\n'))
-    head, body = wire.split(b"\r\n\r\n", 1)
-    lines = head.decode().split("\r\n")
-    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
-    assert "Content-Length: 16" in lines
-    assert "Connection: close" in lines
-    assert body == b'{"ready":false}\n'
-    assert render_response(Response(200, b"abc"), head=True).endswith(b"\r\n\r\n")
