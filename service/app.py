@@ -1091,6 +1091,13 @@ async def _stop_quietly(
             await asyncio.wait_for(client.stop(), max(0.1, deadline - time.monotonic()))
         except (KafkaError, TimeoutError) as exc:
             log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
+        except asyncio.CancelledError as exc:
+            # aiokafka's fetcher re-raises the cancellation of its own fetch task when it is stopped
+            # during a retry backoff (after a lost connection); only a cancellation of ours goes on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
 
 
 async def serve(settings: Settings) -> int:
