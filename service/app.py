@@ -536,11 +536,11 @@ class Ingestor:
                         retry="probed with backoff until the broker accepts the connection again; "
                         "nothing is committed meanwhile",
                     )
-            elif cause is None:
-                closed = 0
-                if self._access_failure is not None:
-                    self._access_failure = None
-                    log.warning("kafka.access_restored", refused_seconds=round(time.monotonic() - since, 1))
+                continue
+            closed = 0
+            if cause is None and self._access_failure is not None:
+                self._access_failure = None
+                log.warning("kafka.access_restored", refused_seconds=round(time.monotonic() - since, 1))
 
     async def _serve(self) -> None:
         """The loop, with ``_watch_access`` beside it."""

@@ -111,10 +111,11 @@ async def test_an_unreachable_broker_keeps_the_refusal_until_a_probe_succeeds(
     await asyncio.wait_for(watch, 2)
 
 
+@pytest.mark.parametrize("between", [(None, None), (None, "ConnectionRefusedError()")])
 async def test_a_closed_connection_counts_after_three_probes_in_a_row(
-    ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch
+    ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch, between: tuple[Failure | None, str | None]
 ) -> None:
-    probe = FakeProbe([(CLOSED, "closed"), (CLOSED, "closed"), (None, None), (CLOSED, "closed")])
+    probe = FakeProbe([(CLOSED, "closed"), (CLOSED, "closed"), between, (CLOSED, "closed")])
     monkeypatch.setattr(app, "diagnose", probe)
     seen_at: list[int] = []
 
@@ -129,7 +130,7 @@ async def test_a_closed_connection_counts_after_three_probes_in_a_row(
     complainer = asyncio.create_task(complain())
     await _until(lambda: bool(seen_at))
     complainer.cancel()
-    # closed, closed, answered (the count starts again), then closed three times
+    # closed, closed, answered or unreachable (the count starts again), then closed three times
     assert seen_at == [6]
     assert ingestor.readiness()[1]["cause"] == "refused_connection"
     ingestor.request_stop()
