@@ -66,6 +66,10 @@ data arrives, so this only costs idle fetches; Tansu holds such a fetch for half
 arrives meanwhile, and aiokafka's default of 500 ms put ~250 ms on the events that came next."""
 CONSUMER_SESSION_TIMEOUT_MS = 10_000
 JOIN_MARGIN_MS = 5_000
+ACCESS_CHECK_SECONDS = 1.0
+"""While running, how often the service looks for signs that the broker refuses its connections."""
+TROUBLED = frozenset({"fetch_failing", "send_failing", "no_group_coordinator"})
+"""Readiness reasons after which the connection is probed (as are the Kafka client's warnings)."""
 
 log = structlog.get_logger("marker_ingest")
 
@@ -213,6 +217,13 @@ class GraceExpired(Exception):
     """Raised inside the loop when shutdown took longer than the grace period."""
 
 
+def probe_due(client_complained: bool, reason: str | None, *, refused: bool) -> bool:
+    """Whether the running service should probe its connection: the Kafka client has logged a
+    warning since the last look, ``/readyz`` fails for a broker-side ``reason``, or a refusal is
+    already known (to find out when it ends)."""
+    return client_complained or refused or reason in TROUBLED
+
+
 class Backoff:
     """Capped exponential backoff with full jitter."""
 
@@ -250,6 +261,9 @@ class Ingestor:
         self._in_flight = 0
         self._fetch_error: str | None = None
         self._send_error: str | None = None
+        self._access_failure: Failure | None = None
+        """Set while a probe finds that the broker refuses the connection (credentials rotated)."""
+        self._library_lines = 0
         self._finished = False
         self._pending: _Batch | None = None
         self._completing = asyncio.Lock()
@@ -453,7 +467,7 @@ class Ingestor:
         serves from a thread of its own: its routes only read the state this loop keeps.
         """
         log.info("service.starting", version=__version__, settings=self.settings.redacted())
-        on_library_line(lambda name: self.metrics.kafka_client_lines.labels(name).inc())
+        on_library_line(self._on_library_line)
         for warning in self.settings.warnings():
             log.warning("settings.weakened", detail=warning)
         s = self.settings
@@ -482,6 +496,70 @@ class Ingestor:
                 await self.http.stop()
                 await self._loop_watch.stop()
 
+    def _on_library_line(self, name: str) -> None:
+        self._library_lines += 1
+        self.metrics.kafka_client_lines.labels(name).inc()
+
+    async def _watch_access(self) -> None:
+        """While the loop runs, name a refused connection: once the Kafka client logs warnings or the
+        service is not ready for a broker-side reason, probe the connection as start-up does.
+
+        A refusal (the password rotated, a certificate expired; a connection closed at once: three
+        probes in a row) makes ``/readyz`` answer ``authentication_failed`` and is logged once as
+        ``kafka.access_refused``. The probe repeats with capped backoff, and the first one that
+        succeeds clears it (``kafka.access_restored``). The clients keep reconnecting on their own
+        meanwhile, and the loop commits nothing that was not acknowledged, so fixing the credentials
+        resumes the service without a restart.
+        """
+        s = self.settings
+        backoff = Backoff(s.retry_initial_seconds, s.retry_max_seconds)
+        seen, closed, since = self._library_lines, 0, 0.0
+        delay = ACCESS_CHECK_SECONDS
+        while not self.stopping:
+            await self._sleep(delay)
+            lines, reason = self._library_lines, self.readiness()[1].get("reason")
+            troubled = probe_due(lines != seen, reason, refused=self._access_failure is not None)
+            seen = lines
+            if not troubled or self.stopping:
+                backoff.attempt, delay, closed = 0, ACCESS_CHECK_SECONDS, 0
+                continue
+            done, diagnosed = await self._until_stopped(diagnose(s))
+            if not done:
+                return
+            failure, cause = diagnosed
+            delay = max(ACCESS_CHECK_SECONDS, backoff.next_delay())
+            if failure is not None:
+                closed += 1
+                if not fatal_at_startup(failure, closed):
+                    continue
+                self.metrics.retries["connect"].inc()
+                previous, self._access_failure = self._access_failure, failure
+                if previous is None:
+                    since = time.monotonic()
+                if previous is None or previous.line != failure.line:
+                    log.error(
+                        "kafka.access_refused",
+                        **failure.fields(),
+                        error=cause,
+                        retry="probed with backoff until the broker accepts the connection again; "
+                        "nothing is committed meanwhile",
+                    )
+                continue
+            closed = 0
+            if cause is None and self._access_failure is not None:
+                self._access_failure = None
+                log.warning("kafka.access_restored", refused_seconds=round(time.monotonic() - since, 1))
+
+    async def _serve(self) -> None:
+        """The loop, with ``_watch_access`` beside it."""
+        watch = asyncio.create_task(self._watch_access())
+        try:
+            await self._loop()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
     async def _run_kafka(self) -> int:
         try:
             if not await self._start_clients():
@@ -504,7 +582,7 @@ class Ingestor:
             return EXIT_CONFIG
         log.info("service.started", input_topic=self.settings.input_topic, group_id=self.settings.group_id)
         try:
-            await self._loop()
+            await self._serve()
         except GraceExpired:
             log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
             return 1
@@ -967,6 +1045,14 @@ class Ingestor:
         consumer = self.consumer
         if self.stopping or self._finished:
             return False, {"reason": "stopping", "detail": "the service is shutting down"}
+        access = self._access_failure
+        if access is not None:
+            return False, {
+                "reason": "authentication_failed",
+                "cause": access.kind.value,
+                "setting": access.setting,
+                "detail": access.line,
+            }
         if consumer is None:
             return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
         if self._fetch_error is not None:
@@ -1093,6 +1179,13 @@ async def _stop_quietly(
         try:
             await asyncio.wait_for(client.stop(), max(0.1, deadline - time.monotonic()))
         except (KafkaError, TimeoutError) as exc:
+            log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
+        except asyncio.CancelledError as exc:
+            # aiokafka's fetcher re-raises the cancellation of its own fetch task when it is stopped
+            # during a retry backoff (after a lost connection); only a cancellation of ours goes on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
             log.warning("client.stop_failed", client=type(client).__name__, error=repr(exc))
 
 

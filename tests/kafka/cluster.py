@@ -170,6 +170,10 @@ class KafkaNode:
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting {self.dir.name} failed: {done.stdout}{done.stderr}".strip())
 
+    def java_command(self, heap: str) -> list[str]:
+        """``java`` with Kafka's jars on the class path, for running one of its tools."""
+        return self._java(heap)
+
     def _java(self, heap: str) -> list[str]:
         java = shutil.which("java") or "java"
         return [

@@ -12,6 +12,8 @@ SASL           SASL_PLAINTEXT     PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 passwor
 TLS            SSL                nothing from the client (server verification only)
 MTLS           SSL                a client certificate from the CA (``ssl.client.auth=required``)
 SASLTLS        SASL_SSL           PLAIN passwords over TLS (PLAIN only: a mechanism mismatch)
+REAUTH         SASL_PLAINTEXT     SCRAM-SHA-512, sessions of ``REAUTH_MS`` (KIP-368): a client that
+                                  does not re-authenticate (aiokafka) is disconnected at expiry
 WRONGHOST      SSL                serves a certificate for ``kafka.invalid``, not 127.0.0.1
 EXPIRED        SSL                serves a certificate that expired yesterday
 =============  =================  =================================================================
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,12 +47,15 @@ LIMITED_USER = "limited"
 CLIENT_CN = "marker-ingest"
 """The mutual-TLS client certificate's CN, which the broker maps to ``User:marker-ingest``."""
 PREFIX = "sec"
+REAUTH_MS = 3000
+"""``connections.max.reauth.ms`` of the REAUTH listener: how long a connection stays authenticated."""
 
 LISTENERS = {
     "SASL": "SASL_PLAINTEXT",
     "TLS": "SSL",
     "MTLS": "SSL",
     "SASLTLS": "SASL_SSL",
+    "REAUTH": "SASL_PLAINTEXT",
     "WRONGHOST": "SSL",
     "EXPIRED": "SSL",
 }
@@ -159,6 +165,11 @@ class SecuredKafka:
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;"
             )
         extra["listener.name.sasltls.sasl.enabled.mechanisms"] = "PLAIN"
+        extra["listener.name.reauth.sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
+        extra["listener.name.reauth.scram-sha-512.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        )
+        extra["listener.name.reauth.connections.max.reauth.ms"] = str(REAUTH_MS)
         scram = []
         for user, password in ((SERVICE_USER, self.password), (LIMITED_USER, self.limited_password)):
             for mech in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
@@ -196,6 +207,29 @@ class SecuredKafka:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def set_scram_password(self, user: str, password: str) -> None:
+        """Create or change ``user``'s SCRAM-SHA-512 credential (Kafka's ConfigCommand, as the super user).
+
+        Connections already authenticated keep working until they re-authenticate or reconnect.
+        """
+        node = self.cluster.nodes[0]
+        cmd = [
+            *node.java_command("-Xms32m -Xmx128m"),
+            "kafka.admin.ConfigCommand",
+            "--bootstrap-server",
+            self.admin_bootstrap,
+            "--alter",
+            "--entity-type",
+            "users",
+            "--entity-name",
+            user,
+            "--add-config",
+            f"SCRAM-SHA-512=[iterations=4096,password={password}]",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ConfigCommand failed ({done.returncode}): {done.stderr[-2000:]}")
 
     async def grant(
         self, principal: str, resource: str, name: str, operations: list[str], *, pattern: str = "literal"

@@ -131,3 +131,28 @@ async def test_missing_create_stops_start_up(secured: SecuredKafka) -> None:
     [line] = [e for e in logs if e["event"] == "kafka.misconfigured"]
     assert line["missing_permission"] == "CREATE"
     assert topics.input in line["resource"]
+
+
+async def test_missing_read_on_input_is_named(secured: SecuredKafka) -> None:
+    topics = await Topics.unique("acl-input").create(secured.admin_bootstrap)
+    await secured.grant(LIMITED, "topic", topics.input, ["describe"])
+    for topic in (topics.output, topics.dlq):
+        await secured.grant(LIMITED, "topic", topic, ["write", "describe"])
+    await secured.grant(LIMITED, "group", topics.group, ["read"])
+    await produce(secured.admin_bootstrap, topics.input, feed(1))
+    ingestor = Ingestor(_limited(secured, topics))
+    with capture_logs() as logs:
+        task = asyncio.create_task(ingestor.run())
+        await _wait(lambda: ingestor.readiness()[1].get("reason") == "fetch_failing", 30)
+        await asyncio.sleep(3)
+        ready, why = ingestor.readiness()
+        ingestor.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert not ready
+    assert f"lacks READ on topic {topics.input}" in why["detail"]
+    [refused] = [e for e in logs if e["event"] == "fetch.refused"]
+    assert refused["resource"] == f"topic {topics.input}"
+    assert refused["missing_permission"] == "READ"
+    assert refused["log_level"] == "error"
+    assert ingestor.messages_done == 0
+    assert await _committed(secured, topics) is None

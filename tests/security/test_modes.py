@@ -1,23 +1,30 @@
 """Every security mode end to end (``produce``, ``run``, ``redrive``) against the secured Kafka, and
 the wrong-access cases: one line naming the cause and the setting, exit status 2, fast, no traceback.
 
-Everything the commands write (at DEBUG) is searched for the password.
+Everything the commands write (at DEBUG) is searched for the password, and so are the HTTP endpoints
+of a running service and its effective-settings line (``--help``: ``tests/unit``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from service.broker import free_port
 from service.failures import EXIT_MISCONFIGURED
 from tests.kafka.security import SecuredKafka
 from tests.security.conftest import MODES, mode_env
-from tests.support import Ledger, Topics, record, service_env
+from tests.support import SERVICE_CMD, Ledger, Topics, record, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -191,3 +198,50 @@ async def test_hostname_check_off_is_explicit_and_warned(secured: SecuredKafka, 
     assert done.returncode == 0, done.stderr
     assert "warning: KAFKA_SSL_CHECK_HOSTNAME=false" in done.stderr
     assert os.environ.get("KAFKA_SSL_CHECK_HOSTNAME") is None
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.mark.parametrize("mode", ["sasl_plain", "sasl_scram512"])
+async def test_no_secret_in_the_endpoints_or_the_settings_line(secured: SecuredKafka, mode: str) -> None:
+    topics = await Topics.unique(f"sec-http-{mode}").create(secured.admin_bootstrap)
+    port = free_port()
+    env = service_env(
+        "unused:1",
+        topics,
+        idempotence=True,
+        INGEST_LOG_LEVEL="DEBUG",
+        INGEST_HTTP_PORT=str(port),
+        INGEST_HTTP_HOST="127.0.0.1",
+        **mode_env(secured, mode),
+    )
+    proc = subprocess.Popen(SERVICE_CMD, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    bodies: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while _get(port, "/readyz")[0] != 200:
+            assert proc.poll() is None, "the service exited"
+            assert time.monotonic() < deadline, "the service did not become ready"
+            await asyncio.sleep(0.25)
+        for path in ("/metrics", "/readyz", "/healthz", "/nothing"):
+            status, bodies[path] = _get(port, path)
+            assert status in (200, 404), path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+    assert "marker_ingest_ready 1.0" in bodies["/metrics"]
+    starting = [json.loads(line) for line in output.splitlines() if '"service.starting"' in line]
+    assert len(starting) == 1
+    assert starting[0]["settings"]["kafka_sasl_password"] == "**********"
+    assert starting[0]["settings"]["kafka_sasl_username"] == "svc"
+    for text in [output, *bodies.values()]:
+        _clean(text, secured.password)
