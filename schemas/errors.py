@@ -1,6 +1,6 @@
 """The dead-letter error codes: a stable, public contract.
 
-Codes are only ever added, never renamed or removed. Each has a one-line meaning that the README,
+Codes are only ever added, never renamed or removed. Each has a one-line meaning that docs/contracts.md,
 the JSON Schema and the AsyncAPI document repeat.
 """
 

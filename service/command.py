@@ -101,6 +101,6 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
 CONFIGURATION_EPILOG = (
     "Everything else is set by environment variables: KAFKA_* for the connection (servers, "
     "security, idempotence), INGEST_* for the topics, limits, batching, shutdown, HTTP endpoint, "
-    "logging and safety switch. Each is listed with its default in README.md, section "
-    "'Configuration'. An invalid value stops the command with exit status 2 and one line naming it."
+    "logging and safety switch. Each is listed with its default in docs/configuration.md. "
+    "An invalid value stops the command with exit status 2 and one line naming it."
 )

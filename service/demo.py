@@ -91,7 +91,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
         key = rec.key.decode(errors="replace") if rec.key else "-"
         _say(f"  {err['code']:<19}{where:<28} file={key}: {err['message']}")
     _say()
-    _say("one event per record; see README.md for the contracts of both topics.")
+    _say("one event per record; see docs/contracts.md for the contracts of both topics.")
     return status
 
 

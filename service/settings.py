@@ -3,7 +3,7 @@
 Each field is read from exactly one environment variable, named by ``variable_name``: ``kafka_*``
 fields from ``KAFKA_*``, the others from ``INGEST_*`` (``input_topic`` from ``INGEST_INPUT_TOPIC``),
 matched case-sensitively; no other name counts. In Python a field is given by its name
-(``Settings(input_topic=...)``). Every variable is documented in the README with its default.
+(``Settings(input_topic=...)``). Every variable is documented in docs/configuration.md with its default.
 Invalid values and combinations fail here, at start-up, as a ``SettingsError`` whose one line names
 the variables; secrets are ``SecretStr`` and never logged or echoed.
 """
