@@ -47,7 +47,7 @@ from service.failures import Access, Failure, Stage, access_from, classify, fata
 from service.http import HttpEndpoint, LoopWatch, Response, cached
 from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
 from service.metrics import CONTENT_TYPE, Metrics
-from service.plans import resend_plan
+from service.plans import ServiceState, Trip, readiness, resend_plan
 from service.routing import Destination, Headers, Routes, route
 from service.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
@@ -1041,44 +1041,36 @@ class Ingestor:
                 self.metrics.set_lag(tp.topic, tp.partition, lag)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether to take traffic: connected, partitions assigned, not paused; else the reason."""
+        """Whether to take traffic, and why not (``plans.readiness`` over the current state)."""
+        return readiness(self._state())
+
+    def _state(self) -> ServiceState:
         consumer = self.consumer
-        if self.stopping or self._finished:
-            return False, {"reason": "stopping", "detail": "the service is shutting down"}
         access = self._access_failure
-        if access is not None:
-            return False, {
-                "reason": "authentication_failed",
-                "cause": access.kind.value,
-                "setting": access.setting,
-                "detail": access.line,
-            }
-        if consumer is None:
-            return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
-        if self._fetch_error is not None:
-            return False, {"reason": "fetch_failing", "detail": self._fetch_error}
-        if self._send_error is not None:
-            return False, {"reason": "send_failing", "detail": self._send_error}
         coordinator = getattr(consumer, "_coordinator", None)
-        if coordinator is not None and getattr(coordinator, "coordinator_id", 0) is None:
-            return False, {"reason": "no_group_coordinator", "detail": "looking for the group coordinator"}
-        safety = self.safety
+        safety, trip = self.safety, None
         if safety is not None and safety.tripped is not None and safety.paused_since is not None:
-            trip, now = safety.tripped, time.monotonic()
-            resumes_in = safety.resumes_in(now)
-            return False, {
-                "reason": "safety_switch_tripped",
-                "detail": "consumption paused after a flood of dead letters; SIGUSR1 resumes",
-                "ratio": round(trip.ratio, 4),
-                "window": trip.records,
-                "dead_letters": trip.dead_letters,
-                "threshold": trip.threshold,
-                "paused_seconds": round(now - safety.paused_since, 1),
-                "resumes_in_seconds": None if resumes_in is None else round(resumes_in, 1),
-            }
-        if not consumer.assignment():
-            return False, {"reason": "no_partitions_assigned", "detail": "waiting for the consumer group"}
-        return True, {}
+            now = time.monotonic()
+            trip = Trip(
+                ratio=safety.tripped.ratio,
+                window=safety.tripped.records,
+                dead_letters=safety.tripped.dead_letters,
+                threshold=safety.tripped.threshold,
+                paused_seconds=now - safety.paused_since,
+                resumes_in_seconds=safety.resumes_in(now),
+            )
+        return ServiceState(
+            stopping=self.stopping or self._finished,
+            access_refused=None
+            if access is None
+            else {"cause": access.kind.value, "setting": access.setting, "detail": access.line},
+            connected=consumer is not None,
+            fetch_error=self._fetch_error,
+            send_error=self._send_error,
+            coordinator_known=coordinator is None or getattr(coordinator, "coordinator_id", 0) is not None,
+            trip=trip,
+            assigned_partitions=0 if consumer is None else len(consumer.assignment()),
+        )
 
     def _readyz(self) -> Response:
         ready, why = self.readiness()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.plans import resend_plan
+from service.plans import ServiceState, Trip, readiness, resend_plan
 
 
 @dataclass
@@ -63,3 +64,65 @@ def test_the_last_copy_of_every_event_keeps_the_input_order_of_its_partition(
         order = sorted((i, off) for (p, off), i in last.items() if p == tp)
         assert [off for _, off in order] == sorted(off for _, off in order)
     assert {(s.tp, s.offset) for s in sends if s.error} <= {(s.tp, s.offset) for s in retry}
+
+
+# ----------------------------------------------------------------- readiness
+
+
+READY = ServiceState(connected=True, assigned_partitions=2)
+
+
+def test_connected_with_partitions_is_ready() -> None:
+    assert readiness(READY) == (True, {})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"stopping": True}, "stopping"),
+        ({"connected": False}, "connecting"),
+        ({"fetch_error": "GroupAuthorizationFailedError"}, "fetch_failing"),
+        ({"send_error": "events to t not acknowledged for 30s"}, "send_failing"),
+        ({"coordinator_known": False}, "no_group_coordinator"),
+        ({"assigned_partitions": 0}, "no_partitions_assigned"),
+    ],
+)
+def test_each_cause_of_not_ready_is_named(change: dict[str, object], reason: str) -> None:
+    ready, why = readiness(replace(READY, **change))  # type: ignore[arg-type]
+    assert not ready
+    assert why["reason"] == reason
+    assert why["detail"]
+
+
+def test_a_refused_login_says_which_setting_to_check() -> None:
+    refused = {"cause": "authentication", "setting": "KAFKA_SASL_PASSWORD", "detail": "refused"}
+    ready, why = readiness(replace(READY, access_refused=refused, send_error="x"))
+    assert (ready, why) == (False, {"reason": "authentication_failed", **refused})
+
+
+def test_a_tripped_safety_switch_reports_its_window() -> None:
+    trip = Trip(
+        ratio=0.51234,
+        window=200,
+        dead_letters=102,
+        threshold=0.5,
+        paused_seconds=3.04,
+        resumes_in_seconds=None,
+    )
+    ready, why = readiness(replace(READY, trip=trip))
+    assert not ready
+    assert why == {
+        "reason": "safety_switch_tripped",
+        "detail": "consumption paused after a flood of dead letters; SIGUSR1 resumes",
+        "ratio": 0.5123,
+        "window": 200,
+        "dead_letters": 102,
+        "threshold": 0.5,
+        "paused_seconds": 3.0,
+        "resumes_in_seconds": None,
+    }
+
+
+def test_stopping_wins_over_every_other_reason() -> None:
+    everything = ServiceState(stopping=True, fetch_error="f", send_error="s", coordinator_known=False)
+    assert readiness(everything)[1]["reason"] == "stopping"
