@@ -63,7 +63,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 
-# The service's client settings (service/app.py), for the passthrough and the monitor.
+# Sizes as the service uses them (service/clients.py), for the loaders and the monitor; the passthrough
+# builds its clients with service/clients.py itself.
 BATCH_MAX = 500
 BATCH_TIMEOUT_MS = 200
 MAX_PAYLOAD = 1_000_000
@@ -102,24 +103,20 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    stop = _stop_event()
-    consumer = AIOKafkaConsumer(
-        cfg["input"],
-        bootstrap_servers=cfg["bootstrap"],
+    # The service's own client configuration (service/clients.py), from this benchmark's tree even
+    # when --service-path points marker-ingest at another one.
+    sys.path.insert(0, str(ROOT))
+    from service.clients import consumer_config, producer_config
+    from service.settings import Settings
+
+    settings = Settings(
+        kafka_bootstrap_servers=cfg["bootstrap"],
         group_id=cfg["group"],
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
-        fetch_max_bytes=FETCH_MAX_BYTES,
+        kafka_enable_idempotence=cfg.get("idempotence", False),
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=cfg["bootstrap"],
-        acks="all",
-        enable_idempotence=cfg.get("idempotence", False),
-        linger_ms=0,  # as the service's producer (service/app.py)
-        max_batch_size=PRODUCER_BATCH,
-        max_request_size=MAX_REQUEST,
-    )
+    stop = _stop_event()
+    consumer = AIOKafkaConsumer(cfg["input"], **consumer_config(settings))
+    producer = AIOKafkaProducer(**producer_config(settings))
     await producer.start()
     await consumer.start()
     out = cfg["output"]

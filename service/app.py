@@ -41,6 +41,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER as ERROR_CODE_HEADER
 from service import __version__
+from service.clients import consumer_config, max_request_size, producer_config
 from service.connection import diagnose
 from service.events import Outcome, Source, origin_of, process_payload
 from service.failures import Access, Failure, Stage, access_from, classify, fatal_at_startup
@@ -60,12 +61,6 @@ METRICS_MAX_AGE_SECONDS = 1.0
 LAG_REFRESH_SECONDS = 1.0
 YIELD_EVERY = 32
 """Messages processed between two yields to the event loop within a batch."""
-FETCH_MAX_WAIT_MS = 50
-"""How long the broker may hold a fetch that finds nothing new. Apache Kafka answers as soon as
-data arrives, so this only costs idle fetches; Tansu holds such a fetch for half of it whatever
-arrives meanwhile, and aiokafka's default of 500 ms put ~250 ms on the events that came next."""
-CONSUMER_SESSION_TIMEOUT_MS = 10_000
-JOIN_MARGIN_MS = 5_000
 ACCESS_CHECK_SECONDS = 1.0
 """While running, how often the service looks for signs that the broker refuses its connections."""
 TROUBLED = frozenset({"fetch_failing", "send_failing", "no_group_coordinator"})
@@ -267,7 +262,7 @@ class Ingestor:
         self._finished = False
         self._pending: _Batch | None = None
         self._completing = asyncio.Lock()
-        self._max_request_size = 2 * settings.max_payload_bytes + 1024 * 1024
+        self._max_request_size = max_request_size(settings)
         self.metrics.watch(
             in_flight=lambda: self._in_flight,
             paused=lambda: 1.0 if self.paused else 0.0,
@@ -324,36 +319,9 @@ class Ingestor:
         return classify(exc, stage, self._access, topic=topic)
 
     def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
-        s = self.settings
-        common = s.kafka_client_kwargs()
-        # The broker holds a JoinGroup request for up to the rebalance timeout (aiokafka: the session
-        # timeout), so the consumer's requests get at least that plus 5 s, as the Java client does.
-        common_consumer = dict(common)
-        common_consumer["request_timeout_ms"] = max(
-            s.kafka_request_timeout_ms, CONSUMER_SESSION_TIMEOUT_MS + JOIN_MARGIN_MS
+        return AIOKafkaConsumer(**consumer_config(self.settings)), AIOKafkaProducer(
+            **producer_config(self.settings)
         )
-        consumer = AIOKafkaConsumer(
-            group_id=s.group_id,
-            session_timeout_ms=CONSUMER_SESSION_TIMEOUT_MS,
-            enable_auto_commit=False,
-            auto_offset_reset=s.auto_offset_reset,
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_partition_fetch_bytes=max(1024 * 1024, s.max_payload_bytes + 64 * 1024),
-            fetch_max_bytes=min(50 * 1024 * 1024, s.max_bytes_in_flight),
-            **common_consumer,
-        )
-        producer = AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=s.kafka_enable_idempotence,
-            # No linger: events pile up in the accumulator while the loop processes anyway, and a
-            # linger only delays the batch's last events, whose acks the commit waits for.
-            linger_ms=0,
-            max_batch_size=512 * 1024,
-            max_request_size=self._max_request_size,
-            compression_type=None if s.kafka_compression_type == "none" else s.kafka_compression_type,
-            **common,
-        )
-        return consumer, producer
 
     async def _check_topics(self) -> None:
         """The input, output and dead-letter topics exist, or are created when ``INGEST_CREATE_TOPICS``

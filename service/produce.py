@@ -224,13 +224,9 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     """A producer with the service's connection, security and durability settings."""
     from aiokafka import AIOKafkaProducer
 
-    return AIOKafkaProducer(
-        acks="all",
-        enable_idempotence=settings.kafka_enable_idempotence,
-        max_request_size=2 * settings.max_payload_bytes + 1024 * 1024,
-        linger_ms=5,
-        **settings.kafka_client_kwargs(),
-    )
+    from service.clients import producer_config
+
+    return AIOKafkaProducer(**producer_config(settings, linger_ms=5))
 
 
 @dataclass
