@@ -197,5 +197,6 @@ async def test_a_metrics_flood_does_not_slow_ingestion_materially(broker: Broker
     flooded, statuses = await _drain_rate(broker, topics, count, flood=True)
     quiet, _ = await _drain_rate(broker, topics, count, flood=False)
     print(f"quiet {quiet:.0f} msgs/s, flooded {flooded:.0f} msgs/s, flood answers {statuses}")
-    assert statuses.get("200", 0) >= 100, f"the flood was served: {statuses}"
+    # At most 50 connections are accepted a second, so a short drain sees only a few dozen answers.
+    assert statuses.get("200", 0) >= 20, f"the flood was served: {statuses}"
     assert flooded >= 0.5 * quiet, f"flooded {flooded:.0f} msgs/s vs quiet {quiet:.0f} msgs/s"
