@@ -72,7 +72,6 @@ class _SafeStream:
         global _write_errors
         try:
             self._stream.write(data)
-            self._stream.flush()
         except (OSError, ValueError):
             _write_errors += 1
 

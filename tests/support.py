@@ -10,6 +10,8 @@ import asyncio
 import datetime as dt
 import os
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -271,3 +273,15 @@ def mixed_feed(max_payload_bytes: int = Limits().max_payload_bytes) -> dict[str,
         "invalid_field": good("12a").encode(),
         "too_many": (" ".join(good(100 + i) for i in range(5))).encode(),  # with a limit of 4
     }
+
+
+def get_text(port: int, path: str) -> tuple[int, str]:
+    """A GET of the service's HTTP endpoint on 127.0.0.1: the status and the body (0 and "" when
+    nothing answers). Blocking: call it through ``asyncio.to_thread`` where the loop must run."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
@@ -23,7 +21,7 @@ from service.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Feeder, Fleet, ServiceProcess, account_and_stop, committed, wait_until
 from tests.kafka.cluster import KafkaCluster
-from tests.support import Topics, feed, produce, service_env
+from tests.support import Topics, feed, get_text, produce, service_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.cluster]
 
@@ -42,13 +40,8 @@ async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def _readyz(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-    except OSError:
-        return 0, {}
+    status, body = get_text(port, "/readyz")
+    return status, orjson.loads(body) if body else {}
 
 
 async def readyz(port: int) -> tuple[int, dict[str, Any]]:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from service.topics import create_topics
-from tests.kafka.cluster import KafkaCluster, KafkaUnavailable
+from tests.kafka.cluster import KafkaCluster, KafkaUnavailable, kafka_version
 
 DEFAULT_TOPICS = ("news.raw", "news.articles", "news.dead-letters")
 
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             create_topics(cluster.bootstrap_servers, topics, replication_factor=replicas, configs=configs)
         )
-        print(
-            f"Apache Kafka {cluster.lib.parent.name} is up: "
-            f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}"
-        )
+        print(f"Apache Kafka {kafka_version()} is up: KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
         print(f"topics: {', '.join(args.topics) or '(none)'}; logs in {workdir}; Ctrl-C stops it")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         signal.pause()

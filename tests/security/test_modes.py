@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from service.broker import free_port
 from service.failures import EXIT_MISCONFIGURED
 from tests.kafka.security import SecuredKafka
 from tests.security.conftest import MODES, mode_env
-from tests.support import SERVICE_CMD, Ledger, Topics, record, service_env
+from tests.support import SERVICE_CMD, Ledger, Topics, get_text, record, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -200,16 +198,6 @@ async def test_hostname_check_off_is_explicit_and_warned(secured: SecuredKafka, 
     assert os.environ.get("KAFKA_SSL_CHECK_HOSTNAME") is None
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
 @pytest.mark.parametrize("mode", ["sasl_plain", "sasl_scram512"])
 async def test_no_secret_in_the_endpoints_or_the_settings_line(secured: SecuredKafka, mode: str) -> None:
     topics = await Topics.unique(f"sec-http-{mode}").create(secured.admin_bootstrap)
@@ -227,12 +215,12 @@ async def test_no_secret_in_the_endpoints_or_the_settings_line(secured: SecuredK
     bodies: dict[str, str] = {}
     try:
         deadline = time.monotonic() + 60
-        while _get(port, "/readyz")[0] != 200:
+        while get_text(port, "/readyz")[0] != 200:
             assert proc.poll() is None, "the service exited"
             assert time.monotonic() < deadline, "the service did not become ready"
             await asyncio.sleep(0.25)
         for path in ("/metrics", "/readyz", "/healthz", "/nothing"):
-            status, bodies[path] = _get(port, path)
+            status, bodies[path] = get_text(port, path)
             assert status in (200, 404), path
     finally:
         proc.send_signal(signal.SIGTERM)

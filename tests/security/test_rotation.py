@@ -17,9 +17,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -27,8 +24,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from service.broker import free_port
+from tests.faults.harness import wait_until
 from tests.kafka.security import PREFIX, REAUTH_MS, SecuredKafka
-from tests.support import SERVICE_CMD, Ledger, Topics, expected_outcomes, feed, produce, service_env
+from tests.support import (
+    SERVICE_CMD,
+    Ledger,
+    Topics,
+    expected_outcomes,
+    feed,
+    get_text,
+    produce,
+    service_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -53,25 +60,6 @@ async def _committed(kafka: SecuredKafka, topics: Topics) -> int | None:
         await admin.close()
     meta = offsets.get(TopicPartition(topics.input, 0))
     return None if meta is None else int(meta.offset)
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
-async def _until(predicate: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _failed_authentications(kafka: SecuredKafka) -> int:
@@ -117,20 +105,22 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
             return await _committed(secured, topics) == n
 
         async def ready() -> bool:  # the coordinator may be re-found after a session expiry
-            return _get(port, "/readyz")[0] == 200
+            return get_text(port, "/readyz")[0] == 200
 
-        await _until(lambda: committed_is(4), 60, "the first four messages to be committed")
-        await _until(ready, 30, "/readyz to answer 200")
+        await wait_until(lambda: committed_is(4), within=60, what="the first four messages to be committed")
+        await wait_until(ready, within=30, what="/readyz to answer 200")
 
         await asyncio.to_thread(secured.set_scram_password, USER, new)
         sent += await produce(secured.admin_bootstrap, topics.input, feed(3, start_fn=100))
 
         async def refused() -> bool:
-            return '"authentication_failed"' in _get(port, "/readyz")[1]
+            return '"authentication_failed"' in get_text(port, "/readyz")[1]
 
         # The connections expire within REAUTH_MS; the reconnect is refused and probed.
-        await _until(refused, REAUTH_MS / 1000 + 30, "/readyz to report authentication_failed")
-        status, body = _get(port, "/readyz")
+        await wait_until(
+            refused, within=REAUTH_MS / 1000 + 30, what="/readyz to report authentication_failed"
+        )
+        status, body = get_text(port, "/readyz")
         why = json.loads(body)
         assert status == 503
         assert why["cause"] == "authentication"
@@ -150,7 +140,7 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         assert 0 < attempts <= 100, f"{attempts} refused connections in {WINDOW_SECONDS:g}s"
         assert await _committed(secured, topics) == 4, "committed past unacknowledged events"
         print(f"in {WINDOW_SECONDS:g}s: {len(logged)} log lines, {attempts} refused connections")
-        metrics = _get(port, "/metrics")[1]
+        metrics = get_text(port, "/metrics")[1]
         assert "marker_ingest_ready 0.0" in metrics
 
         await asyncio.to_thread(secured.set_scram_password, USER, old)
@@ -158,7 +148,7 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         async def resumed() -> bool:
             return await ready() and await committed_is(7)
 
-        await _until(resumed, 60, "the service to resume once the password is restored")
+        await wait_until(resumed, within=60, what="the service to resume once the password is restored")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
