@@ -62,6 +62,16 @@ async def _committed(kafka: SecuredKafka, topics: Topics) -> int | None:
     return None if meta is None else int(meta.offset)
 
 
+async def _delivered_prefix(kafka: SecuredKafka, topics: Topics) -> int:
+    """How many input offsets, from 0 on, have their event in the output topics (read as the super user)."""
+    ledger = await Ledger.read(kafka.admin_bootstrap, topics)
+    done = {offset for partition, offset, _ in [*ledger.articles, *ledger.dead_letters] if partition == 0}
+    n = 0
+    while n in done:
+        n += 1
+    return n
+
+
 def _failed_authentications(kafka: SecuredKafka) -> int:
     """How many connections the broker has refused for bad credentials (its log, INFO level)."""
     text = kafka.cluster.nodes[0].log_path.read_text(errors="replace")
@@ -111,7 +121,6 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         await wait_until(ready, within=30, what="/readyz to answer 200")
 
         await asyncio.to_thread(secured.set_scram_password, USER, new)
-        sent += await produce(secured.admin_bootstrap, topics.input, feed(3, start_fn=100))
 
         async def refused() -> bool:
             return '"authentication_failed"' in get_text(port, "/readyz")[1]
@@ -126,6 +135,9 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         assert why["cause"] == "authentication"
         assert "KAFKA_SASL_PASSWORD" in why["setting"]
         assert f"SASL authentication failed for user '{USER}'" in why["detail"]
+        # Fed while refused: a connection that has not expired yet may still carry some of these
+        # through, which is fine; what may never happen is a commit ahead of the events.
+        sent += await produce(secured.admin_bootstrap, topics.input, feed(3, start_fn=100))
 
         # No spin: count over 10 s what the service writes and how often the broker refuses it.
         start, attempts_before = time.monotonic(), _failed_authentications(secured)
@@ -138,7 +150,11 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         # aiokafka's consumer and producer reconnect on their own, each every ~0.3 s (retry_backoff_ms,
         # 100 ms, plus the SCRAM exchange): ~60 in 10 s. A busy loop would be thousands.
         assert 0 < attempts <= 100, f"{attempts} refused connections in {WINDOW_SECONDS:g}s"
-        assert await _committed(secured, topics) == 4, "committed past unacknowledged events"
+        committed = await _committed(secured, topics)
+        delivered = await _delivered_prefix(secured, topics)
+        assert committed is not None and 4 <= committed <= delivered, (
+            f"committed {committed}, but only offsets below {delivered} have their events"
+        )
         print(f"in {WINDOW_SECONDS:g}s: {len(logged)} log lines, {attempts} refused connections")
         metrics = get_text(port, "/metrics")[1]
         assert "marker_ingest_ready 0.0" in metrics
