@@ -4,7 +4,7 @@
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the core's speedups (service/_speedups.c); the runtime image does not need it.
+# A C compiler for the core's speedups (service/core/_speedups.c); the runtime image does not need it.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/marker-ingest

@@ -13,6 +13,7 @@ from what the models generate. The output is deterministic, so the committed fil
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from schemas.defaults import BY_FIELD
 from schemas.errors import ErrorCode
 from schemas.events import (
     ARTICLE_DATASCHEMA,
@@ -39,8 +41,6 @@ from schemas.events import (
     ArticleIngested,
     RecordDeadLettered,
 )
-from service import __version__
-from service.settings import Settings, variable_name
 
 HERE = Path(__file__).resolve().parent
 ARTICLE_SCHEMA_FILE = "article-ingested.v1.schema.json"
@@ -73,14 +73,12 @@ def json_schema(model: type[BaseModel], schema_id: str) -> dict[str, Any]:
 
 def _default(field: str) -> str:
     """A setting's default, never the environment's value: the document must not depend on it."""
-    value = Settings.model_fields[field].default
-    assert isinstance(value, str), field
-    return value
+    return BY_FIELD[field].value
 
 
 def _variable(field: str) -> str:
     """The environment variable that sets a setting."""
-    return variable_name(field)
+    return BY_FIELD[field].variable
 
 
 def _channel(field: str, title: str, description: str, message: str) -> dict[str, Any]:
@@ -99,7 +97,7 @@ def asyncapi() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "marker-ingest",
-            "version": __version__,
+            "version": importlib.metadata.version("marker-ingest"),
             "description": (
                 "Consumes marker-text news feeds and publishes one event per record: a CloudEvents 1.0 "
                 "article event for a valid record, a dead-letter event for a record (or a whole "

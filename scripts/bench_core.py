@@ -46,10 +46,10 @@ import pydantic
 from pydantic import BaseModel, Field
 
 from schemas.events import ArticleData
-from service.events import Outcome, Source, _new_outcome, process_payload
-from service.limits import Limits
-from service.parser import SPEEDUPS, scan_clean
-from service.validation import content_digest
+from service.core.events import Outcome, Source, _new_outcome, process_payload
+from service.core.limits import Limits
+from service.core.parser import SPEEDUPS, scan_clean
+from service.core.validation import content_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "tests" / "fixtures" / "seed_2433.txt"
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "implementation": platform.python_implementation(),
         "pydantic": pydantic.VERSION,
         "orjson": orjson.__version__,
-        "scanner": "C (service._speedups)" if SPEEDUPS else "Python (service._speedups not built)",
+        "scanner": "C (service.core._speedups)" if SPEEDUPS else "Python (service.core._speedups not built)",
         "machine": platform.machine(),
         "cpu_pinning": pinning,
         "records": n,

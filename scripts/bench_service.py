@@ -63,8 +63,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 
-# Sizes as the service uses them (service/clients.py), for the loaders and the monitor; the passthrough
-# builds its clients with service/clients.py itself.
+# Sizes as the service uses them (service/delivery/clients.py), for the loaders and the monitor;
+# the passthrough builds its clients with service/delivery/clients.py itself.
 BATCH_MAX = 500
 BATCH_TIMEOUT_MS = 200
 MAX_PAYLOAD = 1_000_000
@@ -103,10 +103,10 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    # The service's own client configuration (service/clients.py), from this benchmark's tree even
+    # The service's own client configuration (service/delivery/clients.py), from this benchmark's tree even
     # when --service-path points marker-ingest at another one.
     sys.path.insert(0, str(ROOT))
-    from service.clients import consumer_config, producer_config
+    from service.delivery.clients import consumer_config, producer_config
     from service.settings import Settings
 
     settings = Settings(
@@ -136,7 +136,7 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
                 await complete(previous)
                 previous = None
                 continue
-            # The service's send technique (service/app.py, _Outbox): record batches of up to
+            # The service's send technique (service/delivery/app.py, _Outbox): record batches of up to
             # max_batch_size per output partition, the partition from the default partitioner, a
             # full batch handed to the producer at once, the rest after the last message.
             partitions = sorted(await producer.partitions_for(out))
@@ -176,8 +176,8 @@ def child_faststream(cfg: dict[str, Any]) -> int:
     from faststream.kafka import KafkaBroker, KafkaMessage
 
     from service import __version__
-    from service.events import Source, process_payload
-    from service.limits import Limits
+    from service.core.events import Source, process_payload
+    from service.core.limits import Limits
 
     limits = Limits()
     broker = KafkaBroker(cfg["bootstrap"])
@@ -209,8 +209,8 @@ def child_confluent(cfg: dict[str, Any]) -> int:
     from confluent_kafka import Consumer, KafkaError, Producer
 
     from service import __version__
-    from service.events import Source, process_payload
-    from service.limits import Limits
+    from service.core.events import Source, process_payload
+    from service.core.limits import Limits
 
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -377,7 +377,7 @@ def _pace_confluent(
 ) -> None:
     from confluent_kafka import Producer
 
-    # linger 5 ms as upstream producers do (service/produce.py): with none, Tansu takes one small
+    # linger 5 ms as upstream producers do (service/tools/produce.py): with none, Tansu takes one small
     # request per message and the input's own acks fall ~100 ms behind at a few thousand msgs/s.
     producer = Producer(
         {
@@ -674,7 +674,7 @@ class Sampler:
 
 
 async def create(bootstrap: str, topics: dict[str, int]) -> None:
-    from service.topics import create_topics
+    from service.delivery.topics import create_topics
 
     await create_topics(bootstrap, topics)
 
@@ -1673,7 +1673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker = KafkaCluster(Path(tempfile.mkdtemp(prefix="bench-kafka-"))).start()
         bootstrap, broker_pid = broker.bootstrap_servers, broker.nodes[0].pid
     else:
-        from service.broker import EmbeddedBroker
+        from service.tools.broker import EmbeddedBroker
 
         broker = EmbeddedBroker().start()
         bootstrap, broker_pid = broker.bootstrap_servers, broker.pid

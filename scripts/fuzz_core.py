@@ -1,4 +1,4 @@
-"""Fuzz the functional core (``service.events.process_payload``) for a fixed time. Not a test.
+"""Fuzz the functional core (``service.core.events.process_payload``) for a fixed time. Not a test.
 
 Every generated input (payload bytes, source coordinates, limits) must satisfy the oracle:
 
@@ -12,7 +12,7 @@ Every generated input (payload bytes, source coordinates, limits) must satisfy t
   the input key, error code and raw copy consistent);
 * no event is larger than ``max_event_bytes`` (JSON escaping and quoted marker names included);
 * it is deterministic: the same input gives byte-identical events (redelivery keeps ids and bodies);
-* the C scanner (``service/_speedups.c``, where built) returns exactly what its Python reference
+* the C scanner (``service/core/_speedups.c``, where built) returns exactly what its Python reference
   ``_scan_clean_py`` returns on the decoded text, for several record limits.
 
 Engines: ``hypothesis`` (the default: arbitrary bytes, mostly-UTF-8 bytes, marker soup, generated
@@ -49,9 +49,9 @@ from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
-from service import parser as core_parser
-from service.events import Outcome, Source, process_payload, strip_bom
-from service.limits import Limits
+from service.core import parser as core_parser
+from service.core.events import Outcome, Source, process_payload, strip_bom
+from service.core.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=dt.UTC)
@@ -530,19 +530,19 @@ def _reimport_instrumented(atheris: Any) -> None:
     with atheris.instrument_imports(include=["service", "schemas"]):
         import schemas.errors
         import schemas.events
-        import service.events
-        import service.limits
-        import service.parser
+        import service.core.events
+        import service.core.limits
+        import service.core.parser
     globals().update(
         ErrorCode=schemas.errors.ErrorCode,
         ArticleIngested=schemas.events.ArticleIngested,
         RecordDeadLettered=schemas.events.RecordDeadLettered,
-        Outcome=service.events.Outcome,
-        Source=service.events.Source,
-        process_payload=service.events.process_payload,
-        strip_bom=service.events.strip_bom,
-        core_parser=service.parser,
-        Limits=service.limits.Limits,
+        Outcome=service.core.events.Outcome,
+        Source=service.core.events.Source,
+        process_payload=service.core.events.process_payload,
+        strip_bom=service.core.events.strip_bom,
+        core_parser=service.core.parser,
+        Limits=service.core.limits.Limits,
     )
 
 

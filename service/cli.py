@@ -2,7 +2,7 @@
 
 Sub-commands: ``run`` (the service), ``parse`` (the core over files, offline), ``demo``, and the
 operator tools registered by their modules (``produce``, ``redrive``). What they share (exit
-statuses, connection flags, settings) is in ``service.command``.
+statuses, connection flags, settings) is in ``service.tools.command``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import IO
 
 from service import __version__
-from service.command import (
+from service.core.events import Source, describe_dead_letter, process_payload
+from service.settings import SettingsError
+from service.tools.command import (
     CONFIGURATION_EPILOG,
     EXIT_DEAD_LETTERS,
     EXIT_OK,
@@ -25,8 +27,6 @@ from service.command import (
     build_settings,
     display_name,
 )
-from service.events import Source, describe_dead_letter, process_payload
-from service.settings import SettingsError
 
 __all__ = ["EXIT_DEAD_LETTERS", "EXIT_OK", "EXIT_USAGE", "main", "make_parser"]
 
@@ -95,8 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the service until a signal, or until a burst or --max-messages is done."""
     import structlog
 
-    from service.app import run_service
-    from service.logs import configure_logging
+    from service.delivery.app import run_service
+    from service.ops.logs import configure_logging
 
     unknown: list[tuple[str, str | None]] = []
     settings = build_settings(args, warn=lambda name, nearest: unknown.append((name, nearest)))
@@ -155,7 +155,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Sub-commands that live in their own modules register themselves here."""
-    from service import produce, redrive
+    from service.tools import produce, redrive
 
     return [_register_demo, produce.register, redrive.register]
 
@@ -182,7 +182,7 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from service.demo import run_demo
+    from service.tools.demo import run_demo
 
     return run_demo(args.paths, args.bootstrap_servers, args.verbose)
 

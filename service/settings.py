@@ -34,7 +34,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from service.limits import Limits
+from schemas import defaults as contract
+from service.core.limits import Limits
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -86,7 +87,7 @@ class Settings(BaseSettings):
     )
 
     # Kafka connection
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_bootstrap_servers: str = contract.BOOTSTRAP_SERVERS.value
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
     kafka_sasl_username: str | None = Field(None, min_length=1)
@@ -97,15 +98,15 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = None
     kafka_ssl_check_hostname: bool = True
     kafka_enable_idempotence: bool = True
-    kafka_client_id: str = Field("marker-ingest", min_length=1)
+    kafka_client_id: str = Field(contract.CLIENT_ID.value, min_length=1)
     kafka_request_timeout_ms: int = Field(30_000, ge=1_000)
     kafka_compression_type: CompressionType = "none"
 
     # Topics and group
-    input_topic: str = "news.raw"
-    output_topic: str = "news.articles"
-    dlq_topic: str = "news.dead-letters"
-    group_id: str = Field("marker-ingest", min_length=1)
+    input_topic: str = contract.INPUT_TOPIC.value
+    output_topic: str = contract.OUTPUT_TOPIC.value
+    dlq_topic: str = contract.DLQ_TOPIC.value
+    group_id: str = Field(contract.GROUP_ID.value, min_length=1)
     auto_offset_reset: OffsetReset = "earliest"
     create_topics: bool = False
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 from tests.kafka.cluster import KafkaCluster, KafkaUnavailable
 
 CHOICE = os.environ.get("MARKER_INGEST_TEST_BROKER", "auto")

@@ -22,10 +22,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from service import __version__
-from service.events import Source, process_payload
-from service.limits import Limits
+from service.core.events import Source, process_payload
+from service.core.limits import Limits
+from service.delivery.topics import create_topics, read_topic
 from service.settings import Settings
-from service.topics import create_topics, read_topic
 
 Coord = tuple[int, int, int]
 """(input partition, input offset, record index)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import EmbeddedBroker, free_port
+from service.tools.broker import EmbeddedBroker, free_port
 from tests.conftest import CHOICE
 from tests.faults.harness import Feeder, Fleet, account_and_stop, env_int, wait_accounted, wait_until
 from tests.kafka.cluster import KafkaCluster, KafkaNode, KafkaUnavailable

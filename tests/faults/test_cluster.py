@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.broker import free_port
+from service.tools.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Feeder, Fleet, ServiceProcess, account_and_stop, committed, wait_until
 from tests.kafka.cluster import KafkaCluster

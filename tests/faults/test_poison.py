@@ -13,7 +13,7 @@ import string
 
 import pytest
 
-from service.limits import Limits
+from service.core.limits import Limits
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Fleet, produce_at, wait_accounted
 from tests.support import Ledger, Topics, expected_outcomes, mixed_feed, read_all, record, service_env

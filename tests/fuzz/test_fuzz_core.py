@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from service.events import Source, process_payload
-from service.limits import Limits
+from service.core.events import Source, process_payload
+from service.core.limits import Limits
 
 pytestmark = [pytest.mark.fuzz]
 

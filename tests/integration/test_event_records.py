@@ -15,10 +15,10 @@ from cloudevents.core.formats.json import JSONFormat
 
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, ERROR_CODE_HEADER, RecordDeadLettered
 from service import __version__
-from service.app import Ingestor
-from service.events import Source, process_payload
-from service.limits import Limits
-from service.routing import record_size
+from service.core.events import Source, process_payload
+from service.core.limits import Limits
+from service.delivery.app import Ingestor
+from service.delivery.routing import record_size
 from tests.conftest import BrokerHandle
 from tests.support import Topics, feed, produce, read_all, settings_for
 

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from service.app import Ingestor
 from service.cli import main
+from service.delivery.app import Ingestor
 from tests.conftest import BrokerHandle
 from tests.support import (
     Ledger,

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from schemas.events import ORIGIN_HEADER
-from service.app import ERROR_CODE_HEADER, Ingestor
 from service.cli import main
-from service.redrive import REDRIVE_COUNT_HEADER
-from service.topics import create_topics
+from service.delivery.app import ERROR_CODE_HEADER, Ingestor
+from service.delivery.topics import create_topics
+from service.tools.redrive import REDRIVE_COUNT_HEADER
 from tests.conftest import BrokerHandle
 from tests.support import Topics, produce, read_all, record, service_env, settings_for
 

@@ -1,4 +1,4 @@
-"""Sending with aiokafka's batch API (``service.app._Outbox``) against a real broker: the partition
+"""Sending with aiokafka's batch API (``service.delivery.app._Outbox``) against a real broker: the partition
 ``producer.send(key=...)`` would pick, input order per output partition, batches split when full, an
 event over the request size failed on its own; and the service end to end over many batches."""
 
@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 
-from service.app import Ingestor, _Outbox, _Send
-from service.topics import create_topics
+from service.delivery.app import Ingestor, _Outbox, _Send
+from service.delivery.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, read_all, settings_for
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from schemas.errors import ErrorCode
-from service.app import ERROR_CODE_HEADER, Ingestor
-from service.limits import Limits
+from service.core.limits import Limits
+from service.delivery.app import ERROR_CODE_HEADER, Ingestor
 from tests.conftest import BrokerHandle
 from tests.support import (
     SERVICE_CMD,

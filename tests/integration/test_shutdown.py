@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.app import HARD_STOP_MARGIN_SECONDS, STOP_MARGIN_SECONDS
-from service.broker import free_port
+from service.delivery.app import HARD_STOP_MARGIN_SECONDS, STOP_MARGIN_SECONDS
+from service.tools.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Fleet, wait_until
 from tests.support import SERVICE_CMD, Topics, feed, produce, service_env

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import free_port
+from service.tools.broker import free_port
 from tests.support import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from service.broker import accepts_connections, free_port
+from service.tools.broker import accepts_connections, free_port
 
 POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100

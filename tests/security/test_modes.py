@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import free_port
-from service.failures import EXIT_MISCONFIGURED
+from service.delivery.failures import EXIT_MISCONFIGURED
+from service.tools.broker import free_port
 from tests.kafka.security import SecuredKafka
 from tests.security.conftest import MODES, mode_env
 from tests.support import SERVICE_CMD, Ledger, Topics, get_text, record, service_env

@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from service.broker import free_port
+from service.tools.broker import free_port
 from tests.faults.harness import wait_until
 from tests.kafka.security import PREFIX, REAUTH_MS, SecuredKafka
 from tests.support import (
@@ -152,7 +152,8 @@ async def test_a_password_rotated_while_running_blocks_reports_and_resumes(secur
         assert 0 < attempts <= 100, f"{attempts} refused connections in {WINDOW_SECONDS:g}s"
         committed = await _committed(secured, topics)
         delivered = await _delivered_prefix(secured, topics)
-        assert committed is not None and 4 <= committed <= delivered, (
+        assert committed is not None
+        assert 4 <= committed <= delivered, (
             f"committed {committed}, but only offsets below {delivered} have their events"
         )
         print(f"in {WINDOW_SECONDS:g}s: {len(logged)} log lines, {attempts} refused connections")

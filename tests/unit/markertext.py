@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from service.events import Outcome, Source, process_payload
-from service.limits import Limits
+from service.core.events import Outcome, Source, process_payload
+from service.core.limits import Limits
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

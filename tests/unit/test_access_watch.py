@@ -12,9 +12,9 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from service import app
-from service.app import Ingestor, probe_due
-from service.failures import Failure, Kind
+from service.delivery import app
+from service.delivery.app import Ingestor, probe_due
+from service.delivery.failures import Failure, Kind
 from service.settings import Settings
 
 REFUSED = Failure(
@@ -43,7 +43,7 @@ def test_probe_due(complained: bool, reason: str | None, refused: bool, due: boo
 
 
 class FakeProbe:
-    """Stands for ``service.connection.diagnose``: answers from a script, then its last answer."""
+    """Stands for ``service.delivery.connection.diagnose``: answers from a script, then its last answer."""
 
     def __init__(self, answers: list[tuple[Failure | None, str | None]]) -> None:
         self.answers = answers

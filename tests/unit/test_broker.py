@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from service.demo import run_demo
+from service.tools.demo import run_demo
 
 
 def test_the_demo_without_the_demo_extra_says_how_to_install_it(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.clients import (
+from service.delivery.clients import (
     CONSUMER_SESSION_TIMEOUT_MS,
     JOIN_MARGIN_MS,
     consumer_config,

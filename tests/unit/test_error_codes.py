@@ -11,7 +11,7 @@ import pytest
 from markertext import decode, doc_section, end, error_of, fenced_blocks, fld, only, record, run, start
 
 from schemas.errors import DESCRIPTIONS, PAYLOAD_LEVEL, ErrorCode
-from service.limits import Limits
+from service.core.limits import Limits
 
 DOCUMENTED_CODES = {
     "invalid_encoding",

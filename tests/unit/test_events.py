@@ -36,8 +36,8 @@ from schemas.events import (
     ArticleIngested,
     RecordDeadLettered,
 )
-from service.events import Origin, Source, fit_dead_letter, origin_of, rfc3339
-from service.limits import Limits
+from service.core.events import Origin, Source, fit_dead_letter, origin_of, rfc3339
+from service.core.limits import Limits
 
 
 def _digest(*parts: str) -> str:

@@ -1,4 +1,4 @@
-"""The mapping of Kafka failures to one line and a setting (``service.failures``), without I/O."""
+"""The mapping of Kafka failures to one line and a setting (``service.delivery.failures``), without I/O."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import ssl
 import pytest
 from aiokafka import errors as ke
 
-from service.failures import Access, Kind, Stage, classify, classify_closed, fatal_at_startup
-from service.logs import hide_credentials
+from service.delivery.failures import Access, Kind, Stage, classify, classify_closed, fatal_at_startup
+from service.ops.logs import hide_credentials
 from service.settings import Settings
 
 SASL = Access(protocol="SASL_SSL", mechanism="SCRAM-SHA-512", username="svc", cafile="/ca.pem")

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from service.http import (
+from service.ops.http import (
     MAX_HEADER_FIELD,
     MAX_REQUEST_LINE,
     AcceptBudget,

@@ -12,8 +12,8 @@ import orjson
 import pytest
 import structlog
 
-import service.logs
-from service.logs import configure_logging, log_write_errors, on_library_line
+import service.ops.logs
+from service.ops.logs import configure_logging, log_write_errors, on_library_line
 
 
 class _Stderr(io.TextIOWrapper):
@@ -75,14 +75,14 @@ def test_repeated_client_lines_are_held_back_and_counted(monkeypatch: pytest.Mon
 def test_after_the_window_the_next_line_says_how_many_were_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
     stderr = _Stderr()
     monkeypatch.setattr(sys, "stderr", stderr)
-    monkeypatch.setattr(service.logs, "REPEAT_WINDOW_SECONDS", 0.0)
+    monkeypatch.setattr(service.ops.logs, "REPEAT_WINDOW_SECONDS", 0.0)
     configure_logging("json", "INFO")
     client = logging.getLogger("aiokafka.consumer")
     client.warning("Heartbeat failed")
-    monkeypatch.setattr(service.logs, "REPEAT_WINDOW_SECONDS", 3600.0)
+    monkeypatch.setattr(service.ops.logs, "REPEAT_WINDOW_SECONDS", 3600.0)
     client.warning("Heartbeat failed")
     client.warning("Heartbeat failed")
-    monkeypatch.setattr(service.logs, "REPEAT_WINDOW_SECONDS", 0.0)
+    monkeypatch.setattr(service.ops.logs, "REPEAT_WINDOW_SECONDS", 0.0)
     client.warning("Heartbeat failed")
     client.warning("another message")
     lines = stderr.lines()
@@ -101,6 +101,6 @@ def test_a_broken_log_stream_never_raises_and_is_counted(monkeypatch: pytest.Mon
     log = structlog.get_logger("marker_ingest")
     log.info("stop.requested", grace_seconds=20)
     logging.getLogger("aiokafka").warning("a client warning")
-    service.logs.record_logger().info("record", offset=1)
-    service.logs.flush_records()
+    service.ops.logs.record_logger().info("record", offset=1)
+    service.ops.logs.flush_records()
     assert log_write_errors() > before

@@ -9,8 +9,8 @@ import pytest
 from markertext import FIXTURES, decode, doc_section, end, fenced_blocks, fld, only, record, run, start
 
 from schemas.errors import ErrorCode
-from service.limits import Limits
-from service.parser import Marker, find_markers, scan
+from service.core.limits import Limits
+from service.core.parser import Marker, find_markers, scan
 
 SEED_PATH = FIXTURES / "seed_2433.txt"
 SEED_TITLE = "Mediators push for Gaza ceasefire but gaps remain"

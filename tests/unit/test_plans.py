@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.plans import ServiceState, Trip, readiness, resend_plan
+from service.delivery.plans import ServiceState, Trip, readiness, resend_plan
 
 
 @dataclass

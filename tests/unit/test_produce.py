@@ -13,9 +13,10 @@ import structlog
 from markertext import record
 
 from service.cli import EXIT_USAGE, main
-from service.command import display_name
-from service.limits import Limits
-from service.produce import (
+from service.core.limits import Limits
+from service.settings import Settings
+from service.tools.command import display_name
+from service.tools.produce import (
     NothingToPush,
     ProgressBar,
     PushReport,
@@ -27,7 +28,6 @@ from service.produce import (
     split_records,
     tool_logging,
 )
-from service.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -205,10 +205,10 @@ class _FakeProducer:
 async def test_each_file_is_reported_on_its_own_and_the_next_ones_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.produce
+    import service.tools.produce
 
     fake = _FakeProducer(client_limit=5000, broker_limit=2000)
-    monkeypatch.setattr(service.produce, "producer_for", lambda _settings: fake)
+    monkeypatch.setattr(service.tools.produce, "producer_for", lambda _settings: fake)
     names = ["1-ok.txt", "2-client.txt", "3-ok.txt", "4-broker.txt", "5-mixed.txt"]
     sizes = {"2-client.txt": 6000, "4-broker.txt": 3000}
     for name in names[:4]:
@@ -216,7 +216,7 @@ async def test_each_file_is_reported_on_its_own_and_the_next_ones_go_on(
     (tmp_path / "5-mixed.txt").write_text(f"{record(fn='1')} {record(fn='2', text='y' * 3000)}")
     files = [tmp_path / name for name in names]
 
-    report = await service.produce.produce_files(Settings(), files)
+    report = await service.tools.produce.produce_files(Settings(), files)
     assert (report.files, report.messages, report.bytes) == (2, 2, 20)
     assert [(p.name, why) for p, why in report.failed] == [
         (
@@ -226,7 +226,7 @@ async def test_each_file_is_reported_on_its_own_and_the_next_ones_go_on(
         ("4-broker.txt", "not acknowledged: [Error 10] MessageSizeTooLargeError"),
         ("5-mixed.txt", "not acknowledged: [Error 10] MessageSizeTooLargeError"),
     ]
-    per_record = await service.produce.produce_files(Settings(), files[4:], per_record=True)
+    per_record = await service.tools.produce.produce_files(Settings(), files[4:], per_record=True)
     assert [why for _, why in per_record.failed] == [
         "1 of 2 message(s) not sent; first: message 1: not acknowledged: [Error 10] MessageSizeTooLargeError"
     ]
@@ -238,7 +238,7 @@ async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
 ) -> None:
     from aiokafka.errors import KafkaTimeoutError
 
-    import service.produce
+    import service.tools.produce
 
     fake = _FakeProducer(client_limit=5000, broker_limit=5000)
     sends = fake.send
@@ -249,11 +249,11 @@ async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
         return await sends(topic, value, key)
 
     monkeypatch.setattr(fake, "send", send)
-    monkeypatch.setattr(service.produce, "producer_for", lambda _settings: fake)
+    monkeypatch.setattr(service.tools.produce, "producer_for", lambda _settings: fake)
     files = [tmp_path / f"{n}.txt" for n in (1, 2, 3)]
     for path in files:
         path.write_text("x")
-    report = await service.produce.produce_files(Settings(), files)
+    report = await service.tools.produce.produce_files(Settings(), files)
     assert (report.files, fake.sent) == (1, [b"1.txt"])
     assert report.failed == [(p, "not sent, the push stopped: KafkaTimeoutError") for p in files[1:]]
 

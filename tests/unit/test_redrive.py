@@ -13,11 +13,12 @@ from markertext import NOW, VERSION, record
 
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ORIGIN_HEADER
-from service import redrive as rd
 from service.cli import EXIT_USAGE, main
-from service.events import Source, origin_of, process_payload
-from service.limits import Limits
-from service.redrive import (
+from service.core.events import Source, origin_of, process_payload
+from service.core.limits import Limits
+from service.delivery.routing import Routes, route
+from service.tools import redrive as rd
+from service.tools.redrive import (
     REDRIVE_COUNT_HEADER,
     DeadLetterRecord,
     Filters,
@@ -33,7 +34,6 @@ from service.redrive import (
     render_text,
     would_succeed,
 )
-from service.routing import Routes, route
 
 INPUT = "news.raw"
 ERROR_HEADER = "marker-ingest-error-code"
@@ -175,7 +175,7 @@ def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
 
 
 def test_the_error_code_header_is_the_services() -> None:
-    from service.app import ERROR_CODE_HEADER
+    from service.delivery.app import ERROR_CODE_HEADER
 
     assert rd.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
 
@@ -534,7 +534,7 @@ def test_key_base64_of_an_empty_key() -> None:
 def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key() -> None:
     import datetime as dt
 
-    from service.events import Source, process_payload
+    from service.core.events import Source, process_payload
 
     key = b"k" * 5000
     [outcome] = process_payload(

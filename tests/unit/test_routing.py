@@ -1,4 +1,4 @@
-"""Routing an outcome (``service.routing``): topic, key and headers; CloudEvents' Kafka binding; the
+"""Routing an outcome (``service.delivery.routing``): topic, key and headers; CloudEvents' Kafka binding; the
 whole dead-letter record within ``INGEST_MAX_EVENT_BYTES``."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from schemas.events import (
     ERROR_CODE_HEADER,
     RecordDeadLettered,
 )
-from service.events import ARTICLE_RECORD_RESERVE, Outcome, Source, process_payload
-from service.limits import Limits
-from service.routing import Destination, Routes, record_size, route
+from service.core.events import ARTICLE_RECORD_RESERVE, Outcome, Source, process_payload
+from service.core.limits import Limits
+from service.delivery.routing import Destination, Routes, record_size, route
 
 ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)
 SOURCE = Source("news.raw", 2, 40, timestamp_ms=1_706_054_400_123, key=b"feed-7")

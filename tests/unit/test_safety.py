@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.safety import DeadLetterWindow, SafetyPolicy, SafetySwitch
+from service.ops.safety import DeadLetterWindow, SafetyPolicy, SafetySwitch
 from service.settings import Settings
 
 

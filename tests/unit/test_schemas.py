@@ -15,8 +15,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from schemas import generate
 from schemas.errors import ErrorCode
-from service.events import Outcome, Source, process_payload
-from service.limits import Limits
+from service.core.events import Outcome, Source, process_payload
+from service.core.limits import Limits
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +169,13 @@ def test_the_dead_letter_schema_rejects_an_unknown_error_code() -> None:
     assert _errors(DEAD_LETTER, event) == []
     event["error"]["code"] = "no_such_code"
     assert _errors(DEAD_LETTER, event)
+
+
+def test_the_contract_defaults_are_the_settings_defaults_and_variables() -> None:
+    """The AsyncAPI document names these defaults and variables; the service must use the same."""
+    from schemas.defaults import BY_FIELD
+    from service.settings import Settings, variable_name
+
+    for field, default in BY_FIELD.items():
+        assert Settings.model_fields[field].default == default.value, field
+        assert variable_name(field) == default.variable, field

@@ -150,7 +150,7 @@ def test_every_variable_is_kafka_or_ingest_and_the_limits_default_to_the_cores()
     assert all(name.startswith(("KAFKA_", "INGEST_")) for name in VARIABLES)
     assert VARIABLES["INGEST_INPUT_TOPIC"] == "input_topic"
     assert VARIABLES["KAFKA_BOOTSTRAP_SERVERS"] == "kafka_bootstrap_servers"
-    from service.limits import Limits
+    from service.core.limits import Limits
 
     assert Settings().limits == Limits()
 
@@ -365,12 +365,12 @@ def test_a_typo_is_warned_about_on_stderr(
 
 
 def test_run_logs_a_typo_as_a_warning_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.app
-    import service.logs
+    import service.delivery.app
+    import service.ops.logs
 
     started: list[Settings] = []
-    monkeypatch.setattr(service.logs, "configure_logging", lambda *_: None)
-    monkeypatch.setattr(service.app, "run_service", lambda s: started.append(s) or 0)
+    monkeypatch.setattr(service.ops.logs, "configure_logging", lambda *_: None)
+    monkeypatch.setattr(service.delivery.app, "run_service", lambda s: started.append(s) or 0)
     monkeypatch.setenv("INGEST_MAX_MESAGES", "5")
     with capture_logs() as logs:
         assert main(["run"]) == 0

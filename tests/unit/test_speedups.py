@@ -1,4 +1,4 @@
-"""The C scanner (``service/_speedups.c``) against its Python reference (``_scan_clean_py``).
+"""The C scanner (``service/core/_speedups.c``) against its Python reference (``_scan_clean_py``).
 
 The C code only recognises clean payloads faster; it must return exactly what the Python scanner
 returns, None included, on any text: the field values and offsets, the record splits, the limit.
@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from markertext import FIXTURES, end, fld, record, start
 from test_properties import soups
 
-from service import parser
-from service.parser import CleanRecord, _scan_clean_py
-from service.validation import REQUIRED
+from service.core import parser
+from service.core.parser import CleanRecord, _scan_clean_py
+from service.core.validation import REQUIRED
 
 _speedups = parser._speedups
 
@@ -37,7 +37,7 @@ def test_speedups_are_built_where_a_compiler_is() -> None:
     assert parser.scan_clean is not _scan_clean_py
 
 
-needs_speedups = pytest.mark.skipif(_speedups is None, reason="service._speedups is not built")
+needs_speedups = pytest.mark.skipif(_speedups is None, reason="service.core._speedups is not built")
 
 
 def c_scan(text: str, max_records: int) -> list[CleanRecord] | None:

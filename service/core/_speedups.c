@@ -1,6 +1,6 @@
 /* The hot path of the marker-text scanner in C: ``scan_clean`` for a whole payload.
  *
- * Same contract and results as ``service.parser._scan_clean_py`` (the reference, kept in Python and
+ * Same contract and results as ``service.core.parser._scan_clean_py`` (the reference, kept in Python and
  * used where this module was not built): the records of a *clean* payload, else None. Clean means
  * only white space outside the fields, every field closed by its own END marker before any other
  * marker suffix, no duplicate field, at most ``max_records`` records. Anything else returns None and
@@ -164,7 +164,7 @@ is_fn(PyObject *name)
 PyDoc_STRVAR(scan_clean_doc,
              "scan_clean(record_type, text, max_records, /)\n--\n\n"
              "The records of a clean payload as record_type(start, values, value_starts), else None.\n"
-             "Same results as service.parser._scan_clean_py.");
+             "Same results as service.core.parser._scan_clean_py.");
 
 static PyObject *
 scan_clean(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -338,8 +338,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "service._speedups",
-    "C speedups of the marker-ingest core (optional: service.parser falls back to Python).",
+    "service.core._speedups",
+    "C speedups of the marker-ingest core (optional: service.core.parser falls back to Python).",
     0,
     methods,
     NULL,

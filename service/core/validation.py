@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleData
-from service.limits import Limits
-from service.parser import FieldValue, Problem
+from service.core.limits import Limits
+from service.core.parser import FieldValue, Problem
 
 REQUIRED = ("fn", "date", "title", "text")
 _N_REQUIRED = len(REQUIRED)

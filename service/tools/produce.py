@@ -23,7 +23,12 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from service import __version__
-from service.command import (
+from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
+from service.core.limits import Limits
+from service.core.parser import Problem, scan
+from service.ops.logs import configure_logging
+from service.settings import Settings
+from service.tools.command import (
     EXIT_DEAD_LETTERS,
     EXIT_OK,
     EXIT_USAGE,
@@ -33,11 +38,6 @@ from service.command import (
     display_name,
     topic_name,
 )
-from service.events import Source, describe_dead_letter, process_payload, strip_bom
-from service.limits import Limits
-from service.logs import configure_logging
-from service.parser import Problem, scan
-from service.settings import Settings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -224,7 +224,7 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     """A producer with the service's connection, security and durability settings."""
     from aiokafka import AIOKafkaProducer
 
-    from service.clients import producer_config
+    from service.delivery.clients import producer_config
 
     return AIOKafkaProducer(**producer_config(settings, linger_ms=5))
 
@@ -308,7 +308,7 @@ async def produce_files(
     """
     from aiokafka.errors import KafkaError
 
-    from service.topics import started
+    from service.delivery.topics import started
 
     report = PushReport()
     limits = settings.limits
@@ -398,8 +398,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Run ``marker-ingest produce``."""
     from aiokafka.errors import KafkaError
 
-    from service.connection import explain, preflight
-    from service.failures import EXIT_MISCONFIGURED, Stage
+    from service.delivery.connection import explain, preflight
+    from service.delivery.failures import EXIT_MISCONFIGURED, Stage
 
     settings = build_settings(args)
     topic: str = args.topic or settings.input_topic

@@ -2,7 +2,7 @@
 
 aiokafka reports most of them badly: a refused password, an untrusted certificate or a mechanism the
 broker does not offer all end as ``KafkaConnectionError("Unable to bootstrap from ...")``, the cause
-only logged. The shell therefore probes a failed connection itself (``service.connection``) and
+only logged. The shell therefore probes a failed connection itself (``service.delivery.connection``) and
 hands the probe's exception here. This module maps every foreign exception at one boundary,
 ``classify``, to a ``Failure`` or to None (transient: retry with backoff)::
 

@@ -304,14 +304,14 @@ def _scan_clean_py(text: str, max_records: int) -> list[CleanRecord] | None:
 
 
 try:
-    from service import _speedups
+    from service.core import _speedups
 except ImportError:  # built without a C compiler: the Python scanner, with the same results
     _speedups = None  # type: ignore[assignment]
 
 scan_clean: Callable[[str, int], list[CleanRecord] | None] = (
     _scan_clean_py if _speedups is None else functools.partial(_speedups.scan_clean, CleanRecord)
 )
-"""``_scan_clean_py``'s results, from the C speedups (``service/_speedups.c``) where they were built.
+"""``_scan_clean_py``'s results, from the C speedups (``service/core/_speedups.c``) where they were built.
 
 The same function in C walks a value's hyphens with ``memchr`` instead of a Python step each: about
 a third of the cost of a clean 5 KB record. tests/unit/test_speedups.py holds the two to the same

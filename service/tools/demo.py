@@ -15,17 +15,17 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from service.app import Ingestor
-from service.broker import EmbeddedBroker
-from service.command import EXIT_USAGE, describe_kafka_error, display_name
-from service.connection import explain
-from service.failures import EXIT_MISCONFIGURED, Stage
-from service.logs import configure_logging
-from service.produce import NothingToPush, collect_files, produce_files
+from service.delivery.app import Ingestor
+from service.delivery.connection import explain
+from service.delivery.failures import EXIT_MISCONFIGURED, Stage
+from service.delivery.topics import create_topics, read_topic
+from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
-from service.topics import create_topics, read_topic
+from service.tools.broker import EmbeddedBroker
+from service.tools.command import EXIT_USAGE, describe_kafka_error, display_name
+from service.tools.produce import NothingToPush, collect_files, produce_files
 
-SAMPLE_FEED = Path(__file__).parent / "samples" / "feed"
+SAMPLE_FEED = Path(__file__).parent.parent / "samples" / "feed"
 EXIT_FAILED = 1
 
 

@@ -2,7 +2,7 @@
 
 aiokafka's bootstrap logs why each broker refused and raises only ``Unable to bootstrap``. The probe
 makes the same connection (TCP, TLS, ApiVersions, SASL, a Metadata request) to each bootstrap address
-and returns the exception that stopped it, for ``service.failures.classify``.
+and returns the exception that stopped it, for ``service.delivery.failures.classify``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from service.failures import Failure, Stage, access_from, classify, classify_closed
+from service.delivery.failures import Failure, Stage, access_from, classify, classify_closed
 from service.settings import Settings
 
 

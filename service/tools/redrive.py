@@ -37,7 +37,10 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
-from service.command import (
+from service.core.events import Source, process_payload
+from service.core.limits import Limits
+from service.settings import Settings
+from service.tools.command import (
     EXIT_DEAD_LETTERS,
     EXIT_OK,
     EXIT_USAGE,
@@ -46,9 +49,6 @@ from service.command import (
     describe_kafka_error,
     topic_name,
 )
-from service.events import Source, process_payload
-from service.limits import Limits
-from service.settings import Settings
 
 DEFAULT_MAX_REDRIVES = 3
 
@@ -504,7 +504,7 @@ class RedriveOptions:
 
 async def read_dead_letters(settings: Settings) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic, without joining a consumer group."""
-    from service.topics import read_topic
+    from service.delivery.topics import read_topic
 
     kwargs = settings.kafka_client_kwargs()
     bootstrap = kwargs.pop("bootstrap_servers")
@@ -519,8 +519,8 @@ async def publish(
     """Publish every message and wait for the acknowledgements; return the ids that failed."""
     from aiokafka.errors import KafkaError
 
-    from service.produce import producer_for
-    from service.topics import started
+    from service.delivery.topics import started
+    from service.tools.produce import producer_for
 
     failed: set[str] = set()
     if not messages:
@@ -664,10 +664,10 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
 
-    from service.connection import explain, preflight
-    from service.failures import EXIT_MISCONFIGURED, Stage
-    from service.produce import tool_logging
-    from service.topics import TopicNotFound
+    from service.delivery.connection import explain, preflight
+    from service.delivery.failures import EXIT_MISCONFIGURED, Stage
+    from service.delivery.topics import TopicNotFound
+    from service.tools.produce import tool_logging
 
     options = options_from(args)
     if isinstance(options, str):

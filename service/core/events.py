@@ -26,9 +26,9 @@ from schemas.events import (
     ORIGIN_HEADER,
     ArticleData,
 )
-from service.limits import Limits
-from service.parser import CleanRecord, Problem, ScannedRecord, scan_clean, scan_markers, scanned
-from service.validation import article_from_values, validate_record
+from service.core.limits import Limits
+from service.core.parser import CleanRecord, Problem, ScannedRecord, scan_clean, scan_markers, scanned
+from service.core.validation import article_from_values, validate_record
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -264,7 +264,7 @@ def _article(
 
 ARTICLE_RECORD_RESERVE = 256
 """Bytes an article's Kafka record adds to its event: the key (an FN, at most 18 digits), the
-``content-type`` header and the record batch framing (at most 180 bytes; ``service.routing``)."""
+``content-type`` header and the record batch framing (at most 180 bytes; ``service.delivery.routing``)."""
 
 
 def _article_limit(limits: Limits) -> int:

@@ -41,18 +41,24 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER as ERROR_CODE_HEADER
 from service import __version__
-from service.clients import consumer_config, max_request_size, producer_config
-from service.connection import diagnose
-from service.events import Outcome, Source, origin_of, process_payload
-from service.failures import Access, Failure, Stage, access_from, classify, fatal_at_startup
-from service.http import HttpEndpoint, LoopWatch, Response, cached
-from service.logs import configure_logging, flush_records, log_write_errors, on_library_line, record_logger
-from service.metrics import CONTENT_TYPE, Metrics
-from service.plans import ServiceState, Trip, readiness, resend_plan
-from service.routing import Destination, Headers, Routes, route
-from service.safety import SafetyPolicy, SafetySwitch
+from service.core.events import Outcome, Source, origin_of, process_payload
+from service.delivery.clients import consumer_config, max_request_size, producer_config
+from service.delivery.connection import diagnose
+from service.delivery.failures import Access, Failure, Stage, access_from, classify, fatal_at_startup
+from service.delivery.plans import ServiceState, Trip, readiness, resend_plan
+from service.delivery.routing import Destination, Headers, Routes, route
+from service.delivery.topics import create_with_broker_defaults, topic_problems
+from service.ops.http import HttpEndpoint, LoopWatch, Response, cached
+from service.ops.logs import (
+    configure_logging,
+    flush_records,
+    log_write_errors,
+    on_library_line,
+    record_logger,
+)
+from service.ops.metrics import CONTENT_TYPE, Metrics
+from service.ops.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
-from service.topics import create_with_broker_defaults, topic_problems
 
 HEALTH_STALE_LIMIT_SECONDS = 10.0
 """``/healthz`` fails once the event loop has been this late to tick."""

@@ -1,6 +1,6 @@
 """The delivery loop's decisions, as pure functions over plain data (no I/O, no Kafka client).
 
-The loop in ``service.app`` only does what these say: which sends to hand to the producer again
+The loop in ``service.delivery.app`` only does what these say: which sends to hand to the producer again
 after a failure (``resend_plan``), and so which offsets may be committed (none of a batch until
 every event derived from it is acknowledged); and whether the service is ready, and why not
 (``readiness``, what ``/readyz`` answers).
