@@ -12,9 +12,6 @@ connection lasts at most ``connection_seconds`` (slowloris). A request line long
 ``MAX_REQUEST_LINE`` is answered 414, a header field longer than ``MAX_HEADER_FIELD`` 431. Routes
 run on that thread: they must only read state the service keeps (prometheus-client is thread-safe)
 and never log directly; the endpoint hands its log lines to the service's loop.
-
-``LoopWatch`` is the liveness signal: a task that ticks every ``interval`` seconds on the service's
-loop, so a loop that is blocked (or starved) shows as a stale tick.
 """
 
 from __future__ import annotations
@@ -26,16 +23,16 @@ import functools
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+from service.ops.routes import Response, Route, route_request
 
 log = structlog.get_logger("marker_ingest")
 
@@ -48,33 +45,6 @@ CONNECTION_SECONDS = 5.0
 LINGER_SECONDS = 2.0
 LISTEN_BACKLOG = 32
 STOP_SECONDS = 3.0
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """What a route answers."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-    @classmethod
-    def json(cls, status: int, payload: object) -> Response:
-        """A JSON response."""
-        return cls(status, orjson.dumps(payload) + b"\n")
-
-
-Route = Callable[[], Response]
-
-
-def route_request(method: str, path: str, routes: Mapping[str, Route]) -> Response:
-    """The response to one request: the route's, or 404/405."""
-    route = routes.get(path)
-    if route is None:
-        return Response.json(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": sorted(routes)})
-    if method not in ("GET", "HEAD"):
-        return Response.json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET and HEAD"})
-    return route()
 
 
 def refusal(status: int, exc: BaseException | None) -> Response:
@@ -91,21 +61,6 @@ def refusal(status: int, exc: BaseException | None) -> Response:
     if isinstance(exc, BadHttpMessage):
         return Response.json(HTTPStatus.BAD_REQUEST, {"error": "bad request"})
     return Response.json(status, {"error": HTTPStatus(status).phrase.lower()})
-
-
-def cached(route: Route, seconds: float, clock: Callable[[], float] = time.monotonic) -> Route:
-    """``route``, answered again from its last response for ``seconds`` (a scrape flood renders once)."""
-    lock = threading.Lock()
-    last: list[tuple[float, Response]] = []
-
-    def answer() -> Response:
-        with lock:
-            now = clock()
-            if not last or now - last[0][0] >= seconds:
-                last[:] = [(now, route())]
-            return last[0][1]
-
-    return answer
 
 
 @dataclass(slots=True)
@@ -391,34 +346,3 @@ class HttpEndpoint:
         if self._owner is not None:
             with contextlib.suppress(RuntimeError):
                 self._owner.call_soon_threadsafe(functools.partial(getattr(log, level), event, **fields))
-
-
-class LoopWatch:
-    """Ticks every ``interval`` seconds on the running loop; ``stale_seconds`` says how late it is."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self._last = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start ticking on the running loop."""
-        self._last = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-
-    async def stop(self) -> None:
-        """Stop ticking."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def stale_seconds(self) -> float:
-        """Seconds since the tick was due (0 while the loop keeps up; read from any thread)."""
-        return max(0.0, time.monotonic() - self._last - self.interval)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self._last = time.monotonic()

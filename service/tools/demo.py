@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from service.delivery.app import Ingestor
 from service.delivery.connection import explain
 from service.delivery.failures import EXIT_MISCONFIGURED, Stage
+from service.delivery.ingestor import Ingestor
 from service.delivery.topics import create_topics, read_topic
 from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings

@@ -17,7 +17,7 @@ from schemas.events import CLOUDEVENTS_CONTENT_TYPE, ERROR_CODE_HEADER, RecordDe
 from service import __version__
 from service.core.events import Source, process_payload
 from service.core.limits import Limits
-from service.delivery.app import Ingestor
+from service.delivery.ingestor import Ingestor
 from service.delivery.routing import record_size
 from tests.conftest import BrokerHandle
 from tests.support import Topics, feed, produce, read_all, settings_for

@@ -14,8 +14,9 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from service.delivery.app import Ingestor
-from service.ops.http import HttpEndpoint, Response
+from service.delivery.ingestor import Ingestor
+from service.ops.http import HttpEndpoint
+from service.ops.routes import Response
 from service.tools.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.support import Topics, feed, produce, settings_for

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.delivery.app import Ingestor
+from service.delivery.ingestor import Ingestor
 from service.tools.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.support import (

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from service.cli import main
-from service.delivery.app import Ingestor
+from service.delivery.ingestor import Ingestor
 from tests.conftest import BrokerHandle
 from tests.support import (
     Ledger,

@@ -1,4 +1,4 @@
-"""Sending with aiokafka's batch API (``service.delivery.app._Outbox``) against a real broker: the partition
+"""Sending with aiokafka's batch API (``service.delivery.app.Outbox``) against a real broker: the partition
 ``producer.send(key=...)`` would pick, input order per output partition, batches split when full, an
 event over the request size failed on its own; and the service end to end over many batches."""
 
@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 
-from service.delivery.app import Ingestor, _Outbox, _Send
+from service.delivery.ingestor import Ingestor
+from service.delivery.outbox import Outbox, Send
 from service.delivery.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, read_all, settings_for
@@ -24,15 +25,15 @@ INPUT = TopicPartition("in", 0)
 
 @dataclass
 class _Event:
-    """What ``_Outbox`` reads of an outcome."""
+    """What ``Outbox`` reads of an outcome."""
 
     key: bytes | None
     value: bytes
     error: None = None
 
 
-def _send(topic: str, offset: int, key: bytes | None, value: bytes) -> _Send:
-    return _Send(INPUT, offset, topic, _Event(key, value), [])  # type: ignore[arg-type]
+def _send(topic: str, offset: int, key: bytes | None, value: bytes) -> Send:
+    return Send(INPUT, offset, topic, _Event(key, value), [])  # type: ignore[arg-type]
 
 
 async def test_outbox_partitions_like_send_keeps_order_and_splits_full_batches(broker: BrokerHandle) -> None:
@@ -51,7 +52,7 @@ async def test_outbox_partitions_like_send_keeps_order_and_splits_full_batches(b
             meta = await (await producer.send(by_send, value, key=key))
             expected_partition[key] = meta.partition
 
-        outbox = _Outbox(producer, max_request_size=1 << 20)
+        outbox = Outbox(producer, max_request_size=1 << 20)
         sends = [_send(by_batch, i, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
         for send in sends:
             await outbox.add(send)
@@ -84,7 +85,7 @@ async def test_an_event_over_the_request_size_fails_alone_and_the_others_are_sen
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
     try:
-        outbox = _Outbox(producer, max_request_size=20_000)
+        outbox = Outbox(producer, max_request_size=20_000)
         small, big, after = (
             _send(topic, 0, b"1", b"a" * 100),
             _send(topic, 1, b"2", b"b" * 20_000),

@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from schemas.errors import ErrorCode
+from schemas.events import ERROR_CODE_HEADER
 from service.core.limits import Limits
-from service.delivery.app import ERROR_CODE_HEADER, Ingestor
+from service.delivery.ingestor import Ingestor
 from tests.conftest import BrokerHandle
 from tests.support import (
     SERVICE_CMD,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.delivery.app import HARD_STOP_MARGIN_SECONDS, STOP_MARGIN_SECONDS
+from service.delivery.app import HARD_STOP_MARGIN_SECONDS
+from service.delivery.grace import STOP_MARGIN_SECONDS
 from service.tools.broker import free_port
 from tests.conftest import BrokerHandle
 from tests.faults.harness import Fleet, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from service.delivery.app import EXIT_CONFIG, Ingestor
+from service.delivery.ingestor import EXIT_CONFIG, Ingestor
 from service.delivery.topics import create_topics, topic_problems
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, settings_for

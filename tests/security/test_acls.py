@@ -15,8 +15,8 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from structlog.testing import capture_logs
 
-from service.delivery.app import Ingestor
 from service.delivery.failures import EXIT_MISCONFIGURED
+from service.delivery.ingestor import Ingestor
 from tests.kafka.security import LIMITED_USER, SecuredKafka
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, settings_for
 

@@ -1,4 +1,4 @@
-"""The running service's watch over its connection (``Ingestor._watch_access``), with a fake probe.
+"""The running service's watch over its connection (``access.AccessWatch``), with a fake probe.
 
 A refusal found while running makes ``/readyz`` name it and is logged once however often the probe
 repeats it; the first probe that succeeds clears it. The secured-broker test of the same behaviour
@@ -12,9 +12,10 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from service.delivery import app
-from service.delivery.app import Ingestor, probe_due
+from service.delivery import access, connection
+from service.delivery.access import probe_due
 from service.delivery.failures import Failure, Kind
+from service.delivery.ingestor import Ingestor
 from service.settings import Settings
 
 REFUSED = Failure(
@@ -56,7 +57,7 @@ class FakeProbe:
 
 @pytest.fixture
 def ingestor(monkeypatch: pytest.MonkeyPatch) -> Ingestor:
-    monkeypatch.setattr(app, "ACCESS_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(access, "ACCESS_CHECK_SECONDS", 0.01)
     return Ingestor(Settings(retry_initial_seconds=0.01, retry_max_seconds=0.02))
 
 
@@ -72,12 +73,12 @@ async def test_a_refusal_is_reported_logged_once_and_cleared(
     ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probe = FakeProbe([(REFUSED, "SaslAuthenticationFailed('invalid credentials')")])
-    monkeypatch.setattr(app, "diagnose", probe)
+    monkeypatch.setattr(connection, "diagnose", probe)
     with capture_logs() as logs:
-        watch = asyncio.create_task(ingestor._watch_access())
+        watch = asyncio.create_task(ingestor.access.run())
         await asyncio.sleep(0.05)
         assert probe.calls == 0, "probed without a symptom"
-        ingestor._on_library_line("aiokafka")
+        ingestor.access.library_line("aiokafka")
         await _until(lambda: ingestor.readiness()[1].get("reason") == "authentication_failed")
         ready, why = ingestor.readiness()
         assert not ready
@@ -86,7 +87,7 @@ async def test_a_refusal_is_reported_logged_once_and_cleared(
         assert "SASL authentication failed for user 'svc'" in why["detail"]
         await _until(lambda: probe.calls >= 4)
         probe.answers = [(None, None)]
-        await _until(lambda: ingestor._access_failure is None)
+        await _until(lambda: ingestor.access.failure is None)
         ingestor.request_stop()
         await asyncio.wait_for(watch, 2)
     events = [e["event"] for e in logs]
@@ -101,10 +102,10 @@ async def test_an_unreachable_broker_keeps_the_refusal_until_a_probe_succeeds(
     ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probe = FakeProbe([(REFUSED, "refused"), (None, "ConnectionRefusedError()"), (None, "TimeoutError()")])
-    monkeypatch.setattr(app, "diagnose", probe)
-    watch = asyncio.create_task(ingestor._watch_access())
+    monkeypatch.setattr(connection, "diagnose", probe)
+    watch = asyncio.create_task(ingestor.access.run())
     await asyncio.sleep(0.05)
-    ingestor._on_library_line("aiokafka")
+    ingestor.access.library_line("aiokafka")
     await _until(lambda: probe.calls >= 3)
     assert ingestor.readiness()[1]["reason"] == "authentication_failed"
     ingestor.request_stop()
@@ -116,17 +117,17 @@ async def test_a_closed_connection_counts_after_three_probes_in_a_row(
     ingestor: Ingestor, monkeypatch: pytest.MonkeyPatch, between: tuple[Failure | None, str | None]
 ) -> None:
     probe = FakeProbe([(CLOSED, "closed"), (CLOSED, "closed"), between, (CLOSED, "closed")])
-    monkeypatch.setattr(app, "diagnose", probe)
+    monkeypatch.setattr(connection, "diagnose", probe)
     seen_at: list[int] = []
 
     async def complain() -> None:  # the Kafka client logging a warning every few milliseconds
         while True:
-            ingestor._on_library_line("aiokafka")
-            if ingestor._access_failure is not None and not seen_at:
+            ingestor.access.library_line("aiokafka")
+            if ingestor.access.failure is not None and not seen_at:
                 seen_at.append(probe.calls)
             await asyncio.sleep(0.002)
 
-    watch = asyncio.create_task(ingestor._watch_access())
+    watch = asyncio.create_task(ingestor.access.run())
     complainer = asyncio.create_task(complain())
     await _until(lambda: bool(seen_at))
     complainer.cancel()

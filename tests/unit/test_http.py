@@ -8,16 +8,8 @@ import orjson
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from service.ops.http import (
-    MAX_HEADER_FIELD,
-    MAX_REQUEST_LINE,
-    AcceptBudget,
-    GracefulClose,
-    Response,
-    cached,
-    refusal,
-    route_request,
-)
+from service.ops.http import MAX_HEADER_FIELD, MAX_REQUEST_LINE, AcceptBudget, GracefulClose, refusal
+from service.ops.routes import Response, cached, route_request
 
 
 def test_routes_answer_and_unknown_paths_and_methods_do_not() -> None:

@@ -175,7 +175,7 @@ def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
 
 
 def test_the_error_code_header_is_the_services() -> None:
-    from service.delivery.app import ERROR_CODE_HEADER
+    from schemas.events import ERROR_CODE_HEADER
 
     assert rd.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
 
