@@ -12,28 +12,26 @@ import pytest
 from markertext import NOW, VERSION, record
 
 from schemas.errors import ErrorCode
-from schemas.events import DROPPED_HEADER, ORIGIN_HEADER
+from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
 from service.cli import EXIT_USAGE, main
 from service.core.events import Source, origin_of, process_payload
 from service.core.limits import Limits
 from service.delivery.routing import Routes, route
 from service.tools import redrive as rd
-from service.tools.redrive import (
-    REDRIVE_COUNT_HEADER,
+from service.tools import redrive_plan as plan
+from service.tools.redrive import parse_time
+from service.tools.redrive_plan import (
     DeadLetterRecord,
     Filters,
     SkipReason,
-    build_report,
     original_bytes,
     parse_dead_letter,
-    parse_time,
     plan_redrive,
     redrive_count,
     redriven_headers,
-    render_json,
-    render_text,
     would_succeed,
 )
+from service.tools.redrive_report import build_report, render_json, render_text
 
 INPUT = "news.raw"
 ERROR_HEADER = "marker-ingest-error-code"
@@ -82,7 +80,7 @@ class DLQ:
         return added
 
 
-def _event(rec: DeadLetterRecord) -> rd.RecordDeadLettered:
+def _event(rec: DeadLetterRecord) -> plan.RecordDeadLettered:
     event = parse_dead_letter(rec.value)
     assert event is not None
     return event
@@ -142,14 +140,14 @@ def test_a_raw_copy_shorter_than_its_size_gives_nothing() -> None:
     [rec] = DLQ().add(NO_MARKERS)
     event = orjson.loads(rec.value or b"")
     event["raw"]["size_bytes"] += 1
-    assert original_bytes(rd.RecordDeadLettered.model_validate(event)) is None
+    assert original_bytes(plan.RecordDeadLettered.model_validate(event)) is None
 
 
 def test_the_original_key_comes_from_key_base64() -> None:
     [rec] = DLQ().add(NO_MARKERS, key=b"\x00binary key")
-    assert rd.original_key(_event(rec)) == b"\x00binary key"
+    assert plan.original_key(_event(rec)) == b"\x00binary key"
     [rec] = DLQ().add(NO_MARKERS, key=None)
-    assert rd.original_key(_event(rec)) is None
+    assert plan.original_key(_event(rec)) is None
 
 
 @pytest.mark.parametrize(
@@ -177,13 +175,13 @@ def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
 def test_the_error_code_header_is_the_services() -> None:
     from schemas.events import ERROR_CODE_HEADER
 
-    assert rd.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
+    assert plan.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
 
 
 # --- selection ------------------------------------------------------------------------------------
 
 
-def _ids(plan: rd.Plan) -> list[str]:
+def _ids(plan: plan.Plan) -> list[str]:
     return [d.dead_letter_id for d in plan.decisions]
 
 
@@ -360,7 +358,7 @@ def test_would_succeed_uses_the_limits_it_is_given() -> None:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def _mixed_plan() -> rd.Plan:
+def _mixed_plan() -> plan.Plan:
     q = DLQ()
     q.add(BAD_DATE)
     q.add(NO_MARKERS)
@@ -520,7 +518,7 @@ def test_codes_are_read_into_filters() -> None:
     assert options.filters.codes == {ErrorCode.NO_MARKERS, ErrorCode.INVALID_FIELD}
     assert options.filters.partition == 2
     assert options.filters.limit == 5
-    assert options.max_redrives == rd.DEFAULT_MAX_REDRIVES
+    assert options.max_redrives == plan.DEFAULT_MAX_REDRIVES
     assert not options.dry_run
 
 
@@ -528,7 +526,7 @@ def test_key_base64_of_an_empty_key() -> None:
     q = DLQ()
     [rec] = q.add(NO_MARKERS, key=b"")
     assert _event(rec).source.key_base64 == base64.b64encode(b"").decode()
-    assert rd.original_key(_event(rec)) == b""
+    assert plan.original_key(_event(rec)) == b""
 
 
 def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key() -> None:
@@ -544,9 +542,9 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
         now=dt.datetime.now(dt.UTC),
         version="t",
     )
-    assert rd.parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
-    record = rd.DeadLetterRecord(0, 0, outcome.key, outcome.value)
-    [(_, message)] = rd.plan_redrive([record], rd.Filters()).messages
+    assert plan.parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
+    record = plan.DeadLetterRecord(0, 0, outcome.key, outcome.value)
+    [(_, message)] = plan.plan_redrive([record], plan.Filters()).messages
     assert message.key == key
     assert message.value == b"no markers here"
 
@@ -554,7 +552,7 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
 # --- redriving twice, what the bytes mean, null values ---------------------------------------------
 
 
-def _service_dead_letters(q: DLQ, msg: rd.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
+def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
     """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
     source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers))
     added = []

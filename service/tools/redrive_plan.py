@@ -1,0 +1,296 @@
+"""What ``marker-ingest redrive`` decides, without I/O: which dead letters to re-publish, as what.
+
+A dead letter is turned back into the input it came from (the record's text for a record-level
+dead letter, the whole payload, byte for byte, for a payload-level one) with the original key and
+headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id``; ``plan_redrive``
+selects, ranks and skips (with the reason), ``would_succeed`` re-parses for a dry run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode
+from schemas.events import (
+    DROPPED_HEADER,
+    ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    REDRIVE_COUNT_HEADER,
+    RecordDeadLettered,
+)
+from service import __version__
+from service.core.events import Source, process_payload
+from service.core.limits import Limits
+from service.tools.command import (
+    EXIT_DEAD_LETTERS,
+)
+
+DEFAULT_MAX_REDRIVES = 3
+
+EXIT_INCOMPLETE = EXIT_DEAD_LETTERS
+
+
+class SkipReason(StrEnum):
+    """Why a selected dead letter was not (or would not be) redriven."""
+
+    TRUNCATED = "truncated"
+    """The raw copy is truncated, or the input's key or headers were dropped: the original is gone."""
+    MAX_REDRIVES = "max_redrives"
+    """Its redrive count is already at ``--max-redrives``."""
+    INVALID_REDRIVE_COUNT = "invalid_redrive_count"
+    """Its ``marker-ingest-redrive-count`` header is not a decimal count."""
+    PUBLISH_FAILED = "publish_failed"
+    """The broker did not acknowledge the redriven message."""
+
+
+# --------------------------------------------------------------------------------------- the core
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One record of the dead-letter topic, as read: where it sits, and its key, value and headers."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which dead letters to select. Every bound is inclusive except ``until``."""
+
+    codes: frozenset[ErrorCode] = frozenset()
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    partition: int | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None
+    limit: int | None = None
+
+    def matches(self, event: RecordDeadLettered) -> bool:
+        """True when ``event`` passes every filter but the limit.
+
+        ``codes`` match the error code; ``since <= time < until`` the dead letter's ``time``;
+        ``partition`` and ``from_offset <= offset <= to_offset`` its source coordinates.
+        """
+        src = event.source
+        return (
+            (not self.codes or event.error.code in self.codes)
+            and (self.since is None or event.time >= self.since)
+            and (self.until is None or event.time < self.until)
+            and (self.partition is None or src.partition == self.partition)
+            and (self.from_offset is None or src.offset >= self.from_offset)
+            and (self.to_offset is None or src.offset <= self.to_offset)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveMessage:
+    """What goes back to the input topic for one dead letter."""
+
+    key: bytes | None
+    value: bytes | None
+    """None when the input's value was null."""
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One selected dead letter: its message, or why it is skipped."""
+
+    dead_letter_id: str
+    dlq_partition: int
+    dlq_offset: int
+    code: ErrorCode
+    scope: str
+    redrive_count: int | None
+    message: RedriveMessage | None
+    skip: SkipReason | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a redrive will do: every selected dead letter, in dead-letter-topic order."""
+
+    read: int = 0
+    unreadable: list[tuple[int, int]] = field(default_factory=list)
+    duplicates: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[tuple[Decision, RedriveMessage]]:
+        """The decisions that publish something, with their message."""
+        return [(d, d.message) for d in self.decisions if d.message is not None]
+
+
+def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int | None:
+    """The ``marker-ingest-redrive-count`` of a dead letter (0 without the header); None if malformed."""
+    value: bytes | None = None
+    for name, raw in headers:
+        if name == REDRIVE_COUNT_HEADER:
+            value = raw
+    if value is None:
+        return 0
+    text = value.decode("ascii", errors="replace")
+    return int(text) if text.isdecimal() and text.isascii() else None
+
+
+_BOM = "\ufeff".encode()
+
+
+def original_bytes(event: RecordDeadLettered) -> bytes | None:
+    """The input the dead letter was made from, or None when its raw copy is incomplete (or there
+    is none: a null value, see ``was_null``).
+
+    A record-level dead letter holds the record's text; a payload-level one the payload as text or,
+    when it was not UTF-8, as base64. Either way the bytes come back meaning what they meant: a
+    record whose text starts with U+FEFF is given a byte-order mark before it, since the service
+    takes a message's leading U+FEFF for one.
+    """
+    raw = event.raw
+    if raw.truncated:
+        return None
+    if raw.text is not None:
+        data = raw.text.encode("utf-8")
+    elif raw.base64 is not None:
+        try:
+            data = base64.b64decode(raw.base64, validate=True)
+        except binascii.Error:
+            return None
+    else:
+        return None
+    if len(data) != raw.size_bytes:
+        return None
+    if event.scope == "record" and data.startswith(_BOM):
+        return _BOM + data
+    return data
+
+
+def was_null(event: RecordDeadLettered) -> bool:
+    """True when the dead letter was made from a null message value (no text and no base64)."""
+    raw = event.raw
+    return raw.text is None and raw.base64 is None and raw.size_bytes == 0 and not raw.truncated
+
+
+def original_key(event: RecordDeadLettered) -> bytes | None:
+    """The key of the input message (``source.key_base64``)."""
+    key = event.source.key_base64
+    return None if key is None else base64.b64decode(key)
+
+
+_NOT_CARRIED = frozenset({ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, DROPPED_HEADER})
+
+
+def redriven_headers(
+    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None
+) -> tuple[tuple[str, bytes], ...]:
+    """The input's headers as the dead letter carried them, with the redrive count set to ``count``
+    and, when given, ``marker-ingest-origin-id`` set to ``origin_id``."""
+    kept = [(k, v) for k, v in headers if k not in _NOT_CARRIED]
+    if origin_id is not None:
+        kept.append((ORIGIN_HEADER, origin_id.encode()))
+    kept.append((REDRIVE_COUNT_HEADER, str(count).encode()))
+    return tuple(kept)
+
+
+def _identity(event: RecordDeadLettered) -> tuple[bool, str]:
+    """What makes two dead letters the same input: the id (which a redriven input keeps) and scope.
+
+    The dead letters of a redelivered message, and those of the same input redriven again, share it.
+    """
+    return (event.scope == "payload", event.id)
+
+
+def _rank(count: int | None) -> float:
+    """Which copy of one input to redrive: the most redriven; a malformed count first (it is skipped)."""
+    return float("inf") if count is None else count
+
+
+def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
+    """The dead-letter event in a record's value; None when it is not one."""
+    if value is None:
+        return None
+    try:
+        return RecordDeadLettered.model_validate_json(value)
+    except ValidationError:
+        return None
+
+
+def plan_redrive(
+    records: Iterable[DeadLetterRecord], filters: Filters, *, max_redrives: int = DEFAULT_MAX_REDRIVES
+) -> Plan:
+    """Select the dead letters to redrive and decide, for each, its message or why it is skipped.
+
+    Copies of one input (the same payload, or the same record, redelivered or redriven again) are
+    selected once, as the copy with the highest redrive count, so that ``--max-redrives`` holds;
+    the rest count as duplicates. ``filters.limit`` bounds the number selected (reading stops
+    there). Records that are not dead-letter events are counted as unreadable and never selected.
+    """
+    plan = Plan()
+    seen: dict[tuple[bool, str], int] = {}
+    for rec in records:
+        if filters.limit is not None and len(plan.decisions) >= filters.limit:
+            break
+        plan.read += 1
+        event = parse_dead_letter(rec.value)
+        if event is None:
+            plan.unreadable.append((rec.partition, rec.offset))
+            continue
+        if not filters.matches(event):
+            continue
+        identity = _identity(event)
+        decision = _decide(rec, event, max_redrives)
+        position = seen.get(identity)
+        if position is None:
+            seen[identity] = len(plan.decisions)
+            plan.decisions.append(decision)
+            continue
+        plan.duplicates += 1
+        if _rank(decision.redrive_count) > _rank(plan.decisions[position].redrive_count):
+            plan.decisions[position] = decision
+    return plan
+
+
+def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int) -> Decision:
+    count = redrive_count(rec.headers)
+    null = was_null(event)
+    data = None if null else original_bytes(event)
+    dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
+    skip: SkipReason | None = None
+    if count is None:
+        skip = SkipReason.INVALID_REDRIVE_COUNT
+    elif count >= max_redrives:
+        skip = SkipReason.MAX_REDRIVES
+    elif (data is None and not null) or dropped:
+        skip = SkipReason.TRUNCATED
+    message = None
+    if skip is None and count is not None:
+        # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
+        key = original_key(event) if event.source.key_base64 is not None else rec.key
+        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1, event.id))
+    return Decision(
+        dead_letter_id=event.id,
+        dlq_partition=rec.partition,
+        dlq_offset=rec.offset,
+        code=event.error.code,
+        scope=event.scope,
+        redrive_count=count,
+        message=message,
+        skip=skip,
+    )
+
+
+def would_succeed(message: RedriveMessage, limits: Limits, *, topic: str, now: dt.datetime) -> bool:
+    """True when the current core turns the message into article events only."""
+    source = Source(topic=topic, partition=0, offset=0, key=message.key)
+    outcomes = process_payload(message.value, source, limits, now=now, version=__version__)
+    return all(o.error is None for o in outcomes)
