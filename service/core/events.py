@@ -8,7 +8,6 @@ Pure: the clock and the service version are passed in.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import functools
 import re
@@ -26,6 +25,7 @@ from schemas.events import (
     ORIGIN_HEADER,
     ArticleData,
 )
+from service.core.dead_letters import MAX_FIELD_CHARS, MAX_KEY_COPY, MAX_MESSAGE_CHARS, raw_copy, shorten
 from service.core.limits import Limits
 from service.core.parser import CleanRecord, Problem, ScannedRecord, scan_clean, scan_markers, scanned
 from service.core.validation import article_from_values, validate_record
@@ -345,109 +345,23 @@ class _Builder:
                 "offset": src.offset,
                 "record_index": index,
                 "key_base64": None
-                if src.key is None or len(src.key) > _MAX_KEY_COPY
+                if src.key is None or len(src.key) > MAX_KEY_COPY
                 else base64.b64encode(src.key).decode(),
                 "timestamp": None if src.timestamp_ms is None else _from_ms(src.timestamp_ms),
             },
             "error": {
                 "code": problem.code.value,
-                "message": _shorten(problem.message, _MAX_MESSAGE_CHARS),
-                "field": None if problem.field is None else _shorten(problem.field, _MAX_FIELD_CHARS),
+                "message": shorten(problem.message, MAX_MESSAGE_CHARS),
+                "field": None if problem.field is None else shorten(problem.field, MAX_FIELD_CHARS),
                 "position": problem.position,
             },
         }
         binary = problem.code is ErrorCode.INVALID_ENCODING
         limit = self._limits.max_dead_letter_raw_bytes
         while True:
-            event["raw"] = _raw_copy(text, payload, limit, binary=binary)
+            event["raw"] = raw_copy(text, payload, limit, binary=binary)
             value = orjson.dumps(event)
             # JSON escapes can make a copy up to 6 times its input (a NUL is \u0000): cut until it fits.
             if len(value) <= self._limits.max_event_bytes or limit == 0:
                 return _new_outcome(Outcome, (index, event_id, src.key, value, problem.code, None))
             limit = min(limit // 2, max(0, limit - (len(value) - self._limits.max_event_bytes)))
-
-
-_MAX_MESSAGE_CHARS = 500
-_MAX_FIELD_CHARS = 64
-_MAX_KEY_COPY = 4096
-"""Keys longer than this are not copied into ``source.key_base64`` (the dead letter's key has it)."""
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _raw_copy(text: str | None, payload: bytes | None, limit: int, *, binary: bool) -> dict[str, object]:
-    """The failing input for the dead letter: text when it is UTF-8, else base64; cut at ``limit``.
-
-    Without text or payload (a null message value) both ``text`` and ``base64`` are null.
-    """
-    if text is None and payload is None:
-        return {"text": None, "base64": None, "truncated": False, "size_bytes": 0}
-    data = text.encode() if text is not None else (payload or b"")
-    cut = data[:limit]
-    if binary:
-        return {
-            "text": None,
-            "base64": base64.b64encode(cut).decode(),
-            "truncated": len(data) > limit,
-            "size_bytes": len(data),
-        }
-    try:
-        as_text: str | None = cut.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A cut through a multi-byte character is not an encoding error of the input.
-        cut_character = len(data) > limit and exc.reason == "unexpected end of data"
-        as_text = cut[: exc.start].decode("utf-8") if cut_character else None
-    return {
-        "text": as_text,
-        "base64": None if as_text is not None else base64.b64encode(cut).decode(),
-        "truncated": len(data) > limit,
-        "size_bytes": len(data),
-    }
-
-
-def fit_dead_letter(dead_letter: bytes, max_bytes: int) -> bytes | None:
-    """A serialized dead letter cut to at most ``max_bytes``: its raw copy is shortened (and marked
-    ``truncated``) as far as needed; None when it is still too large with an empty copy.
-
-    For the shell, which must fit the whole Kafka record (key and headers too) in
-    ``INGEST_MAX_EVENT_BYTES``. A dead letter that already fits is returned unchanged.
-    """
-    if len(dead_letter) <= max_bytes:
-        return dead_letter
-    event = orjson.loads(dead_letter)
-    raw = event["raw"]
-    binary = raw["text"] is None
-    if raw["text"] is not None:
-        data: bytes = raw["text"].encode()
-    elif raw["base64"] is not None:
-        try:
-            data = base64.b64decode(raw["base64"])
-        except binascii.Error:
-            data = b""
-    else:
-        return None
-    size_bytes = raw["size_bytes"]
-
-    def cut(limit: int) -> bytes:
-        event["raw"] = {
-            **_raw_copy(None, data, limit, binary=binary),
-            "truncated": True,
-            "size_bytes": size_bytes,
-        }
-        return orjson.dumps(event)
-
-    empty = len(cut(0))
-    if empty > max_bytes:
-        return None
-    limit, size = len(data), len(dead_letter)
-    for attempt in range(64):
-        # JSON escapes make a copy up to 6 times its bytes: scale by what the last copy cost per byte.
-        per_byte = (size - empty) / max(limit, 1)
-        limit = max(0, min(limit - 1, int((max_bytes - empty) / per_byte) if attempt < 8 else limit // 2))
-        fitted = cut(limit)
-        size = len(fitted)
-        if size <= max_bytes:
-            return fitted
-    return cut(0)

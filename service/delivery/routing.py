@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, DROPPED_HEADER, ERROR_CODE_HEADER
-from service.core.events import Outcome, fit_dead_letter
+from service.core.dead_letters import fit_dead_letter
+from service.core.events import Outcome
 
 CONTENT_TYPE_HEADER = "content-type"
 

@@ -36,7 +36,8 @@ from schemas.events import (
     ArticleIngested,
     RecordDeadLettered,
 )
-from service.core.events import Origin, Source, fit_dead_letter, origin_of, rfc3339
+from service.core.dead_letters import fit_dead_letter
+from service.core.events import Origin, Source, origin_of, rfc3339
 from service.core.limits import Limits
 
 
