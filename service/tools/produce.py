@@ -15,12 +15,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
+from tqdm import tqdm
 
 from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
@@ -142,16 +143,6 @@ def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> 
     return None
 
 
-def render_bar(
-    *, done_bytes: int, total_bytes: int, files: int, total_files: int, messages: int, width: int = 30
-) -> str:
-    """One line of progress: a bar over the bytes read, then files and messages."""
-    fraction = 1.0 if total_bytes <= 0 else min(1.0, done_bytes / total_bytes)
-    filled = int(fraction * width)
-    bar = "#" * filled + "-" * (width - filled)
-    return f"[{bar}] {fraction * 100:3.0f}%  {files}/{total_files} file(s)  {messages} message(s)"
-
-
 def render_summary(report: PushReport, topic: str) -> str:
     """The summary printed at the end."""
     refused = f"; refused {len(report.refused)} file(s)" if report.refused else ""
@@ -163,58 +154,50 @@ def render_summary(report: PushReport, topic: str) -> str:
     )
 
 
-class ProgressBar:
-    """A self-drawn progress bar on a terminal stream; it draws nothing when the stream is not one."""
+class ProgressBar(tqdm):  # type: ignore[type-arg]
+    """tqdm's bar on ``stream`` (stderr): the bytes read over the total, then files and messages.
+
+    Disabled, writing nothing, when the stream is not a terminal (``disable=None``). It is redrawn
+    at most every ``mininterval`` seconds: an update in between costs a clock read, so counting
+    each message does not slow a push down. ``close`` draws the final state and ends the line.
+    """
+
+    monitor_interval = 0
+    """No monitor thread: with ``miniters=0`` every update looks at the clock itself."""
 
     def __init__(
-        self,
-        stream: IO[str],
-        total_bytes: int,
-        total_files: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        interval: float = 0.1,
+        self, stream: IO[str], total_bytes: int, total_files: int, *, mininterval: float = 0.1
     ) -> None:
-        self.enabled = stream.isatty()
-        self._stream, self._clock, self._interval = stream, clock, interval
-        self.total_bytes, self.total_files = total_bytes, total_files
-        self.done_bytes = self.files = self.messages = 0
-        self._drawn_at: float | None = None
+        self.total_files = total_files
+        self.files = self.messages = 0
+        super().__init__(
+            total=total_bytes,
+            file=stream,
+            disable=None,
+            unit="B",
+            unit_scale=True,
+            bar_format="{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            mininterval=mininterval,
+            miniters=0,
+            leave=True,
+        )
+
+    @property
+    def format_dict(self) -> MutableMapping[str, Any]:
+        """tqdm's values for the line, the files and messages as its postfix (after the rate)."""
+        values = super().format_dict
+        values["postfix"] = f"{self.files}/{self.total_files} file(s), {self.messages} message(s)"
+        return values
 
     def file_done(self, size: int) -> None:
         """A file was read (and queued or refused)."""
-        self.done_bytes += size
         self.files += 1
-        self._draw()
+        self.update(size)
 
     def message_sent(self, _size: int) -> None:
         """A message was handed to the producer."""
         self.messages += 1
-        self._draw()
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw(force=True)
-            self._stream.write("\n")
-            self._stream.flush()
-
-    def _draw(self, *, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = self._clock()
-        if not force and self._drawn_at is not None and now - self._drawn_at < self._interval:
-            return
-        self._drawn_at = now
-        line = render_bar(
-            done_bytes=self.done_bytes,
-            total_bytes=self.total_bytes,
-            files=self.files,
-            total_files=self.total_files,
-            messages=self.messages,
-        )
-        self._stream.write("\r" + line)
-        self._stream.flush()
+        self.update(0)
 
 
 # --------------------------------------------------------------------------------------- the shell
@@ -421,11 +404,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
     for path in files:
         with contextlib.suppress(OSError):
             total += path.stat().st_size
-    progress = ProgressBar(sys.stderr, total, len(files))
     with tool_logging(settings):
         if (failure := preflight(settings)) is not None:
             sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
             return EXIT_MISCONFIGURED
+        # Drawn from here on (its first frame at 0 %), closed by produce_files.
+        progress = ProgressBar(sys.stderr, total, len(files))
         try:
             report = asyncio.run(
                 produce_files(

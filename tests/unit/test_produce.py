@@ -23,7 +23,6 @@ from service.tools.produce import (
     collect_files,
     file_messages,
     first_problem,
-    render_bar,
     render_summary,
     split_records,
     tool_logging,
@@ -118,45 +117,58 @@ def test_lint_uses_the_limits() -> None:
 # --- progress and summary -------------------------------------------------------------------------
 
 
-def test_render_bar() -> None:
-    line = render_bar(done_bytes=50, total_bytes=100, files=1, total_files=2, messages=3, width=10)
-    assert line == "[#####-----]  50%  1/2 file(s)  3 message(s)"
-    assert render_bar(done_bytes=0, total_bytes=0, files=0, total_files=0, messages=0, width=4).startswith(
-        "[####] 100%"
-    )
-    assert render_bar(done_bytes=7, total_bytes=5, files=1, total_files=1, messages=1, width=4).startswith(
-        "[####] 100%"
-    )
-
-
 class _Tty(io.StringIO):
     def isatty(self) -> bool:
         return True
 
 
-def test_the_progress_bar_draws_on_a_terminal_only_and_throttles() -> None:
+def _frames(tty: _Tty) -> list[str]:
+    """The lines the bar drew, one per redraw (tqdm pads a shorter line with spaces)."""
+    return [frame.rstrip() for frame in tty.getvalue().split("\r")[1:]]
+
+
+def test_the_progress_bar_draws_nothing_when_the_stream_is_not_a_terminal() -> None:
     quiet = io.StringIO()
-    bar = ProgressBar(quiet, 100, 2)
+    bar = ProgressBar(quiet, 100, 2, mininterval=0)
     bar.file_done(50)
     bar.message_sent(50)
     bar.close()
     assert quiet.getvalue() == ""
 
-    now = [0.0]
+
+def test_the_progress_bar_shows_the_bytes_files_and_messages_and_ends_the_line() -> None:
     tty = _Tty()
-    bar = ProgressBar(tty, 100, 2, clock=lambda: now[0], interval=1.0)
-    bar.file_done(50)
-    bar.message_sent(50)  # within the interval: not drawn
-    now[0] = 2.0
+    bar = ProgressBar(tty, 2_000_000, 2, mininterval=0)
+    bar.file_done(500_000)
     bar.message_sent(10)
-    bar.file_done(50)  # within the interval again
+    bar.message_sent(10)
+    bar.file_done(1_500_000)
+    bar.message_sent(10)
     bar.close()
-    frames = tty.getvalue().split("\r")[1:]
-    assert frames == [
-        render_bar(done_bytes=50, total_bytes=100, files=1, total_files=2, messages=0),
-        render_bar(done_bytes=50, total_bytes=100, files=1, total_files=2, messages=2),
-        render_bar(done_bytes=100, total_bytes=100, files=2, total_files=2, messages=2) + "\n",
-    ]
+    frames = _frames(tty)
+    assert tty.getvalue().endswith("\n")
+    assert frames[0].startswith("  0%|")
+    assert "0.00B/2.00MB" in frames[0]
+    assert frames[0].endswith(", 0/2 file(s), 0 message(s)]")
+    assert frames[1].startswith(" 25%|")
+    assert "500kB/2.00MB" in frames[1]
+    assert frames[1].endswith(", 1/2 file(s), 0 message(s)]")
+    assert frames[3].endswith(", 1/2 file(s), 2 message(s)]")
+    assert frames[-1].startswith("100%|")
+    assert "2.00MB/2.00MB" in frames[-1]
+    assert frames[-1].endswith(", 2/2 file(s), 3 message(s)]")
+
+
+def test_the_progress_bar_is_redrawn_at_most_every_mininterval() -> None:
+    tty = _Tty()
+    bar = ProgressBar(tty, 100, 1, mininterval=3600)
+    bar.file_done(100)
+    for _ in range(10_000):
+        bar.message_sent(1)
+    bar.close()
+    frames = _frames(tty)
+    assert len(frames) == 2, "the first frame, then the final one at close"
+    assert frames[-1].endswith(", 1/1 file(s), 10000 message(s)]")
 
 
 def test_render_summary() -> None:
@@ -256,6 +268,29 @@ async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
     report = await service.tools.produce.produce_files(Settings(), files)
     assert (report.files, fake.sent) == (1, [b"1.txt"])
     assert report.failed == [(p, "not sent, the push stopped: KafkaTimeoutError") for p in files[1:]]
+
+
+async def test_a_push_draws_its_totals_and_closes_the_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.tools.produce
+
+    monkeypatch.setattr(
+        service.tools.produce,
+        "producer_for",
+        lambda _settings: _FakeProducer(client_limit=5000, broker_limit=5000),
+    )
+    (tmp_path / "a.txt").write_text(" ".join(record(fn=str(i)) for i in range(3)))
+    (tmp_path / "b.txt").write_text(record(fn="9"))
+    files = collect_files([tmp_path])
+    size = sum(p.stat().st_size for p in files)
+    tty = _Tty()
+    bar = ProgressBar(tty, size, len(files))
+    report = await service.tools.produce.produce_files(Settings(), files, per_record=True, progress=bar)
+    assert (report.files, report.messages, report.bytes) == (2, 4, size - 2)  # the records' separators
+    assert tty.getvalue().endswith("\n")
+    assert _frames(tty)[-1].startswith("100%|")
+    assert _frames(tty)[-1].endswith(", 2/2 file(s), 4 message(s)]")
 
 
 # --- files and the command line -------------------------------------------------------------------
