@@ -43,6 +43,7 @@ CompressionType = Literal["none", "gzip", "lz4", "zstd", "snappy"]
 OffsetReset = Literal["earliest", "latest"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+DeliveryMode = Literal["at-least-once", "exactly-once"]
 
 PREFIXES = ("KAFKA_", "INGEST_")
 """The environment variables that belong to marker-ingest start with one of these."""
@@ -54,6 +55,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "auto_offset_reset": get_args(OffsetReset),
     "log_format": get_args(LogFormat),
     "log_level": get_args(LogLevel),
+    "delivery": get_args(DeliveryMode),
 }
 """The fields that are a choice, accepted in any case."""
 
@@ -110,6 +112,10 @@ class Settings(BaseSettings):
     auto_offset_reset: OffsetReset = "earliest"
     create_topics: bool = False
 
+    # Delivery
+    delivery: DeliveryMode = "at-least-once"
+    transactional_id_prefix: str | None = Field(None, min_length=1, max_length=200)
+
     # Core limits (their defaults are the core's)
     max_payload_bytes: int = Field(_CORE.max_payload_bytes, ge=1)
     max_records_per_payload: int = Field(_CORE.max_records_per_payload, ge=1)
@@ -161,6 +167,7 @@ class Settings(BaseSettings):
         "auto_offset_reset",
         "log_format",
         "log_level",
+        "delivery",
         mode="before",
     )
     @classmethod
@@ -226,6 +233,8 @@ class Settings(BaseSettings):
             problems.append("INGEST_RETRY_MAX_SECONDS must be at least INGEST_RETRY_INITIAL_SECONDS")
         if self.max_bytes_in_flight < self.max_payload_bytes:
             problems.append("INGEST_MAX_BYTES_IN_FLIGHT must be at least INGEST_MAX_PAYLOAD_BYTES")
+        if self.delivery == "exactly-once" and not self.kafka_enable_idempotence:
+            problems.append("INGEST_DELIVERY=exactly-once needs KAFKA_ENABLE_IDEMPOTENCE=true")
         if self.safety_min_records > self.safety_window_records:
             problems.append("INGEST_SAFETY_MIN_RECORDS must not exceed INGEST_SAFETY_WINDOW_RECORDS")
         if problems:
@@ -255,6 +264,12 @@ class Settings(BaseSettings):
                     f"KAFKA_SSL_KEY_PASSWORD): {_ssl_reason(exc)}"
                 )
         return problems
+
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id of the producer that writes the events of one input partition (in
+        ``exactly-once`` delivery): stable, so the next owner of the partition fences the last."""
+        prefix = self.transactional_id_prefix or self.group_id
+        return f"{prefix}.{self.input_topic}.{partition}"
 
     @property
     def limits(self) -> Limits:

@@ -15,6 +15,8 @@ arrives meanwhile, and aiokafka's default of 500 ms put ~250 ms on the events th
 CONSUMER_SESSION_TIMEOUT_MS = 10_000
 JOIN_MARGIN_MS = 5_000
 PRODUCER_BATCH_BYTES = 512 * 1024
+TRANSACTION_TIMEOUT_MS = 60_000
+"""How long the broker lets a transaction stay open before it aborts it (a stopped instance's)."""
 
 
 def max_request_size(settings: Settings) -> int:
@@ -39,6 +41,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         max_partition_fetch_bytes=max(1024 * 1024, settings.max_payload_bytes + 64 * 1024),
         fetch_max_bytes=min(50 * 1024 * 1024, settings.max_bytes_in_flight),
     )
+    if settings.delivery == "exactly-once":
+        # An input written in transactions is read as its producer committed it.
+        config["isolation_level"] = "read_committed"
     return config
 
 
@@ -58,4 +63,14 @@ def producer_config(settings: Settings, *, linger_ms: int = 0) -> dict[str, Any]
         "max_batch_size": PRODUCER_BATCH_BYTES,
         "max_request_size": max_request_size(settings),
         "compression_type": None if compression == "none" else compression,
+    }
+
+
+def transactional_producer_config(settings: Settings, partition: int) -> dict[str, Any]:
+    """The producer of one input partition's transactions (``INGEST_DELIVERY=exactly-once``)."""
+    return {
+        **producer_config(settings),
+        "enable_idempotence": True,
+        "transactional_id": settings.transactional_id(partition),
+        "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
     }

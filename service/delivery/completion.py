@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,14 +35,26 @@ from service.ops.metrics import Metrics
 log = structlog.get_logger("marker_ingest")
 
 
+class Sink(Protocol):
+    """Where a batch's outcomes go: an ``Outbox``, or one per input partition (transactions)."""
+
+    async def add(self, send: Send) -> None: ...
+    async def flush(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Batch:
     """A fetched batch: its outcomes handed to the outbox, its offsets to commit once delivered."""
 
-    outbox: Outbox
+    outbox: Sink
     started: float
     sends: list[Send] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """Per input partition, the offset to commit: the last message's plus one."""
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+    """Per input partition, the batch's first offset (where an aborted transaction goes back to)."""
+    counts: dict[TopicPartition, int] = field(default_factory=dict)
+    """Messages per input partition."""
     timestamps: list[int | None] = field(default_factory=list)
     dead_letters: dict[ErrorCode, int] = field(default_factory=dict)
     in_flight: int = 0
@@ -56,6 +68,13 @@ class Batch:
 
 class Delivery(Protocol):
     """How processed batches become delivered (the seam of ``INGEST_DELIVERY``'s modes)."""
+
+    send_error: str | None
+    """Why events are not being delivered, for ``/readyz`` (None while they are)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes of the batches in hand that the broker has not acknowledged yet."""
 
     def begin(self) -> Batch:
         """A new batch to process into."""
@@ -71,6 +90,15 @@ class Delivery(Protocol):
 
     def close(self) -> None:
         """The service is stopping its clients: complete nothing more."""
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group assigned ``partitions`` to this instance."""
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """``partitions`` move away, once everything handed over is settled."""
+
+    async def stop(self, budget: float) -> None:
+        """Release the delivery's own clients, within ``budget`` seconds."""
 
 
 Commit = Callable[[dict[TopicPartition, int]], Awaitable[Any]]
@@ -146,6 +174,15 @@ class AtLeastOnce:
 
     def close(self) -> None:
         self._closed = True
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing to do: one producer serves every partition."""
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Nothing to do: ``settle`` has committed what was handed over."""
+
+    async def stop(self, budget: float) -> None:
+        """Nothing to do: the producer is the service's."""
 
     async def _complete(self, done: Batch, later: Batch | None) -> None:
         """Await every acknowledgement of ``done`` (resending with ``later``'s sends after a

@@ -27,7 +27,7 @@ from service import __version__
 from service.core.events import Outcome, Source, origin_of, process_payload
 from service.delivery.access import AccessWatch
 from service.delivery.burst import DrainCheck
-from service.delivery.clients import max_request_size
+from service.delivery.clients import max_request_size, transactional_producer_config
 from service.delivery.completion import AtLeastOnce, Batch, Delivery
 from service.delivery.failures import Stage, access_from, classify
 from service.delivery.grace import Backoff, Grace, GraceExpired
@@ -37,6 +37,7 @@ from service.delivery.plans import ServiceState, Trip, readiness
 from service.delivery.routing import Routes, route
 from service.delivery.safety_gate import SafetyGate, names, safety_switch
 from service.delivery.startup import Misconfigured, TopicsMissing, start_clients, stop_quietly
+from service.delivery.transactions import ExactlyOnce
 from service.ops.http import HttpEndpoint
 from service.ops.logs import log_write_errors, on_library_line, record_logger
 from service.ops.metrics import Metrics
@@ -64,7 +65,7 @@ class Ingestor:
         self.messages_done = self.records_done = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.delivery: AtLeastOnce | None = None
+        self.delivery: Delivery | None = None
         self.metrics = Metrics(__version__)
         self.safety = SafetyGate(safety_switch(settings), self.metrics)
         self.access = AccessWatch(
@@ -166,7 +167,7 @@ class Ingestor:
         self.consumer, self.producer = clients
         self.delivery = self._delivery(self.consumer, self.producer)
         self.consumer.subscribe([s.input_topic], listener=_RebalanceListener(self))
-        log.info("service.started", input_topic=s.input_topic, group_id=s.group_id)
+        log.info("service.started", input_topic=s.input_topic, group_id=s.group_id, delivery=s.delivery)
         watch = asyncio.create_task(self.access.run())
         try:
             await self._loop(self.consumer, self.delivery)
@@ -186,13 +187,25 @@ class Ingestor:
                 await watch
             self._finished = True
             self.delivery.close()
+            await self.delivery.stop(self.grace.stop_budget())
             probe = self._drain_check.probe
             await stop_quietly(self.producer, self.consumer, probe, limit_seconds=self.grace.stop_budget())
             log.info("service.stopped", messages=self.messages_done, records=self.records_done)
         return 0
 
-    def _delivery(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> AtLeastOnce:
+    def _delivery(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> Delivery:
         s = self.settings
+        if s.delivery == "exactly-once":
+            return ExactlyOnce(
+                make_producer=lambda p: AIOKafkaProducer(**transactional_producer_config(s, p)),
+                consumer=consumer,
+                group_id=s.group_id,
+                grace=self.grace,
+                metrics=self.metrics,
+                retry=(s.retry_initial_seconds, s.retry_max_seconds),
+                max_request_size=self._max_request_size,
+                completed=self._completed,
+            )
         return AtLeastOnce(
             commit=consumer.commit,
             outbox=lambda: Outbox(producer, self._max_request_size),
@@ -272,6 +285,8 @@ class Ingestor:
         in_flight = records = payload_bytes = 0
         for tp, messages in batch.items():
             record_log = record_logger().bind(topic=tp.topic, partition=tp.partition)
+            if messages:
+                current.first[tp], current.counts[tp] = messages[0].offset, len(messages)
             for i, msg in enumerate(messages):
                 if i and i % YIELD_EVERY == 0:
                     # Let the producer's sender ship what is ready and acks come back while
@@ -323,10 +338,13 @@ class Ingestor:
         await self._idle.wait()
         if self.delivery is not None:
             await self.delivery.settle()
+            await self.delivery.revoked(revoked)
 
-    def assigned(self, assigned: set[TopicPartition]) -> None:
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
         """After a rebalance: drop the lag of lost partitions; keep new ones paused if tripped."""
         self.metrics.keep_partitions((tp.topic, tp.partition) for tp in assigned)
+        if self.delivery is not None and not self._finished:
+            await self.delivery.assigned(assigned)
         if self.consumer is not None:
             self.safety.keep_paused(self.consumer, assigned)
 
@@ -384,4 +402,4 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions.assigned", partitions=names(assigned))
-        self._ingestor.assigned(assigned)
+        await self._ingestor.assigned(assigned)

@@ -19,6 +19,7 @@ from schemas.errors import ErrorCode
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format that ``generate_latest`` writes."""
 
+TRANSACTION_OUTCOMES = ("committed", "aborted", "fenced")
 RETRY_CAUSES = ("send", "commit", "fetch", "connect")
 
 _BATCH_MESSAGES_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -91,6 +92,19 @@ class Metrics:
             registry=registry,
         )
         self.retries = {cause: retries.labels(cause) for cause in RETRY_CAUSES}
+        transactions = Counter(
+            "marker_ingest_transactions",
+            "Kafka transactions (INGEST_DELIVERY=exactly-once), by outcome: committed, aborted, fenced.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.transactions = {outcome: transactions.labels(outcome) for outcome in TRANSACTION_OUTCOMES}
+        self.transaction_seconds = Histogram(
+            "marker_ingest_transaction_duration_seconds",
+            "From a transaction's first event to its commit (exactly-once delivery).",
+            buckets=_BATCH_SECONDS_BUCKETS,
+            registry=registry,
+        )
         self._lag = Gauge(
             "marker_ingest_consumer_lag_messages",
             "High watermark minus position, per assigned input partition (updated per batch).",

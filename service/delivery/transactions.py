@@ -1,0 +1,338 @@
+"""Completion, exactly once (``INGEST_DELIVERY=exactly-once``): a batch's events, dead letters and
+input offsets are committed in Kafka transactions, one per input partition of the batch.
+
+Each input partition has its own transactional producer, with a stable transactional id
+(``Settings.transactional_id``): the instance a partition moves to starts that producer, and the
+broker then aborts whatever the previous owner left open and fences it (``ProducerFenced`` on its
+next send or commit). aiokafka commits offsets in a transaction without the group's generation
+(TxnOffsetCommit v0, before KIP-447), so this per-partition id is what keeps a paused or cut-off
+instance (a zombie) from committing after its partitions moved.
+
+A failed transaction is aborted and its partition sought back to the batch's first offset, so the
+batch is processed again from the last committed offsets; the failure is retried with backoff and
+never turns a record into a dead letter. A fenced partition is paused until the group assigns it
+again (its new owner has it meanwhile); nothing the fenced producer wrote becomes visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from service.delivery.completion import Batch, Completed
+from service.delivery.grace import Backoff, Grace, GraceExpired
+from service.delivery.outbox import Outbox, Send
+from service.ops.logs import flush_records
+from service.ops.metrics import Metrics
+
+log = structlog.get_logger("marker_ingest")
+
+
+class TxnProducer(Protocol):
+    """What this module uses of aiokafka's transactional producer (a fake in the unit tests)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def begin_transaction(self) -> None: ...
+    async def commit_transaction(self) -> None: ...
+    async def abort_transaction(self) -> None: ...
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, int], group_id: str
+    ) -> None: ...
+    async def flush(self) -> None: ...
+
+
+class Consumer(Protocol):
+    """What this module uses of the consumer: going back to a batch's first offset, pausing."""
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+
+class TxnOutbox:
+    """The outbox of one batch in exactly-once delivery: an ``Outbox`` per input partition, over that
+    partition's producer, whose transaction begins with the partition's first event."""
+
+    def __init__(self, open_producer: Callable[[TopicPartition], Awaitable[Any]], max_request_size: int):
+        self._open_producer, self._max_request_size = open_producer, max_request_size
+        self.by_partition: dict[TopicPartition, tuple[Any, Outbox]] = {}
+        self.failed: dict[TopicPartition, BaseException] = {}
+        """Partitions whose transaction could not begin: the batch is processed again for them."""
+        self.begun_at: float | None = None
+
+    async def add(self, send: Send) -> None:
+        """``send`` into the transaction of its input partition."""
+        slot = self.by_partition.get(send.tp)
+        if slot is None:
+            if send.tp in self.failed:
+                return
+            try:
+                producer = await self._open_producer(send.tp)
+                await producer.begin_transaction()
+            except GraceExpired:
+                raise
+            except Exception as exc:
+                self.failed[send.tp] = exc
+                return
+            if self.begun_at is None:
+                self.begun_at = time.perf_counter()
+            slot = self.by_partition[send.tp] = (producer, Outbox(producer, self._max_request_size))
+        await slot[1].add(send)
+
+    async def flush(self) -> None:
+        """Hand every open record batch to its producer."""
+        for _, outbox in self.by_partition.values():
+            await outbox.flush()
+
+
+class ExactlyOnce:
+    """``Delivery`` by one Kafka transaction per input partition of each batch.
+
+    ``make_producer(partition)`` builds the (unstarted) transactional producer of an input
+    partition; ``consumer`` is sought back after an abort and pauses fenced partitions.
+    """
+
+    def __init__(
+        self,
+        *,
+        make_producer: Callable[[int], TxnProducer],
+        consumer: Consumer,
+        group_id: str,
+        grace: Grace,
+        metrics: Metrics,
+        retry: tuple[float, float],
+        max_request_size: int,
+        completed: Completed,
+    ) -> None:
+        self._make_producer, self._consumer, self._group_id = make_producer, consumer, group_id
+        self._grace, self._metrics, self._retry = grace, metrics, retry
+        self._max_request_size, self._completed = max_request_size, completed
+        self._producers: dict[TopicPartition, TxnProducer] = {}
+        self._starting: dict[TopicPartition, asyncio.Future[TxnProducer]] = {}
+        self._fenced: set[TopicPartition] = set()
+        self._open: Batch | None = None
+        self._backoff = Backoff(*retry)
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.send_error: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes of the batch being processed that the broker has not acknowledged yet."""
+        return 0 if self._open is None else self._open.in_flight
+
+    async def _producer(self, tp: TopicPartition) -> TxnProducer:
+        """The started producer of ``tp``; started once however many ask at the same time."""
+        producer = self._producers.get(tp)
+        if producer is not None:
+            return producer
+        starting = self._starting.get(tp)
+        if starting is None:
+            starting = self._starting[tp] = asyncio.ensure_future(self._start(tp))
+        return await self._grace.within(asyncio.shield(starting))
+
+    async def _start(self, tp: TopicPartition) -> TxnProducer:
+        try:
+            producer = self._make_producer(tp.partition)
+            try:
+                await producer.start()  # InitProducerId: the broker fences the partition's last owner
+            except BaseException:
+                await _stop(producer)
+                raise
+            self._producers[tp] = producer
+            return producer
+        finally:
+            self._starting.pop(tp, None)
+
+    def begin(self) -> Batch:
+        outbox = TxnOutbox(self._producer, self._max_request_size)
+        self._open = Batch(outbox=outbox, started=time.perf_counter())
+        return self._open
+
+    async def handed_over(self, batch: Batch) -> None:
+        """Commit the batch's transactions; abort and rewind the partitions whose commit failed."""
+        outbox = batch.outbox
+        assert isinstance(outbox, TxnOutbox)
+        async with self._lock:
+            self._open = None
+            flush_records()
+            partitions = list(outbox.by_partition)
+            results = await asyncio.gather(
+                *(
+                    self._commit(tp, producer, part, batch)
+                    for tp, (producer, part) in outbox.by_partition.items()
+                ),
+                return_exceptions=True,
+            )
+            committed = [tp for tp, error in zip(partitions, results, strict=True) if error is None]
+            failed = {tp: error for tp, error in zip(partitions, results, strict=True) if error is not None}
+            failed.update(outbox.failed)
+            if outbox.begun_at is not None:
+                self._metrics.transaction_seconds.observe(time.perf_counter() - outbox.begun_at)
+            self._metrics.transactions["committed"].inc(len(committed))
+            if committed:
+                await self._count(batch, committed, whole=not failed)
+            grace_over = None
+            for tp, error in failed.items():
+                if isinstance(error, GraceExpired):
+                    grace_over = error
+                await self._failed(tp, error, batch)
+            if grace_over is not None:
+                raise grace_over
+            if failed:
+                await self._grace.sleep(self._backoff.next_delay(), before_stop=True)
+            else:
+                self._backoff.attempt = 0
+                self.send_error = None
+
+    async def _commit(self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, batch: Batch) -> None:
+        await outbox.flush()
+        for send in batch.sends:
+            if send.tp != tp:
+                continue
+            if send.error is not None:
+                raise send.error
+            if send.future is not None:
+                await self._grace.within(asyncio.shield(send.future))
+        await self._grace.within(
+            producer.send_offsets_to_transaction({tp: batch.offsets[tp]}, self._group_id)
+        )
+        await self._grace.within(producer.commit_transaction())
+
+    async def _count(self, batch: Batch, committed: list[TopicPartition], *, whole: bool) -> None:
+        """Metrics and the loop's count for what was committed (a part of the batch, if some of its
+        partitions failed: then only its messages are counted; the rest is processed again)."""
+        if whole:
+            self._metrics.observe_end_to_end(batch.timestamps)
+            self._metrics.count_batch(
+                messages=batch.messages,
+                payload_bytes=batch.payload_bytes,
+                records=batch.records,
+                dead_letters=batch.dead_letters,
+            )
+            self._metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+            done = batch
+        else:
+            done = Batch(
+                outbox=batch.outbox,
+                started=batch.started,
+                offsets={tp: batch.offsets[tp] for tp in committed},
+                messages=sum(batch.counts.get(tp, 0) for tp in committed),
+            )
+        self._metrics.commits.inc()
+        await self._completed(done)
+
+    async def _failed(self, tp: TopicPartition, error: BaseException, batch: Batch) -> None:
+        """Abort ``tp``'s transaction and rewind it to the batch's first offset (or, fenced, drop its
+        producer and pause it until the group assigns it again)."""
+        producer = self._producers.pop(tp, None)
+        first = batch.first.get(tp)
+        if isinstance(error, ProducerFenced):
+            self._metrics.transactions["fenced"].inc()
+            self._fenced.add(tp)
+            with contextlib.suppress(Exception):
+                self._consumer.pause(tp)
+            log.error(
+                "txn.fenced",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=first,
+                detail="another instance has taken this partition over; nothing of this transaction "
+                "becomes visible; the partition waits for the group to assign it again",
+            )
+            if producer is not None:
+                await _stop(producer)
+            return
+        self._metrics.transactions["aborted"].inc()
+        self._metrics.retries["send"].inc()
+        self.send_error = f"transaction of {tp.topic}:{tp.partition} failed: {error!r}"
+        aborted = False
+        if producer is not None and not isinstance(error, GraceExpired):
+            try:
+                await asyncio.wait_for(producer.abort_transaction(), 5.0)
+                aborted = True
+                self._producers[tp] = producer
+            except Exception:
+                await _stop(producer)
+        if first is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.seek(tp, first)
+        log.warning(
+            "txn.aborted",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=first,
+            error=repr(error),
+            producer="kept" if aborted else "replaced",
+            detail="the batch is processed again from the last committed offset; nothing of it is visible",
+        )
+
+    async def relieve(self, batch: Batch) -> None:
+        """Over the bytes-in-flight ceiling: wait until the broker has what was sent so far (it
+        commits with the batch); a failure is left to the commit, which aborts."""
+        await batch.outbox.flush()
+        flush_records()
+        for send in batch.sends:
+            if send.future is not None and send.error is None:
+                try:
+                    await self._grace.within(asyncio.shield(send.future))
+                except KafkaError as exc:
+                    send.error = exc
+        self._metrics.observe_end_to_end(batch.timestamps)
+        # Only the failures are kept, for the commit to abort on.
+        batch.sends = [send for send in batch.sends if send.error is not None]
+        batch.timestamps, batch.in_flight = [], 0
+
+    async def settle(self) -> None:
+        """Nothing waits: each batch is committed when it is handed over."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Start the producers of newly assigned partitions at once: the broker fences the previous
+        owner's producer and aborts what it left open before this instance writes anything."""
+        partitions = list(partitions)
+        for tp in partitions:
+            if tp in self._fenced:
+                self._fenced.discard(tp)
+                with contextlib.suppress(Exception):
+                    self._consumer.resume(tp)
+        started = await asyncio.gather(*(self._producer(tp) for tp in partitions), return_exceptions=True)
+        for tp, result in zip(partitions, started, strict=True):
+            if isinstance(result, GraceExpired):
+                raise result
+            if isinstance(result, BaseException):  # started again with its first event
+                log.warning(
+                    "txn.producer_unavailable", topic=tp.topic, partition=tp.partition, error=repr(result)
+                )
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop the producers of partitions that moved away (their last batch is committed)."""
+        async with self._lock:
+            for tp in partitions:
+                producer = self._producers.pop(tp, None)
+                self._fenced.discard(tp)
+                if producer is not None:
+                    await _stop(producer)
+
+    async def stop(self, budget: float) -> None:
+        """Stop every producer, all within ``budget`` seconds."""
+        producers, self._producers = list(self._producers.values()), {}
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(_stop(p) for p in producers)), max(0.1, budget))
+
+
+async def _stop(producer: TxnProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 5.0)
+    except Exception as exc:
+        log.warning("txn.producer_stop_failed", error=repr(exc))
