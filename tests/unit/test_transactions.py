@@ -1,0 +1,247 @@
+"""Exactly-once delivery over fakes: one transaction per input partition of a batch.
+
+The fake transactional producer records what the delivery asks of it (begin, the record batches,
+the offsets, commit or abort); the fake consumer records seeks, pauses and resumes. The proofs on a
+real broker, with read_committed consumers counting, are in tests/faults/test_exactly_once.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import NotLeaderForPartitionError, ProducerFenced, RequestTimedOutError
+
+from service import __version__
+from service.delivery.completion import Batch
+from service.delivery.grace import Grace, GraceExpired
+from service.delivery.outbox import Send
+from service.delivery.routing import Destination
+from service.delivery.transactions import ExactlyOnce
+from service.ops.metrics import Metrics
+from tests.unit.test_delivery import FakeProducer
+
+IN0, IN1 = TopicPartition("in", 0), TopicPartition("in", 1)
+
+
+class FakeTxnProducer(FakeProducer):
+    """A transactional producer whose broker acknowledges every batch at once (unless told)."""
+
+    def __init__(self, partition: int, journal: list[tuple[int, str]]) -> None:
+        super().__init__()
+        self.partition, self.journal = partition, journal
+        self.fail_commit: BaseException | None = None
+        self.fail_send: BaseException | None = None
+        self.started = self.stopped = False
+
+    def _note(self, what: str) -> None:
+        self.journal.append((self.partition, what))
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.01)
+        self.started = True
+        self._note("start")
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self._note("stop")
+
+    async def begin_transaction(self) -> None:
+        self._note("begin")
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        future = await super().send_batch(builder, topic, partition=partition)
+        self._note("send " + ",".join(v.decode() for v in builder.records))
+        if self.fail_send is not None:
+            future.set_exception(self.fail_send)
+        else:
+            future.set_result(object())
+        return future
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        self._note(f"offsets {offsets[TopicPartition('in', self.partition)]} {group_id}")
+
+    async def commit_transaction(self) -> None:
+        if self.fail_commit is not None:
+            error, self.fail_commit = self.fail_commit, None
+            raise error
+        self._note("commit")
+
+    async def abort_transaction(self) -> None:
+        self._note("abort")
+
+    async def flush(self) -> None:
+        pass
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+
+class Rig:
+    def __init__(self, grace_seconds: float = 5.0) -> None:
+        self.journal: list[tuple[int, str]] = []
+        self.producers: list[FakeTxnProducer] = []
+        self.consumer = FakeConsumer()
+        self.metrics = Metrics(__version__)
+        self.grace = Grace(grace_seconds)
+        self.completed: list[Batch] = []
+
+        def make(partition: int) -> FakeTxnProducer:
+            producer = FakeTxnProducer(partition, self.journal)
+            self.producers.append(producer)
+            return producer
+
+        async def completed(batch: Batch) -> None:
+            self.completed.append(batch)
+
+        self.delivery = ExactlyOnce(
+            make_producer=make,
+            consumer=self.consumer,
+            group_id="g",
+            grace=self.grace,
+            metrics=self.metrics,
+            retry=(0.001, 0.002),
+            max_request_size=10_000,
+            completed=completed,
+        )
+
+    def producer(self, partition: int) -> FakeTxnProducer:
+        return [p for p in self.producers if p.partition == partition and not p.stopped][-1]
+
+    def of(self, partition: int) -> list[str]:
+        return [what for p, what in self.journal if p == partition]
+
+
+async def process(delivery: ExactlyOnce, *items: tuple[TopicPartition, int, bytes]) -> Batch:
+    """What the loop does with a fetched batch (see ``Ingestor._process``)."""
+    batch = delivery.begin()
+    for tp, offset, value in items:
+        send = Send(tp, offset, "articles", Destination("articles", None, value, []), [])
+        await batch.outbox.add(send)
+        batch.sends.append(send)
+        batch.first.setdefault(tp, offset)
+        batch.counts[tp] = batch.counts.get(tp, 0) + 1
+        batch.offsets[tp] = offset + 1
+        batch.messages += 1
+    return batch
+
+
+def counted(metrics: Metrics, outcome: str) -> float:
+    return float(metrics.transactions[outcome]._value.get())
+
+
+async def test_a_batch_commits_its_events_and_offsets_in_one_transaction() -> None:
+    r = Rig()
+    batch = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
+    await r.delivery.handed_over(batch)
+    assert r.of(0) == ["start", "begin", "send a,b", "offsets 7 g", "commit"]
+    assert r.completed == [batch]
+    assert counted(r.metrics, "committed") == 1
+    assert r.consumer.seeks == []
+
+
+@pytest.mark.parametrize("error", [NotLeaderForPartitionError(), RequestTimedOutError()])
+async def test_a_failed_send_aborts_and_rewinds_to_the_batch_and_is_not_dead_lettered(error: Exception) -> None:
+    r = Rig()
+    await r.delivery.assigned([IN0])
+    r.producer(0).fail_send = error
+    batch = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
+    await r.delivery.handed_over(batch)
+    assert "commit" not in r.of(0)
+    assert r.of(0)[-1] == "abort"
+    assert r.consumer.seeks == [(IN0, 5)], "processed again from the batch's first offset"
+    assert r.completed == [], "nothing counted as delivered"
+    assert r.delivery.send_error is not None
+    assert counted(r.metrics, "aborted") == 1
+    assert all(s.topic == "articles" for p in r.producers for s in p.shipped), "no dead letter from a fault"
+    # The batch again, fetched from the rewound offset: now the broker takes it.
+    r.producer(0).fail_send = None
+    again = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
+    await r.delivery.handed_over(again)
+    assert r.of(0)[-2:] == ["offsets 7 g", "commit"]
+    assert r.completed == [again]
+    assert r.delivery.send_error is None
+
+
+async def test_a_failed_commit_aborts_and_rewinds() -> None:
+    r = Rig()
+    await r.delivery.assigned([IN0])
+    r.producer(0).fail_commit = RequestTimedOutError()
+    batch = await process(r.delivery, (IN0, 0, b"a"))
+    await r.delivery.handed_over(batch)
+    assert r.of(0)[-2:] == ["offsets 1 g", "abort"]
+    assert r.consumer.seeks == [(IN0, 0)]
+    assert r.completed == []
+
+
+async def test_a_fenced_partition_is_dropped_paused_and_taken_up_again_when_reassigned() -> None:
+    r = Rig()
+    await r.delivery.assigned([IN0])
+    zombie = r.producer(0)
+    zombie.fail_commit = ProducerFenced()
+    batch = await process(r.delivery, (IN0, 0, b"a"))
+    await r.delivery.handed_over(batch)
+    assert "commit" not in r.of(0)
+    assert "abort" not in r.of(0), "a fenced producer cannot abort; the broker already has"
+    assert zombie.stopped
+    assert r.consumer.paused == {IN0}, "no further batch of it until the group assigns it again"
+    assert counted(r.metrics, "fenced") == 1
+    assert r.completed == []
+    await r.delivery.assigned([IN0])
+    assert r.consumer.paused == set()
+    assert r.producer(0) is not zombie
+    assert r.producer(0).started, "a new producer, which fences whoever wrote the partition meanwhile"
+
+
+async def test_partitions_of_one_batch_commit_apart_and_only_the_committed_count() -> None:
+    r = Rig()
+    await r.delivery.assigned([IN0, IN1])
+    r.producer(1).fail_commit = RequestTimedOutError()
+    batch = await process(r.delivery, (IN0, 0, b"a"), (IN1, 0, b"x"), (IN0, 1, b"b"))
+    await r.delivery.handed_over(batch)
+    assert r.of(0)[-1] == "commit"
+    assert r.of(1)[-1] == "abort"
+    assert r.consumer.seeks == [(IN1, 0)]
+    [done] = r.completed
+    assert done.offsets == {IN0: 2}
+    assert done.messages == 2
+
+
+async def test_producers_start_once_however_many_ask() -> None:
+    r = Rig()
+    await asyncio.gather(r.delivery.assigned([IN0, IN1]), process(r.delivery, (IN0, 0, b"a"), (IN1, 0, b"b")))
+    assert sorted(p.partition for p in r.producers) == [0, 1]
+
+
+async def test_revoked_partitions_stop_their_producers() -> None:
+    r = Rig()
+    await r.delivery.assigned([IN0, IN1])
+    await r.delivery.revoked([IN1])
+    assert r.producer(0).started
+    assert [p.stopped for p in r.producers if p.partition == 1] == [True]
+
+
+async def test_once_the_grace_period_is_over_nothing_more_is_committed() -> None:
+    r = Rig(grace_seconds=0.0)
+    await r.delivery.assigned([IN0])
+    batch = await process(r.delivery, (IN0, 0, b"a"))
+    r.grace.request()
+    await asyncio.sleep(0.01)
+    with pytest.raises(GraceExpired):
+        await r.delivery.handed_over(batch)
+    assert "commit" not in r.of(0)
+    assert r.completed == []
