@@ -156,9 +156,10 @@ async def produce(
     ]
 
 
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic``, to its end."""
-    return await read_topic(bootstrap, topic)
+async def read_all(bootstrap: str, topic: str, *, committed: bool = False) -> list[Any]:
+    """Every record of ``topic``, to its end (``committed``: as a read_committed consumer sees it)."""
+    kwargs = {"isolation_level": "read_committed"} if committed else None
+    return await read_topic(bootstrap, topic, client_kwargs=kwargs)
 
 
 def expected_outcomes(
@@ -184,13 +185,13 @@ class Ledger:
     dead_letters: dict[Coord, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
-    async def read(cls, bootstrap: str, topics: Topics) -> Ledger:
-        """Read both output topics back."""
+    async def read(cls, bootstrap: str, topics: Topics, *, committed: bool = False) -> Ledger:
+        """Read both output topics back (``committed``: only what committed transactions wrote)."""
         ledger = cls()
-        for rec in await read_all(bootstrap, topics.output):
+        for rec in await read_all(bootstrap, topics.output, committed=committed):
             ev = orjson.loads(rec.value)
             ledger.articles[(ev["kafkapartition"], ev["kafkaoffset"], ev["recordindex"])].append(ev)
-        for rec in await read_all(bootstrap, topics.dlq):
+        for rec in await read_all(bootstrap, topics.dlq, committed=committed):
             ev = orjson.loads(rec.value)
             src = ev["source"]
             ledger.dead_letters[(src["partition"], src["offset"], src["record_index"])].append(ev)

@@ -128,7 +128,8 @@ async def read_topic(
 ) -> list[Any]:
     """Every record of ``topic`` from the beginning to its end, without joining a group.
 
-    The end is each partition's high watermark as fetch responses report it (on the Tansu build,
+    The end is each partition's high watermark as fetch responses report it (its last stable offset
+    when ``client_kwargs`` read committed transactions only; on the Tansu build,
     ListOffsets(latest) is wrong for multi-record batches, fetch high watermarks are right); a
     partition that reports none ends after ``quiet_seconds`` without records. Raises
     ``TopicNotFound`` when the cluster's metadata does not name the topic within 5 s (a topic
@@ -160,7 +161,9 @@ async def read_topic(
             if batch:
                 quiet_since = loop.time()
                 continue
-            ends = [(consumer.highwater(tp), await consumer.position(tp)) for tp in tps]
+            committed_only = kwargs.get("isolation_level") == "read_committed"
+            end_of = consumer.last_stable_offset if committed_only else consumer.highwater
+            ends = [(end_of(tp), await consumer.position(tp)) for tp in tps]
             if all(high is not None and pos >= high for high, pos in ends):
                 return records
             if loop.time() - quiet_since > quiet_seconds:

@@ -88,6 +88,16 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (a zombie-to-be)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def terminate(self) -> None:
         """Send SIGTERM (the graceful stop)."""
         assert self.proc is not None
@@ -271,6 +281,7 @@ async def wait_accounted(
     within: float,
     services: Iterable[ServiceProcess] = (),
     interval: float = 1.5,
+    committed: bool = False,
 ) -> Ledger:
     """Poll both output topics until every expected record has an event; return the ledger."""
     services = list(services)
@@ -278,7 +289,7 @@ async def wait_accounted(
 
     async def done() -> bool:
         nonlocal ledger
-        ledger = await Ledger.read(bootstrap, topics)
+        ledger = await Ledger.read(bootstrap, topics, committed=committed)
         return set(expected) <= (set(ledger.articles) | set(ledger.dead_letters))
 
     def detail() -> str:
@@ -300,11 +311,14 @@ async def account_and_stop(
     exactly_once: bool,
     within: float = 120,
     exit_within: float = 40,
+    committed: bool = False,
 ) -> Ledger:
     """The end of a fault test: wait until every record of ``sent`` is accounted for, SIGTERM the
     service (it must exit 0), and check the accounting invariant."""
     expected = expected_outcomes(sent, topics.input)
-    ledger = await wait_accounted(bootstrap, topics, expected, within=within, services=[svc])
+    ledger = await wait_accounted(
+        bootstrap, topics, expected, within=within, services=[svc], committed=committed
+    )
     svc.terminate()
     assert await svc.wait_exit(within=exit_within) == 0, svc.tail()
     ledger.check(expected, exactly_once=exactly_once)

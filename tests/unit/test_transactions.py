@@ -155,7 +155,9 @@ async def test_a_batch_commits_its_events_and_offsets_in_one_transaction() -> No
 
 
 @pytest.mark.parametrize("error", [NotLeaderForPartitionError(), RequestTimedOutError()])
-async def test_a_failed_send_aborts_and_rewinds_to_the_batch_and_is_not_dead_lettered(error: Exception) -> None:
+async def test_a_failed_send_aborts_and_rewinds_to_the_batch_and_is_not_dead_lettered(
+    error: Exception,
+) -> None:
     r = Rig()
     await r.delivery.assigned([IN0])
     r.producer(0).fail_send = error
