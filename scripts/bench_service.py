@@ -81,6 +81,7 @@ _DATE = re.compile(r"D-A-T-E-S-T-A-R-T\. \S+ D-A-T-E-E-N-D\.")
 BAD_DATE = "D-A-T-E-S-T-A-R-T. 2024-02-30 D-A-T-E-E-N-D."
 LATENCY_FN = 10_000_000
 OWN_RATE = "marker-ingest-own-rate"
+OWN_RATE_EOS = "marker-ingest-eos-own-rate"
 DISTURBED_PCT = 20
 LATENCY_TEMPLATES = 2000
 
@@ -540,6 +541,7 @@ class Impl:
     available: bool = True
     why_not: str = ""
     datasets: tuple[str, ...] = ()  # empty: every dataset
+    env: tuple[tuple[str, str], ...] = ()  # extra settings of a marker-ingest run
 
 
 @dataclass
@@ -863,6 +865,7 @@ def env_for(impl: Impl, topics: Topics, bootstrap: str) -> dict[str, str]:
             INGEST_LOG_FORMAT="json",
             INGEST_LOG_LEVEL=impl.log_level,
         )
+        env.update(impl.env)
     return env
 
 
@@ -1224,11 +1227,15 @@ def implementations(args: argparse.Namespace) -> list[Impl]:
         Impl("marker-ingest-devnull", "marker-ingest (INFO, logs to /dev/null)", "marker-ingest", log="null"),
         Impl("marker-ingest-warning", "marker-ingest (WARNING: no record lines)", "marker-ingest", log="null",
              log_level="WARNING", datasets=("dl10",)),
+        Impl("marker-ingest-eos", "marker-ingest exactly-once (INFO, file)", "marker-ingest",
+             env=(("INGEST_DELIVERY", "exactly-once"),)),
         Impl("faststream", "FastStream (defaults, same core)", "faststream"),
         Impl("confluent", "confluent-kafka (poll/produce/commit)", "confluent"),
     ]  # fmt: skip
     if args.quick:
         impls = [i for i in impls if i.name not in ("marker-ingest-devnull", "marker-ingest-warning")]
+    if not IDEMPOTENCE:  # Tansu: no transactions
+        impls = [i for i in impls if i.name != "marker-ingest-eos"]
     if args.impls:
         wanted = set(args.impls.split(","))
         impls = [i for i in impls if i.name in wanted]
@@ -1309,6 +1316,18 @@ async def run_all(
             res = await bench.latency(own, lat_ds, own_rate, args.latency_seconds)
             _progress(f"  {_brief(res)}")
             latency_runs.append(res)
+            eos = next((i for i in impls if i.name == "marker-ingest-eos" and i.available), None)
+            if eos is not None:
+                # The same rate, so that the two delivery modes compare at one load.
+                own_eos = Impl(OWN_RATE_EOS, "marker-ingest exactly-once at half at-least-once's rate",
+                               "marker-ingest", env=eos.env)  # fmt: skip
+                impls.append(own_eos)
+                _progress(
+                    f"latency at {own_rate:,.0f} msgs/s for {args.latency_seconds:.0f}s: {own_eos.name}"
+                )
+                res = await bench.latency(own_eos, lat_ds, own_rate, args.latency_seconds)
+                _progress(f"  {_brief(res)}")
+                latency_runs.append(res)
     await delete(bootstrap, [ds.topic for ds in datasets])
     return {
         "impls": impls,
@@ -1395,6 +1414,13 @@ def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     p99 = mi_lat.latency["e2e_ms"]["p99"] if mi_lat and mi_lat.latency.get("e2e_ms") else None
     own = lat.get(OWN_RATE)
     own_p99 = own.latency["e2e_ms"]["p99"] if own and own.latency.get("e2e_ms") else None
+    eos_ratios = [
+        e.msgs_per_s / a.msgs_per_s
+        for ds in result["datasets"]
+        if (a := by.get(("marker-ingest", ds.name))) and (e := by.get(("marker-ingest-eos", ds.name)))
+        and a.msgs_per_s and e.msgs_per_s
+    ]  # fmt: skip
+    eos_ratio = min(eos_ratios, default=None)
     targets = {
         "throughput": {
             "what": "marker-ingest >= 0.9x passthrough (msgs/s, worst dataset)",
@@ -1411,6 +1437,12 @@ def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             "what": "(for information) marker-ingest p99 at half its own drain rate",
             "value": own_p99,
             "pass": own_p99 is not None and own_p99 < 100,
+        },
+        "exactly_once": {
+            "what": "marker-ingest exactly-once >= 0.7x at-least-once (msgs/s, worst dataset)",
+            "value": eos_ratio,
+            "pass": eos_ratio is not None and eos_ratio >= 0.7,
+            "note": "" if eos_ratio is not None else "not run (needs Apache Kafka)",
         },
         "memory": {
             "what": "marker-ingest peak RSS < 200 MB (VmHWM, every marker-ingest run)",
@@ -1620,7 +1652,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--impls",
         help="comma-separated subset: passthrough, marker-ingest, marker-ingest-devnull, "
-        "marker-ingest-warning, faststream, confluent",
+        "marker-ingest-warning, marker-ingest-eos (exactly-once; Apache Kafka only), faststream, confluent",
     )
     parser.add_argument("--latency-seconds", type=float, help="paced phase length (default 20; --quick 5)")
     parser.add_argument(

@@ -68,6 +68,7 @@ class Access:
     certfile: str | None = None
     check_hostname: bool = True
     idempotence: bool = True
+    transactions: bool = False
     input_topic: str = ""
     group_id: str = ""
 
@@ -155,6 +156,13 @@ def classify(exc: BaseException, stage: Stage, access: Access, *, topic: str | N
             exc, ke.UnknownError | ke.UnsupportedVersionError | ke.UnsupportedForMessageFormatError
         )
     ):
+        if access.transactions:
+            return Failure(
+                Kind.IDEMPOTENCE,
+                f"the broker refused the idempotent producer (InitProducerId: {type(exc).__name__}); "
+                "INGEST_DELIVERY=exactly-once needs a broker with transactions (Apache Kafka)",
+                "INGEST_DELIVERY",
+            )
         return Failure(
             Kind.IDEMPOTENCE,
             f"the broker refused the idempotent producer (InitProducerId: {type(exc).__name__}); "
@@ -183,6 +191,7 @@ def access_from(settings: Settings) -> Access:
         certfile=settings.kafka_ssl_certfile,
         check_hostname=settings.kafka_ssl_check_hostname,
         idempotence=settings.kafka_enable_idempotence,
+        transactions=settings.delivery == "exactly-once",
         input_topic=settings.input_topic,
         group_id=settings.group_id,
     )

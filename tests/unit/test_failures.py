@@ -88,6 +88,14 @@ def test_idempotence_refusal_names_the_setting() -> None:
     assert classify(ke.UnknownError(), Stage.START_PRODUCER, Access(idempotence=False)) is None
 
 
+def test_a_broker_without_transactions_names_the_delivery_mode() -> None:
+    """On Tansu, exactly-once cannot work: the line names INGEST_DELIVERY, not idempotence."""
+    failure = classify(ke.UnknownError(), Stage.START_PRODUCER, Access(transactions=True))
+    assert failure is not None
+    assert failure.setting == "INGEST_DELIVERY"
+    assert "exactly-once needs a broker with transactions" in failure.line
+
+
 @pytest.mark.parametrize(
     "exc",
     [
