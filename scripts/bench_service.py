@@ -728,9 +728,13 @@ class Watermarks:
     last event lands: Tansu answers a fetch past the end with no records and the high watermark.
     """
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, *, committed: bool = False) -> None:
         self.bootstrap = bootstrap
         self.consumer: Any = None
+        self.committed = committed
+        """Transactional output (exactly-once): offsets include commit markers, so the records are
+        read (read_committed) and counted instead of taking the high watermark for the count."""
+        self.counts: dict[str, int] = {}
 
     async def __aenter__(self) -> Watermarks:
         from aiokafka import AIOKafkaConsumer
@@ -741,6 +745,7 @@ class Watermarks:
             enable_auto_commit=False,
             fetch_max_wait_ms=10,
             max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+            isolation_level="read_committed" if self.committed else "read_uncommitted",
         )
         await self.consumer.start()
         return self
@@ -759,6 +764,8 @@ class Watermarks:
             return time.time()
         await self._metadata([tp.topic for tp in pending])
         c.assign(list(pending))
+        if self.committed:
+            return await self._count(pending, deadline, alive)
         for tp, n in pending.items():
             c.seek(tp, n - 1)
         reached = time.time()
@@ -774,6 +781,29 @@ class Watermarks:
                 high = c.highwater(tp)
                 got = any(m.offset >= pending[tp] - 1 for m in batch.get(tp, ()))
                 if got or (high is not None and high >= pending[tp]):
+                    del pending[tp]
+                    reached = now
+                    c.pause(tp)
+        return reached
+
+    async def _count(self, pending: dict[Any, int], deadline: float, alive: Any) -> float | None:
+        """``wait`` for transactional output: read every committed record, count them."""
+        c = self.consumer
+        for tp in pending:
+            c.seek(tp, 0)
+            self.counts[tp.topic] = 0
+        reached = time.time()
+        last_looks = 3
+        while pending:
+            if time.monotonic() > deadline or (alive is not None and not alive()):
+                last_looks -= 1
+                if last_looks < 0:
+                    return None
+            batch = await c.getmany(*pending, timeout_ms=100)
+            now = time.time()
+            for tp in list(pending):
+                self.counts[tp.topic] += len(batch.get(tp, ()))
+                if self.counts[tp.topic] >= pending[tp]:
                     del pending[tp]
                     reached = now
                     c.pause(tp)
@@ -803,6 +833,13 @@ class Watermarks:
             c.seek(tp, 0)
             first = await self._one(tp)
             out[topic] = {"high": c.highwater(tp) or 0, "first_ms": first.timestamp if first else None}
+            if self.committed:  # every committed record, counted again once the run is over
+                c.seek(tp, 0)
+                self.counts[topic], quiet = 0, 0
+                while quiet < 3:
+                    batch = await c.getmany(tp, timeout_ms=200)
+                    self.counts[topic] += len(batch.get(tp, ()))
+                    quiet = 0 if batch else quiet + 1
         return out
 
     async def _one(self, tp: Any) -> Any:
@@ -1001,7 +1038,8 @@ class Bench:
             targets = {t.output: ds.messages}
         log_path = self.log_path(impl, ds.name)
         started = time.monotonic()
-        async with Watermarks(self.bootstrap) as marks:
+        transactional = ("INGEST_DELIVERY", "exactly-once") in impl.env
+        async with Watermarks(self.bootstrap, committed=transactional) as marks:
             proc = spawn(
                 command_for(impl, t, self.bootstrap, burst=True),
                 env_for(impl, t, self.bootstrap),
@@ -1023,7 +1061,7 @@ class Bench:
             res.exit_code = code
             res.peak_rss_mb = sampler.hwm_kb / 1024 if sampler.hwm_kb else None
             seen = await marks.inspect(list(targets))
-        res.outputs = {topic: int(v["high"] or 0) for topic, v in seen.items()}
+        res.outputs = {topic: marks.counts.get(topic, int(v["high"] or 0)) for topic, v in seen.items()}
         if log_path and log_path.exists():
             res.log_bytes = log_path.stat().st_size
         # The drain starts with the first event: its own timestamp (when its producer was handed it,
