@@ -184,8 +184,13 @@ async def test_a_port_already_taken_stops_the_service_at_start_up() -> None:
         assert await asyncio.wait_for(Ingestor(settings).run(), 10) == 1
 
 
+DELIVERY = [pytest.param("at-least-once"), pytest.param("exactly-once", marks=pytest.mark.kafka)]
+"""Both delivery modes (exactly-once needs Apache Kafka: Tansu has no transactions)."""
+
+
 @pytest.mark.smoke
-async def test_metrics_follow_the_records(broker: BrokerHandle) -> None:
+@pytest.mark.parametrize("delivery", DELIVERY)
+async def test_metrics_follow_the_records(broker: BrokerHandle, delivery: str) -> None:
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("metrics").create(bootstrap, partitions=2)
     port = free_port()
@@ -196,6 +201,7 @@ async def test_metrics_follow_the_records(broker: BrokerHandle) -> None:
         http_port=port,
         http_host="127.0.0.1",
         batch_max_messages=50,
+        delivery=delivery,
     )
     ingestor = Ingestor(settings)
     task = asyncio.create_task(ingestor.run())
@@ -255,21 +261,29 @@ async def test_metrics_follow_the_records(broker: BrokerHandle) -> None:
         assert value(s, "marker_ingest_paused") == 0
         assert value(s, "marker_ingest_in_flight_bytes") == 0
         assert all(value(s, "marker_ingest_retries_total", cause=c) == 0 for c in ("send", "commit"))
+        transactions = value(s, "marker_ingest_transactions_total", outcome="committed")
+        if delivery == "exactly-once":
+            assert transactions >= 2, "a transaction per partition and batch"
+            assert value(s, "marker_ingest_transaction_duration_seconds_count") >= 1
+            assert value(s, "marker_ingest_transactions_total", outcome="aborted") == 0
+        else:
+            assert transactions == 0
         status, _ = await probe(port, "/healthz")
         assert status == 200
     finally:
         ingestor.request_stop()
         assert await asyncio.wait_for(task, 60) == 0
 
-    ledger = await Ledger.read(bootstrap, topics)
+    ledger = await Ledger.read(bootstrap, topics, committed=delivery == "exactly-once")
     ledger.check(expected, exactly_once=True)
 
 
 # ----------------------------------------------------------------- the safety switch
 
 
+@pytest.mark.parametrize("delivery", DELIVERY)
 async def test_safety_switch_trips_on_a_dead_letter_flood_and_resumes_after_the_cool_down(
-    broker: BrokerHandle,
+    broker: BrokerHandle, delivery: str
 ) -> None:
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("safety-cooldown").create(bootstrap)
@@ -284,6 +298,7 @@ async def test_safety_switch_trips_on_a_dead_letter_flood_and_resumes_after_the_
         http_port=port,
         http_host="127.0.0.1",
         safety_cooldown_seconds=cooldown,
+        delivery=delivery,
         **SAFETY,
     )
     ingestor = Ingestor(settings)
@@ -304,7 +319,8 @@ async def test_safety_switch_trips_on_a_dead_letter_flood_and_resumes_after_the_
         await asyncio.sleep(2)
         assert ingestor.messages_done == done, "a tripped service consumes nothing"
         assert await committed(bootstrap, topics, 1) == {0: done}, "the batch that tripped it is committed"
-        check_processed_prefix(await Ledger.read(bootstrap, topics), sent, topics.input, {0: done})
+        processed = await Ledger.read(bootstrap, topics, committed=delivery == "exactly-once")
+        check_processed_prefix(processed, sent, topics.input, {0: done})
         assert ingestor.paused, "the cool-down ended during the checks; they proved nothing"
 
         await eventually(lambda: ready_is(port, 200), "ready again after the cool-down", cooldown + 30)
@@ -320,7 +336,7 @@ async def test_safety_switch_trips_on_a_dead_letter_flood_and_resumes_after_the_
         ingestor.request_stop()
         assert await asyncio.wait_for(task, 60) == 0
 
-    ledger = await Ledger.read(bootstrap, topics)
+    ledger = await Ledger.read(bootstrap, topics, committed=delivery == "exactly-once")
     ledger.check(expected, exactly_once=True)
 
 

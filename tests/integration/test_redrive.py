@@ -318,3 +318,38 @@ async def test_a_dead_letter_topic_that_does_not_exist_is_a_usage_error(
     monkeypatch.setenv("INGEST_DLQ_TOPIC", missing)
     assert await asyncio.to_thread(main, ["redrive", "--dry-run"]) == 2
     assert capsys.readouterr().err.endswith("(INGEST_DLQ_TOPIC) does not exist\n")
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_only_committed_dead_letters_are_redriven(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead letter of an aborted transaction is not selected; the committed one is redriven, and the
+    service (exactly-once) turns the redriven record into one more committed dead letter."""
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos").create(bootstrap)
+    await produce(bootstrap, topics.input, [BAD_DATE])
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once")
+    await _ingest(broker, topics, delivery="exactly-once")
+    [committed_dead] = await read_all(bootstrap, topics.dlq, committed=True)
+    # Another record's dead letter, in a transaction that is aborted: no read_committed reader sees it.
+    ghost = orjson.loads(committed_dead.value)
+    ghost["id"], ghost["source"]["offset"] = f"{topics.input}:0:99:0", 99
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topics.group}.test")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        await producer.send_and_wait(topics.dlq, orjson.dumps(ghost), key=committed_dead.key)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    assert len(await read_all(bootstrap, topics.dlq)) == 2
+
+    code, report = await _redrive(capsys)
+    assert (code, report["selected"], report["redriven"]) == (0, 1, 1), report
+    await _ingest(broker, topics, delivery="exactly-once")
+    assert len(await read_all(bootstrap, topics.input)) == 2
+    dead = await read_all(bootstrap, topics.dlq, committed=True)
+    assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1"]
