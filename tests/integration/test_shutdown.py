@@ -77,8 +77,9 @@ async def test_a_broken_log_pipe_does_not_stop_sigterm(broker: BrokerHandle, tmp
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 async def test_sigterm_with_the_broker_frozen_exits_within_the_grace_period(
-    broker: BrokerHandle, tmp_path: Path, fleet: Fleet
+    broker: BrokerHandle, tmp_path: Path, fleet: Fleet, delivery: str
 ) -> None:
     """A broker of its own, frozen (SIGSTOP) while a backlog is worked through; then SIGTERM with a
     5 s grace period: the batch in flight cannot be acknowledged, so the service exits 1 with
@@ -97,6 +98,7 @@ async def test_sigterm_with_the_broker_frozen_exits_within_the_grace_period(
             idempotence=True,
             INGEST_SHUTDOWN_GRACE_SECONDS=str(grace),
             INGEST_BATCH_MAX_MESSAGES="50",
+            INGEST_DELIVERY=delivery,
         )
         svc = fleet.start(env, "frozen")
         await wait_until(lambda: svc.count("record") >= 500, within=60, interval=0.01, detail=svc.tail)
