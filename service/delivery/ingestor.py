@@ -27,17 +27,16 @@ from service import __version__
 from service.core.events import Outcome, Source, origin_of, process_payload
 from service.delivery.access import AccessWatch
 from service.delivery.burst import DrainCheck
-from service.delivery.clients import max_request_size, transactional_producer_config
-from service.delivery.completion import AtLeastOnce, Batch, Delivery
+from service.delivery.completion import Batch, Delivery
 from service.delivery.failures import Stage, access_from, classify
 from service.delivery.grace import Backoff, Grace, GraceExpired
 from service.delivery.lag import update_lag
-from service.delivery.outbox import Outbox, Send
+from service.delivery.modes import make_delivery
+from service.delivery.outbox import Send
 from service.delivery.plans import ServiceState, Trip, readiness
 from service.delivery.routing import Routes, route
 from service.delivery.safety_gate import SafetyGate, names, safety_switch
 from service.delivery.startup import Misconfigured, TopicsMissing, start_clients, stop_quietly
-from service.delivery.transactions import ExactlyOnce
 from service.ops.http import HttpEndpoint
 from service.ops.logs import log_write_errors, on_library_line, record_logger
 from service.ops.metrics import Metrics
@@ -76,7 +75,6 @@ class Ingestor:
         self._loop_watch = LoopWatch()
         self._fetch_error: str | None = None
         self._finished = False
-        self._max_request_size = max_request_size(settings)
         self.metrics.watch(
             in_flight=lambda: 0 if self.delivery is None else self.delivery.in_flight,
             paused=lambda: 1.0 if self.paused else 0.0,
@@ -165,7 +163,9 @@ class Ingestor:
             log.info("service.stopped", messages=0, records=0, detail="stopped before the broker answered")
             return 0
         self.consumer, self.producer = clients
-        self.delivery = self._delivery(self.consumer, self.producer)
+        self.delivery = make_delivery(
+            s, self.consumer, self.producer, grace=self.grace, metrics=self.metrics, completed=self._completed
+        )
         self.consumer.subscribe([s.input_topic], listener=_RebalanceListener(self))
         log.info("service.started", input_topic=s.input_topic, group_id=s.group_id, delivery=s.delivery)
         watch = asyncio.create_task(self.access.run())
@@ -192,30 +192,6 @@ class Ingestor:
             await stop_quietly(self.producer, self.consumer, probe, limit_seconds=self.grace.stop_budget())
             log.info("service.stopped", messages=self.messages_done, records=self.records_done)
         return 0
-
-    def _delivery(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> Delivery:
-        s = self.settings
-        if s.delivery == "exactly-once":
-            return ExactlyOnce(
-                make_producer=lambda p: AIOKafkaProducer(**transactional_producer_config(s, p)),
-                consumer=consumer,
-                group_id=s.group_id,
-                grace=self.grace,
-                metrics=self.metrics,
-                retry=(s.retry_initial_seconds, s.retry_max_seconds),
-                max_request_size=self._max_request_size,
-                completed=self._completed,
-            )
-        return AtLeastOnce(
-            commit=consumer.commit,
-            outbox=lambda: Outbox(producer, self._max_request_size),
-            grace=self.grace,
-            metrics=self.metrics,
-            access=access_from(s),
-            retry=(s.retry_initial_seconds, s.retry_max_seconds),
-            stall_after=s.kafka_request_timeout_ms / 1000,
-            completed=self._completed,
-        )
 
     # ----------------------------------------------------------------- the loop
 
