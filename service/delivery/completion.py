@@ -25,7 +25,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas.errors import ErrorCode
-from service.delivery.failures import Access, Stage, classify
+from service.delivery.failures import Access, Failure, Stage, classify
 from service.delivery.grace import Backoff, Grace
 from service.delivery.outbox import Outbox, Send
 from service.delivery.plans import resend_plan
@@ -99,6 +99,9 @@ class Delivery(Protocol):
 
     async def stop(self, budget: float) -> None:
         """Release the delivery's own clients, within ``budget`` seconds."""
+
+    def check(self) -> Failure | None:
+        """A refusal that no retry can cure, which stops the service (None while there is none)."""
 
 
 Commit = Callable[[dict[TopicPartition, int]], Awaitable[Any]]
@@ -183,6 +186,10 @@ class AtLeastOnce:
 
     async def stop(self, budget: float) -> None:
         """Nothing to do: the producer is the service's."""
+
+    def check(self) -> Failure | None:
+        """None: every refusal of this mode blocks its partition and is retried (see docs)."""
+        return None
 
     async def _complete(self, done: Batch, later: Batch | None) -> None:
         """Await every acknowledgement of ``done`` (resending with ``later``'s sends after a

@@ -256,6 +256,8 @@ def _authorization(exc: BaseException, stage: Stage, access: Access, topic: str 
     operation = _PERMISSION[stage]
     if isinstance(exc, ke.GroupAuthorizationFailedError):
         resource, setting, operation = f"group {access.group_id}", "INGEST_GROUP_ID", "READ"
+    elif isinstance(exc, ke.TransactionalIdAuthorizationFailed):
+        resource, setting, operation = f"transactional id {topic}", "INGEST_TRANSACTIONAL_ID_PREFIX", "WRITE"
     elif isinstance(exc, ke.ClusterAuthorizationFailedError):
         resource = "cluster"
         setting = "KAFKA_ENABLE_IDEMPOTENCE" if stage is Stage.START_PRODUCER else "KAFKA_SASL_USERNAME"

@@ -171,6 +171,9 @@ class Ingestor:
         watch = asyncio.create_task(self.access.run())
         try:
             await self._loop(self.consumer, self.delivery)
+        except Misconfigured as exc:
+            log.error("kafka.misconfigured", **exc.failure.fields(), exit_status=EXIT_CONFIG)
+            return EXIT_CONFIG
         except GraceExpired:
             log.error("stop.grace_expired", detail="in-flight work was not acknowledged; not committed")
             return 1
@@ -201,6 +204,8 @@ class Ingestor:
         idle_since, lag_due = time.monotonic(), 0.0
         fetch_backoff = Backoff(s.retry_initial_seconds, s.retry_max_seconds)
         while not self.stopping:
+            if (refused := delivery.check()) is not None:
+                raise Misconfigured(refused)
             self.safety.resume_if_due(consumer)
             max_records = s.batch_max_messages
             if s.max_messages is not None:

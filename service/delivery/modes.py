@@ -36,6 +36,8 @@ def make_delivery(
             retry=retry,
             max_request_size=max_request_size(s),
             completed=completed,
+            access=access_from(s),
+            transactional_id=s.transactional_id,
         )
     return AtLeastOnce(
         commit=consumer.commit,

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
 
 from service.delivery.completion import Batch, Completed
+from service.delivery.failures import Access, Failure, Stage, classify
 from service.delivery.grace import Backoff, Grace, GraceExpired
 from service.delivery.outbox import Outbox, Send
 from service.ops.logs import flush_records
@@ -111,8 +112,13 @@ class ExactlyOnce:
         retry: tuple[float, float],
         max_request_size: int,
         completed: Completed,
+        access: Access | None = None,
+        transactional_id: Callable[[int], str] = str,
     ) -> None:
         self._make_producer, self._consumer, self._group_id = make_producer, consumer, group_id
+        self._access, self._transactional_id = access or Access(), transactional_id
+        self.refused: Failure | None = None
+        """Set when the broker refuses a transactional id to this principal (an ACL): fatal."""
         self._grace, self._metrics, self._retry = grace, metrics, retry
         self._max_request_size, self._completed = max_request_size, completed
         self._producers: dict[TopicPartition, TxnProducer] = {}
@@ -144,8 +150,11 @@ class ExactlyOnce:
             producer = self._make_producer(tp.partition)
             try:
                 await producer.start()  # InitProducerId: the broker fences the partition's last owner
-            except BaseException:
+            except BaseException as exc:
                 await _stop(producer)
+                if isinstance(exc, TransactionalIdAuthorizationFailed) and self.refused is None:
+                    tid = self._transactional_id(tp.partition)
+                    self.refused = classify(exc, Stage.START_PRODUCER, self._access, topic=tid)
                 raise
             self._producers[tp] = producer
             return producer
@@ -293,6 +302,10 @@ class ExactlyOnce:
 
     async def settle(self) -> None:
         """Nothing waits: each batch is committed when it is handed over."""
+
+    def check(self) -> Failure | None:
+        """A refusal that no retry can cure (a transactional id this principal may not use)."""
+        return self.refused
 
     def close(self) -> None:
         self._closed = True

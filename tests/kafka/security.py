@@ -61,7 +61,7 @@ LISTENERS = {
 }
 
 # Kafka's wire codes (org.apache.kafka.common.acl / resource).
-RESOURCE = {"topic": 2, "group": 3, "cluster": 4}
+RESOURCE = {"topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
 PATTERN = {"literal": 3, "prefixed": 4}
 OPERATION = {"all": 2, "read": 3, "write": 4, "create": 5, "describe": 8, "describe_configs": 10}
 ALLOW = 3

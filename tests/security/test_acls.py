@@ -156,3 +156,29 @@ async def test_missing_read_on_input_is_named(secured: SecuredKafka) -> None:
     assert refused["log_level"] == "error"
     assert ingestor.messages_done == 0
     assert await _committed(secured, topics) is None
+
+
+async def test_exactly_once_needs_write_on_its_transactional_ids(secured: SecuredKafka) -> None:
+    """Without WRITE on the transactional ids ``<group>.<input>.<p>`` exactly-once stops with one line
+    naming the transactional id and INGEST_TRANSACTIONAL_ID_PREFIX (exit 2); granted (a prefixed
+    ACL), the same principal delivers every record exactly once to a read_committed reader."""
+    topics = await Topics.unique("acl-txn").create(secured.admin_bootstrap)
+    await secured.grant(LIMITED, "topic", topics.input, ["read", "describe"])
+    for topic in (topics.output, topics.dlq):
+        await secured.grant(LIMITED, "topic", topic, ["write", "describe"])
+    await secured.grant(LIMITED, "group", topics.group, ["read"])
+    sent = await produce(secured.admin_bootstrap, topics.input, feed(20, bad_every=4))
+    settings = _limited(secured, topics, delivery="exactly-once", kafka_enable_idempotence=True, burst=True)
+    with capture_logs() as logs:
+        status = await asyncio.wait_for(Ingestor(settings).run(), 60)
+    assert status == EXIT_MISCONFIGURED
+    [line] = [e for e in logs if e["event"] == "kafka.misconfigured"]
+    assert line["resource"] == f"transactional id {topics.group}.{topics.input}.0"
+    assert line["missing_permission"] == "WRITE"
+    assert line["setting"] == "INGEST_TRANSACTIONAL_ID_PREFIX"
+    assert await _committed(secured, topics) is None
+
+    await secured.grant(LIMITED, "transactional_id", topics.group, ["write", "describe"], pattern="prefixed")
+    assert await asyncio.wait_for(Ingestor(settings).run(), 90) == 0
+    ledger = await Ledger.read(secured.admin_bootstrap, topics, committed=True)
+    ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)

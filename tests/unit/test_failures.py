@@ -148,3 +148,14 @@ def test_sasl_requests_are_hidden_from_debug_logs() -> None:
     assert hide_credentials(record)
     assert "pw" not in record.getMessage()
     assert "SaslAuthenticateRequest(<credentials hidden>)" in record.getMessage()
+
+
+def test_a_refused_transactional_id_names_it_and_the_prefix_setting() -> None:
+    failure = classify(
+        ke.TransactionalIdAuthorizationFailed(), Stage.START_PRODUCER, Access(username="svc"), topic="g.in.0"
+    )
+    assert failure is not None
+    assert failure.kind is Kind.AUTHORIZATION
+    assert (failure.resource, failure.operation) == ("transactional id g.in.0", "WRITE")
+    assert failure.setting == "INGEST_TRANSACTIONAL_ID_PREFIX"
+    assert "User:svc lacks WRITE on transactional id g.in.0" in failure.line
