@@ -11,9 +11,7 @@ the variables; secrets are ``SecretStr`` and never logged or echoed.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
@@ -35,6 +33,7 @@ from pydantic_settings import (
 )
 
 from schemas import defaults as contract
+from service.core.kafka_names import broker_address_problem, topic_name_problem
 from service.core.limits import Limits
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -60,7 +59,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 """The fields that are a choice, accepted in any case."""
 
 _CORE = Limits()
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def variable_name(field: str) -> str:
@@ -343,48 +341,6 @@ def _readable(path: str) -> bool:
 def _ssl_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     return str(reason)
-
-
-def broker_address_problem(address: str) -> str | None:
-    """Why ``address`` is not ``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; None when it is.
-
-    These are the forms the Kafka client accepts (the port defaults to 9092).
-    """
-    if not address:
-        return "an empty broker address (expected HOST:PORT, comma-separated)"
-    host, port = address, None
-    if address.startswith("["):
-        inside, bracket, rest = address[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            return f"{address!r} is not [IPv6]:PORT"
-        host, port = inside, rest[1:] if rest else None
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return f"{host!r} in {address!r} is not an IPv6 address"
-    elif ":" in address:
-        try:
-            ipaddress.IPv6Address(address)
-            return None
-        except ValueError:
-            host, _, port = address.rpartition(":")
-    if not host or any(c.isspace() for c in host):
-        return f"no host in {address!r} (expected HOST:PORT)"
-    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        return f"the port of {address!r} is not a number from 1 to 65535"
-    return None
-
-
-def topic_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a legal Kafka topic name; None when it is."""
-    if not name:
-        return "must not be empty"
-    if name in (".", "..") or not _TOPIC.fullmatch(name):
-        return (
-            f"{name[:60]!r} is not a Kafka topic name (at most 249 of A-Z, a-z, 0-9, '.', '_', '-'; "
-            "not '.' or '..')"
-        )
-    return None
 
 
 class SettingsError(Exception):

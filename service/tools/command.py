@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from service.settings import Settings, describe_unknown, load_settings, topic_name_problem, unknown_variables
+from service.core.kafka_names import topic_name_problem
+from service.settings import Settings, describe_unknown, load_settings, unknown_variables
 
 EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
 """0: done; 1: dead letters found, something refused or failed; 2: usage or configuration error."""

@@ -15,13 +15,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from tqdm import tqdm
 
 from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
@@ -42,6 +41,8 @@ from service.tools.command import (
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
+
+    from service.tools.progress import ProgressBar
 
 EXIT_REFUSED = EXIT_DEAD_LETTERS
 """Exit status when a file was refused or a send failed."""
@@ -152,52 +153,6 @@ def render_summary(report: PushReport, topic: str) -> str:
         f"to {topic} in {report.seconds:.2f} s ({report.messages_per_second:.1f} messages/s)"
         f"{refused}{failed}\n"
     )
-
-
-class ProgressBar(tqdm):  # type: ignore[type-arg]
-    """tqdm's bar on ``stream`` (stderr): the bytes read over the total, then files and messages.
-
-    Disabled, writing nothing, when the stream is not a terminal (``disable=None``). It is redrawn
-    at most every ``mininterval`` seconds: an update in between costs a clock read, so counting
-    each message does not slow a push down. ``close`` draws the final state and ends the line.
-    """
-
-    monitor_interval = 0
-    """No monitor thread: with ``miniters=0`` every update looks at the clock itself."""
-
-    def __init__(
-        self, stream: IO[str], total_bytes: int, total_files: int, *, mininterval: float = 0.1
-    ) -> None:
-        self.total_files = total_files
-        self.files = self.messages = 0
-        super().__init__(
-            total=total_bytes,
-            file=stream,
-            disable=None,
-            unit="B",
-            unit_scale=True,
-            bar_format="{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
-            mininterval=mininterval,
-            miniters=0,
-            leave=True,
-        )
-
-    @property
-    def format_dict(self) -> MutableMapping[str, Any]:
-        """tqdm's values for the line, the files and messages as its postfix (after the rate)."""
-        values = super().format_dict
-        values["postfix"] = f"{self.files}/{self.total_files} file(s), {self.messages} message(s)"
-        return values
-
-    def file_done(self, size: int) -> None:
-        """A file was read (and queued or refused)."""
-        self.files += 1
-        self.update(size)
-
-    def message_sent(self, _size: int) -> None:
-        """A message was handed to the producer."""
-        self.messages += 1
-        self.update(0)
 
 
 # --------------------------------------------------------------------------------------- the shell
@@ -409,6 +364,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
             sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
             return EXIT_MISCONFIGURED
         # Drawn from here on (its first frame at 0 %), closed by produce_files.
+        from service.tools.progress import ProgressBar  # tqdm only when pushing: other commands start faster
+
         progress = ProgressBar(sys.stderr, total, len(files))
         try:
             report = asyncio.run(

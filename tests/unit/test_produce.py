@@ -18,7 +18,6 @@ from service.settings import Settings
 from service.tools.command import display_name
 from service.tools.produce import (
     NothingToPush,
-    ProgressBar,
     PushReport,
     collect_files,
     file_messages,
@@ -27,6 +26,7 @@ from service.tools.produce import (
     split_records,
     tool_logging,
 )
+from service.tools.progress import ProgressBar
 
 
 @pytest.fixture(autouse=True)

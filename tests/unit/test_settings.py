@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from service.cli import main, make_parser
-from service.settings import VARIABLES, Settings, broker_address_problem, unknown_variables
+from service.core.kafka_names import broker_address_problem
+from service.settings import VARIABLES, Settings, unknown_variables
 
 CONFIGURATION = Path(__file__).parents[2] / "docs" / "configuration.md"
 SEED = FIXTURES / "seed_2433.txt"
