@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.settings import Settings
@@ -10,9 +13,14 @@ from service.settings import Settings
 class DrainCheck:
     """Answers ``drained`` for the group; owns a group-less probe consumer once one is needed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, make_probe: Callable[[], Any] | None = None) -> None:
         self._settings = settings
-        self.probe: AIOKafkaConsumer | None = None
+        self._make_probe = make_probe or (
+            lambda: AIOKafkaConsumer(
+                group_id=None, enable_auto_commit=False, **settings.kafka_client_kwargs()
+            )
+        )
+        self.probe: Any = None
 
     async def drained(self, consumer: AIOKafkaConsumer, idle_seconds: float) -> bool:
         """True when the group has drained every partition of the input topic.
@@ -37,9 +45,7 @@ class DrainCheck:
         """True when the group's committed offset of each partition has reached its end."""
         committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
         if self.probe is None:
-            self.probe = AIOKafkaConsumer(
-                group_id=None, enable_auto_commit=False, **self._settings.kafka_client_kwargs()
-            )
+            self.probe = self._make_probe()
             await self.probe.start()
         self.probe.assign(list(tps))
         for tp, offset in committed.items():
