@@ -51,8 +51,9 @@ class TxnProducer(Protocol):
 
 
 class Consumer(Protocol):
-    """What this module uses of the consumer: going back to a batch's first offset, pausing."""
+    """What this module uses of the consumer: the group's committed offsets, seeking, pausing."""
 
+    async def committed(self, partition: TopicPartition) -> int | None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     def pause(self, *partitions: TopicPartition) -> None: ...
     def resume(self, *partitions: TopicPartition) -> None: ...
@@ -311,22 +312,44 @@ class ExactlyOnce:
         self._closed = True
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """Start the producers of newly assigned partitions at once: the broker fences the previous
-        owner's producer and aborts what it left open before this instance writes anything."""
+        """Take newly assigned partitions up: paused, start their producers, then start reading
+        from the group's committed offsets as they are once those producers are started.
+
+        Starting a partition's producer (InitProducerId) makes the broker finish what the previous
+        owner's producer left: an open transaction is aborted, a commit under way is completed, its
+        offsets written. Only then are the committed offsets current: aiokafka fetches them as soon
+        as the assignment arrives, without KIP-447's ``require_stable``, and could read the offsets
+        of before the previous owner's last commit (its events would then be written twice). So
+        the partitions stay paused until their producers are started, and are sought to the
+        committed offsets fetched afterwards. A producer that cannot start is retried with backoff.
+        """
         partitions = list(partitions)
+        if not partitions:
+            return
+        self._consumer.pause(*partitions)  # before any await: nothing is fetched from a stale offset
+        self._fenced.difference_update(partitions)
+        backoff, waiting = Backoff(*self._retry), partitions
+        while waiting and not self._grace.requested and self.refused is None:
+            started = await asyncio.gather(*(self._producer(tp) for tp in waiting), return_exceptions=True)
+            failed = []
+            for tp, result in zip(waiting, started, strict=True):
+                if isinstance(result, GraceExpired):
+                    raise result
+                if isinstance(result, BaseException):
+                    failed.append(tp)
+                    log.warning(
+                        "txn.producer_unavailable", topic=tp.topic, partition=tp.partition, error=repr(result)
+                    )
+            waiting = failed
+            if waiting:
+                await self._grace.sleep(backoff.next_delay())
+        if waiting:  # stopping, or refused: the partitions stay paused
+            return
         for tp in partitions:
-            if tp in self._fenced:
-                self._fenced.discard(tp)
-                with contextlib.suppress(Exception):
-                    self._consumer.resume(tp)
-        started = await asyncio.gather(*(self._producer(tp) for tp in partitions), return_exceptions=True)
-        for tp, result in zip(partitions, started, strict=True):
-            if isinstance(result, GraceExpired):
-                raise result
-            if isinstance(result, BaseException):  # started again with its first event
-                log.warning(
-                    "txn.producer_unavailable", topic=tp.topic, partition=tp.partition, error=repr(result)
-                )
+            offset = await self._grace.within(self._consumer.committed(tp))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        self._consumer.resume(*partitions)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop the producers of partitions that moved away (their last batch is committed)."""

@@ -77,25 +77,33 @@ class FakeTxnProducer(FakeProducer):
 
 
 class FakeConsumer:
-    def __init__(self) -> None:
+    def __init__(self, journal: list[tuple[int, str]]) -> None:
+        self.journal = journal
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.paused: set[TopicPartition] = set()
+        self.commits: dict[TopicPartition, int] = {}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        self.journal.append((tp.partition, "committed?"))
+        return self.commits.get(tp)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
 
     def pause(self, *tps: TopicPartition) -> None:
         self.paused.update(tps)
+        self.journal.extend((tp.partition, "pause") for tp in tps)
 
     def resume(self, *tps: TopicPartition) -> None:
         self.paused.difference_update(tps)
+        self.journal.extend((tp.partition, "resume") for tp in tps)
 
 
 class Rig:
     def __init__(self, grace_seconds: float = 5.0) -> None:
         self.journal: list[tuple[int, str]] = []
         self.producers: list[FakeTxnProducer] = []
-        self.consumer = FakeConsumer()
+        self.consumer = FakeConsumer(self.journal)
         self.metrics = Metrics(__version__)
         self.grace = Grace(grace_seconds)
         self.completed: list[Batch] = []
@@ -122,8 +130,9 @@ class Rig:
     def producer(self, partition: int) -> FakeTxnProducer:
         return [p for p in self.producers if p.partition == partition and not p.stopped][-1]
 
-    def of(self, partition: int) -> list[str]:
-        return [what for p, what in self.journal if p == partition]
+    def of(self, partition: int, *, consumer: bool = False) -> list[str]:
+        mine = [what for p, what in self.journal if p == partition]
+        return mine if consumer else [w for w in mine if w not in ("pause", "resume", "committed?")]
 
 
 async def process(delivery: ExactlyOnce, *items: tuple[TopicPartition, int, bytes]) -> Batch:
@@ -247,3 +256,37 @@ async def test_once_the_grace_period_is_over_nothing_more_is_committed() -> None
         await r.delivery.handed_over(batch)
     assert "commit" not in r.of(0)
     assert r.completed == []
+
+
+async def test_an_assigned_partition_is_read_from_the_offsets_committed_once_its_producer_started() -> None:
+    """aiokafka fetches the committed offsets as the assignment arrives, possibly before the previous
+    owner's last transaction is complete; starting the producer completes it, so the partition is
+    paused until then and sought to the offsets fetched afterwards."""
+    r = Rig()
+    r.consumer.commits[IN0] = 42
+    await r.delivery.assigned([IN0, IN1])
+    assert r.of(0, consumer=True) == ["pause", "start", "committed?", "resume"]
+    assert r.consumer.seeks == [(IN0, 42)], "in:1 has no commit: the consumer's reset policy applies"
+    assert r.consumer.paused == set()
+
+
+async def test_a_partition_whose_producer_cannot_start_stays_paused_and_is_retried() -> None:
+    r = Rig()
+    original = r.delivery._make_producer
+    failures = [RequestTimedOutError(), RequestTimedOutError()]
+
+    def flaky(partition: int) -> FakeTxnProducer:
+        producer = original(partition)
+        if failures:
+            error = failures.pop()
+
+            async def refuse() -> None:
+                raise error
+
+            producer.start = refuse  # type: ignore[method-assign]
+        return producer
+
+    r.delivery._make_producer = flaky
+    await r.delivery.assigned([IN0])
+    assert r.of(0, consumer=True) == ["pause", "stop", "stop", "start", "committed?", "resume"]
+    assert r.consumer.paused == set()
