@@ -765,33 +765,23 @@ class Watermarks:
         await self._metadata([tp.topic for tp in pending])
         c.assign(list(pending))
         if self.committed:
-            return await self._count(pending, deadline, alive)
-        for tp, n in pending.items():
-            c.seek(tp, n - 1)
-        reached = time.time()
-        last_looks = 3
-        while pending:
-            if time.monotonic() > deadline or (alive is not None and not alive()):
-                last_looks -= 1
-                if last_looks < 0:
-                    return None
-            batch = await c.getmany(*pending, timeout_ms=100)
-            now = time.time()
-            for tp in list(pending):
-                high = c.highwater(tp)
-                got = any(m.offset >= pending[tp] - 1 for m in batch.get(tp, ()))
-                if got or (high is not None and high >= pending[tp]):
-                    del pending[tp]
-                    reached = now
-                    c.pause(tp)
-        return reached
+            # Transactional output: every committed record read and counted.
+            for tp in pending:
+                c.seek(tp, 0)
+                self.counts[tp.topic] = 0
 
-    async def _count(self, pending: dict[Any, int], deadline: float, alive: Any) -> float | None:
-        """``wait`` for transactional output: read every committed record, count them."""
-        c = self.consumer
-        for tp in pending:
-            c.seek(tp, 0)
-            self.counts[tp.topic] = 0
+            def arrived(tp: Any, records: Sequence[Any]) -> bool:
+                self.counts[tp.topic] += len(records)
+                return self.counts[tp.topic] >= pending[tp]
+        else:
+            for tp, n in pending.items():
+                c.seek(tp, n - 1)
+
+            def arrived(tp: Any, records: Sequence[Any]) -> bool:
+                high = c.highwater(tp)
+                got = any(m.offset >= pending[tp] - 1 for m in records)
+                return got or (high is not None and high >= pending[tp])
+
         reached = time.time()
         last_looks = 3
         while pending:
@@ -802,8 +792,7 @@ class Watermarks:
             batch = await c.getmany(*pending, timeout_ms=100)
             now = time.time()
             for tp in list(pending):
-                self.counts[tp.topic] += len(batch.get(tp, ()))
-                if self.counts[tp.topic] >= pending[tp]:
+                if arrived(tp, batch.get(tp, ())):
                     del pending[tp]
                     reached = now
                     c.pause(tp)

@@ -104,6 +104,17 @@ class Delivery(Protocol):
         """A refusal that no retry can cure, which stops the service (None while there is none)."""
 
 
+def count_delivered(metrics: Metrics, batch: Batch) -> None:
+    """The metrics of a batch whose offsets are committed (in either delivery mode)."""
+    metrics.count_batch(
+        messages=batch.messages,
+        payload_bytes=batch.payload_bytes,
+        records=batch.records,
+        dead_letters=batch.dead_letters,
+    )
+    metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+
+
 Commit = Callable[[dict[TopicPartition, int]], Awaitable[Any]]
 Completed = Callable[[Batch], Awaitable[None]]
 
@@ -205,13 +216,7 @@ class AtLeastOnce:
             await self._await_acks(sends)
         self._metrics.observe_end_to_end(done.timestamps, acked_at)
         await self._commit(done.offsets)
-        self._metrics.count_batch(
-            messages=done.messages,
-            payload_bytes=done.payload_bytes,
-            records=done.records,
-            dead_letters=done.dead_letters,
-        )
-        self._metrics.batch_seconds.observe(time.perf_counter() - done.started)
+        count_delivered(self._metrics, done)
         await self._completed(done)
 
     async def _all_acked(self, sends: list[Send]) -> bool:

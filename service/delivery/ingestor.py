@@ -299,7 +299,7 @@ class Ingestor:
                 current.timestamps.append(msg.timestamp)
                 offsets[tp] = msg.offset + 1
                 current.in_flight = in_flight
-                if self.delivery is not None and self.delivery.in_flight >= s.max_bytes_in_flight:
+                if delivery.in_flight >= s.max_bytes_in_flight:
                     await delivery.relieve(current)
                     in_flight = 0
         current.messages = sum(len(m) for m in batch.values())

@@ -25,7 +25,7 @@ def make_delivery(
 ) -> Delivery:
     """``at-least-once``: acknowledgements, ordered resend and offset commits over the service's
     producer. ``exactly-once``: a transaction per input partition, each with its own producer."""
-    retry = (s.retry_initial_seconds, s.retry_max_seconds)
+    retry, request_size = (s.retry_initial_seconds, s.retry_max_seconds), max_request_size(s)
     if s.delivery == "exactly-once":
         return ExactlyOnce(
             make_producer=lambda partition: AIOKafkaProducer(**transactional_producer_config(s, partition)),
@@ -34,14 +34,14 @@ def make_delivery(
             grace=grace,
             metrics=metrics,
             retry=retry,
-            max_request_size=max_request_size(s),
+            max_request_size=request_size,
             completed=completed,
             access=access_from(s),
             transactional_id=s.transactional_id,
         )
     return AtLeastOnce(
         commit=consumer.commit,
-        outbox=lambda: Outbox(producer, max_request_size(s)),
+        outbox=lambda: Outbox(producer, request_size),
         grace=grace,
         metrics=metrics,
         access=access_from(s),

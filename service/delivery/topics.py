@@ -151,6 +151,8 @@ async def read_topic(
             raise TopicNotFound(topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        committed_only = kwargs.get("isolation_level") == "read_committed"
+        end_of = consumer.last_stable_offset if committed_only else consumer.highwater
         records: list[Any] = []
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
@@ -161,8 +163,6 @@ async def read_topic(
             if batch:
                 quiet_since = loop.time()
                 continue
-            committed_only = kwargs.get("isolation_level") == "read_committed"
-            end_of = consumer.last_stable_offset if committed_only else consumer.highwater
             ends = [(end_of(tp), await consumer.position(tp)) for tp in tps]
             if all(high is not None and pos >= high for high, pos in ends):
                 return records

@@ -26,7 +26,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
 
-from service.delivery.completion import Batch, Completed
+from service.delivery.completion import Batch, Completed, count_delivered
 from service.delivery.failures import Access, Failure, Stage, classify
 from service.delivery.grace import Backoff, Grace, GraceExpired
 from service.delivery.outbox import Outbox, Send
@@ -128,7 +128,6 @@ class ExactlyOnce:
         self._open: Batch | None = None
         self._backoff = Backoff(*retry)
         self._lock = asyncio.Lock()
-        self._closed = False
         self.send_error: str | None = None
 
     @property
@@ -175,9 +174,12 @@ class ExactlyOnce:
             self._open = None
             flush_records()
             partitions = list(outbox.by_partition)
+            sends: dict[TopicPartition, list[Send]] = {tp: [] for tp in partitions}
+            for send in batch.sends:
+                sends.setdefault(send.tp, []).append(send)
             results = await asyncio.gather(
                 *(
-                    self._commit(tp, producer, part, batch)
+                    self._commit(tp, producer, part, sends[tp], batch.offsets[tp])
                     for tp, (producer, part) in outbox.by_partition.items()
                 ),
                 return_exceptions=True,
@@ -203,18 +205,16 @@ class ExactlyOnce:
                 self._backoff.attempt = 0
                 self.send_error = None
 
-    async def _commit(self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, batch: Batch) -> None:
+    async def _commit(
+        self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, sends: list[Send], offset: int
+    ) -> None:
         await outbox.flush()
-        for send in batch.sends:
-            if send.tp != tp:
-                continue
+        for send in sends:
             if send.error is not None:
                 raise send.error
             if send.future is not None:
                 await self._grace.within(asyncio.shield(send.future))
-        await self._grace.within(
-            producer.send_offsets_to_transaction({tp: batch.offsets[tp]}, self._group_id)
-        )
+        await self._grace.within(producer.send_offsets_to_transaction({tp: offset}, self._group_id))
         await self._grace.within(producer.commit_transaction())
 
     async def _count(self, batch: Batch, committed: list[TopicPartition], *, whole: bool) -> None:
@@ -222,13 +222,7 @@ class ExactlyOnce:
         partitions failed: then only its messages are counted; the rest is processed again)."""
         if whole:
             self._metrics.observe_end_to_end(batch.timestamps)
-            self._metrics.count_batch(
-                messages=batch.messages,
-                payload_bytes=batch.payload_bytes,
-                records=batch.records,
-                dead_letters=batch.dead_letters,
-            )
-            self._metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+            count_delivered(self._metrics, batch)
             done = batch
         else:
             done = Batch(
@@ -309,7 +303,7 @@ class ExactlyOnce:
         return self.refused
 
     def close(self) -> None:
-        self._closed = True
+        """Nothing waits to be completed later: each batch commits when it is handed over."""
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """Take newly assigned partitions up: paused, start their producers, then start reading

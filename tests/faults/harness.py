@@ -325,6 +325,24 @@ async def account_and_stop(
     return ledger
 
 
+def processed_again(services: Iterable[ServiceProcess]) -> int:
+    """How many input messages a service processed that a later one (in start order) processed
+    again: the batches in flight when each was killed."""
+    runs = [{(e["partition"], e["offset"]) for e in svc.events("record")} for svc in services]
+    return sum(len(runs[i] & set().union(*runs[i + 1 :])) for i in range(len(runs) - 1))
+
+
+async def wait_records(svc: ServiceProcess, target: int, *, within: float = 90, what: str = "") -> None:
+    """Until ``svc`` has logged ``target`` record lines (polled every 10 ms, to stop it right then)."""
+    await wait_until(
+        lambda: svc.count("record") >= target,
+        within=within,
+        interval=0.01,
+        what=what or f"{target} records",
+        detail=svc.tail,
+    )
+
+
 def env_int(name: str, default: int) -> int:
     """An integer knob from the environment (e.g. FAULTS_SEED to replay a random run)."""
     value = os.environ.get(name)

@@ -16,7 +16,16 @@ import time
 import pytest
 
 from tests.conftest import BrokerHandle
-from tests.faults.harness import Feeder, Fleet, ServiceProcess, env_int, wait_accounted, wait_until
+from tests.faults.harness import (
+    Feeder,
+    Fleet,
+    ServiceProcess,
+    env_int,
+    processed_again,
+    wait_accounted,
+    wait_records,
+    wait_until,
+)
 from tests.faults.test_cluster import leaders
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, read_all, record, service_env
 
@@ -85,21 +94,14 @@ async def test_kill9_at_random_points_three_times_read_committed_sees_each_recor
         for run in range(3):
             svc = fleet.start(env, f"run{run}")
             target = rng.randint(1, 900)
-            await wait_until(
-                lambda svc=svc, target=target: svc.count("record") >= target,  # type: ignore[misc]
-                within=90,
-                interval=0.01,
-                what=f"{target} records in run {run}",
-                detail=svc.tail,
-            )
+            await wait_records(svc, target, what=f"{target} records in run {run}")
             svc.kill()
             kills.append(svc.count("record"))
         final = fleet.start(env, "final")
         await wait_until(lambda: _assigned(final), within=90, what="an assignment", detail=final.tail)
         sent_live = await feeder.stop()
     ledger = await _exactly_once(broker, topics, [*sent, *sent_live], [final])
-    runs = [{(e["partition"], e["offset"]) for e in svc.events("record")} for svc in fleet.started]
-    reprocessed = sum(len(runs[i] & set().union(*runs[i + 1 :])) for i in range(len(runs) - 1))
+    reprocessed = processed_again(fleet.started)
     aborted = await _aborted_records(bootstrap, topics)
     print(
         f"kills after {kills} records; {len(set(ledger.articles) | set(ledger.dead_letters))} records "
@@ -120,7 +122,7 @@ async def test_sigterm_mid_stream_commits_within_the_grace_period_and_a_restart_
     env = _env(broker, topics, INGEST_SHUTDOWN_GRACE_SECONDS="10")
     async with Feeder(bootstrap, topics.input, partitions=3, rate=80, start_fn=100_000) as feeder:
         first = fleet.start(env, "first")
-        await wait_until(lambda: first.count("record") >= 300, within=90, interval=0.01, detail=first.tail)
+        await wait_records(first, 300)
         asked = time.monotonic()
         first.terminate()
         assert await first.wait_exit(within=10 + 3) == 0, first.tail()
@@ -210,7 +212,7 @@ async def test_a_zombie_past_its_session_timeout_is_fenced_and_nothing_it_wrote_
     sent = await produce(bootstrap, topics.input, payloads, partitions=2)
     env = _env(broker, topics, INGEST_BATCH_MAX_MESSAGES="10")
     zombie = fleet.start(env, "zombie")
-    await wait_until(lambda: zombie.count("record") >= 1000, within=90, interval=0.01, detail=zombie.tail)
+    await wait_records(zombie, 1000)
     zombie.pause()
     paused_at = time.monotonic()
     successor = fleet.start(env, "successor")

@@ -19,6 +19,8 @@ from tests.faults.harness import (
     ServiceProcess,
     committed,
     env_int,
+    processed_again,
+    wait_records,
     wait_until,
 )
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, service_env
@@ -52,13 +54,7 @@ async def test_kill9_at_random_points_four_times_then_a_burst_run(
             svc = fleet.start(env, f"run{run}")
             if run % 2 == 0:
                 target = rng.randint(1, 1200)
-                await wait_until(
-                    lambda svc=svc, target=target: svc.count("record") >= target,  # type: ignore[misc]
-                    within=90,
-                    interval=0.01,
-                    what=f"{target} records in run {run}",
-                    detail=svc.tail,
-                )
+                await wait_records(svc, target, what=f"{target} records in run {run}")
             else:
                 await asyncio.sleep(rng.uniform(0.3, 8.0))
             assert svc.alive, f"run {run} exited by itself ({svc.returncode})\n{svc.tail()}"
@@ -75,8 +71,7 @@ async def test_kill9_at_random_points_four_times_then_a_burst_run(
     ledger.check(expected, exactly_once=False)
 
     # Evidence that kills landed mid-batch: records a killed run logged were processed again later.
-    runs = [{(e["partition"], e["offset"]) for e in svc.events("record")} for svc in fleet.started]
-    reprocessed = sum(len(runs[i] & set().union(*runs[i + 1 :])) for i in range(len(runs) - 1))
+    reprocessed = processed_again(fleet.started)
     assert reprocessed > 0, f"no kill landed mid-batch: {kills}"
     print(
         f"kills (seconds after start, records logged): {kills}; burst run: {final.count('record')} records; "
@@ -149,13 +144,7 @@ async def test_sigterm_mid_batch_exits_cleanly_and_a_restart_duplicates_nothing(
     for run in range(5):
         svc = fleet.start(env, f"run{run}")
         target = rng.randint(1, 600)
-        await wait_until(
-            lambda svc=svc, target=target: svc.count("record") >= target,  # type: ignore[misc]
-            within=90,
-            interval=0.01,
-            what=f"{target} records in run {run}",
-            detail=svc.tail,
-        )
+        await wait_records(svc, target, what=f"{target} records in run {run}")
         assert svc.alive, svc.tail()
         svc.terminate()
         signalled = time.monotonic()
