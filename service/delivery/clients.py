@@ -43,10 +43,11 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         max_partition_fetch_bytes=max(1024 * 1024, settings.max_payload_bytes + 64 * 1024),
         fetch_max_bytes=min(50 * 1024 * 1024, settings.max_bytes_in_flight),
+        # In either delivery mode, an input written in transactions is read as its producer
+        # committed it: records of an aborted transaction are never ingested, and records of an
+        # open one wait for its outcome.
+        isolation_level="read_committed",
     )
-    if settings.delivery == "exactly-once":
-        # An input written in transactions is read as its producer committed it.
-        config["isolation_level"] = "read_committed"
     return config
 
 

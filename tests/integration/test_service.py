@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from schemas.errors import ErrorCode
 from schemas.events import ERROR_CODE_HEADER
@@ -26,6 +27,7 @@ from tests.support import (
     mixed_feed,
     produce,
     read_all,
+    record,
     service_env,
     settings_for,
 )
@@ -209,3 +211,33 @@ async def test_two_instances_share_a_four_partition_topic(broker: BrokerHandle, 
 
     ledger = await Ledger.read(broker.bootstrap_servers, topics)
     ledger.check(expected, exactly_once=True)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_an_aborted_upstream_transaction_is_never_ingested(broker: BrokerHandle, delivery: str) -> None:
+    """An upstream transactional producer aborts one record and commits the next: only the committed
+    one becomes an event, in either delivery mode (the input is read read_committed), and a burst
+    run still ends, drained, past the transaction markers."""
+    topics = await Topics.unique(f"aborted-{delivery}").create(broker.bootstrap_servers)
+    upstream = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap_servers, transactional_id=f"upstream-{topics.input}"
+    )
+    await upstream.start()
+    try:
+        await upstream.begin_transaction()
+        await upstream.send_and_wait(topics.input, record(1).encode(), key=b"rolled-back")
+        await upstream.abort_transaction()
+        async with upstream.transaction():
+            await upstream.send_and_wait(topics.input, record(2).encode(), key=b"committed")
+    finally:
+        await upstream.stop()
+
+    ingestor = Ingestor(
+        settings_for(broker.bootstrap_servers, topics, idempotence=True, burst=True, delivery=delivery)
+    )
+    assert await asyncio.wait_for(ingestor.run(), 90) == 0
+
+    articles = await read_all(broker.bootstrap_servers, topics.output, committed=True)
+    assert [orjson.loads(a.value)["data"]["fn"] for a in articles] == [2]
+    assert await read_all(broker.bootstrap_servers, topics.dlq, committed=True) == []
