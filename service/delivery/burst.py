@@ -7,7 +7,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service.delivery.clients import FETCH_MAX_WAIT_MS
 from service.settings import Settings
+
+
+def end_of(consumer: Any, tp: TopicPartition) -> int | None:
+    """Where ``tp`` ends for a read_committed consumer: its last stable offset (records of open
+    transactions past it are not readable yet), as the last fetch response reported it."""
+    end: int | None = consumer.last_stable_offset(tp)
+    return end
 
 
 class DrainCheck:
@@ -17,7 +25,12 @@ class DrainCheck:
         self._settings = settings
         self._make_probe = make_probe or (
             lambda: AIOKafkaConsumer(
-                group_id=None, enable_auto_commit=False, **settings.kafka_client_kwargs()
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                **settings.kafka_client_kwargs(),
             )
         )
         self.probe: Any = None
@@ -25,9 +38,11 @@ class DrainCheck:
     async def drained(self, consumer: AIOKafkaConsumer, idle_seconds: float) -> bool:
         """True when the group has drained every partition of the input topic.
 
-        This instance's own partitions count by position; the others (held by a peer, or by a dead
-        peer whose session has not expired yet) by the group's committed offsets. The end of a
-        partition is its high watermark from fetch responses. A topic whose partitions stay unknown
+        This instance's own partitions count by position; the others (held by a live peer, or by a
+        dead one whose session has not expired yet) by where a probe reading from the group's
+        committed offset stands. The end of a partition is its last stable offset from fetch
+        responses (the input is read read_committed: transaction markers and aborted records are
+        skipped, records of an open transaction wait for it). A topic whose partitions stay unknown
         counts as drained after ``INGEST_BURST_IDLE_SECONDS``.
         """
         partitions = consumer.partitions_for_topic(self._settings.input_topic)
@@ -35,24 +50,34 @@ class DrainCheck:
             return idle_seconds > self._settings.burst_idle_seconds
         assignment = consumer.assignment()
         for tp in assignment:
-            high = consumer.highwater(tp)
-            if high is None or await consumer.position(tp) < high:
+            end = end_of(consumer, tp)
+            if end is None or await consumer.position(tp) < end:
                 return False
         others = {TopicPartition(self._settings.input_topic, p) for p in partitions} - assignment
         return not others or await self._committed_to_the_end(consumer, others)
 
     async def _committed_to_the_end(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> bool:
-        """True when the group's committed offset of each partition has reached its end."""
+        """True when nothing readable lies past the group's committed offset of each partition.
+
+        The probe keeps its assignment from one call to the next (assigning again would forget the
+        partition ends its fetches learned), seeks to the committed offsets and fetches once: a
+        record means work is left; otherwise its position, past any transaction markers, must have
+        reached the end.
+        """
         committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
         if self.probe is None:
             self.probe = self._make_probe()
             await self.probe.start()
-        self.probe.assign(list(tps))
+        probe = self.probe
+        if set(probe.assignment()) != tps:
+            probe.assign(list(tps))
         for tp, offset in committed.items():
-            self.probe.seek(tp, offset)
-        await self.probe.getmany(timeout_ms=self._settings.batch_timeout_ms, max_records=1)
-        for tp, offset in committed.items():
-            high = self.probe.highwater(tp)
-            if high is None or offset < high:
+            probe.seek(tp, offset)
+        fetched = await probe.getmany(timeout_ms=self._settings.batch_timeout_ms, max_records=1)
+        if any(fetched.values()):
+            return False
+        for tp in tps:
+            end = end_of(probe, tp)
+            if end is None or await probe.position(tp) < end:
                 return False
         return True

@@ -105,6 +105,28 @@ async def test_a_burst_run_does_not_exit_while_a_dead_peer_holds_partitions(
     ledger.check(expected_outcomes(sent, topics.input), exactly_once=False)
 
 
+@pytest.mark.timeout(180)
+async def test_a_burst_run_exits_while_a_live_peer_holds_committed_partitions(
+    fault_broker: BrokerHandle, fleet: Fleet
+) -> None:
+    """A ``run`` instance drains a 3-partition topic and keeps running; a burst run then joins its
+    group. Every partition is committed to its end, so the burst run must exit 0 once it has taken
+    its share (it used to wait forever: its probe of the peer's partitions never learned their ends).
+    """
+    bootstrap = fault_broker.bootstrap_servers
+    topics = await Topics.unique("burst-live").create(bootstrap, **fault_broker.topic_kwargs, partitions=3)
+    sent = await produce(bootstrap, topics.input, feed(300, body_bytes=500, bad_every=7), partitions=3)
+    env = service_env(bootstrap, topics, idempotence=fault_broker.idempotence)
+    peer = fleet.start(env, "peer")
+    await wait_records(peer, len(sent), what="the peer draining the input")
+    burst = fleet.start(dict(env, INGEST_BURST="true"), "burst")
+    assert await burst.wait_exit(within=90) == 0, burst.tail()
+    assert peer.alive, peer.tail()
+    assert burst.count("burst.drained") == 1
+    ledger = await Ledger.read(bootstrap, topics)
+    ledger.check(expected_outcomes(sent, topics.input), exactly_once=True)
+
+
 def _stopped_mid_batch(svc: ServiceProcess) -> bool:
     """From a DEBUG log: records were logged after the last commit before the signal (a batch was in
     flight), and a commit followed the signal (that batch was finished and committed)."""

@@ -1,4 +1,5 @@
-"""Burst mode's drain check over fakes: own partitions by position, a peer's by committed offsets."""
+"""Burst mode's drain check over fakes: own partitions by position, a peer's by a probe reading from
+the group's committed offsets."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ P0, P1, P2 = (TopicPartition(T, p) for p in range(3))
 
 
 class FakeConsumer:
-    """The group consumer: its assignment, positions, high watermarks and the group's commits."""
+    """The group consumer: its assignment, positions, partition ends and the group's commits."""
 
     def __init__(self, partitions: set[int], assigned: set[TopicPartition], **state: Any) -> None:
         self.partitions, self.assigned = partitions, assigned
-        self.high: dict[TopicPartition, int | None] = state.get("high", {})
+        self.ends: dict[TopicPartition, int | None] = state.get("ends", {})
         self.positions: dict[TopicPartition, int] = state.get("positions", {})
         self.commits: dict[TopicPartition, int | None] = state.get("commits", {})
 
@@ -28,8 +29,8 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.high.get(tp)
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.ends.get(tp)
 
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
@@ -39,25 +40,54 @@ class FakeConsumer:
 
 
 class FakeProbe:
-    """The group-less probe: it learns each partition's end from a fetch."""
+    """The group-less probe over a log per partition: ``records`` holds the offsets of readable
+    records; anything else below ``ends`` (transaction markers, aborted records) is skipped by a
+    fetch, as a read_committed consumer does. ``fetches_answered`` fetches complete, the rest time
+    out before the broker answers (the end stays unknown)."""
 
-    def __init__(self, ends: dict[TopicPartition, int]) -> None:
-        self.ends, self.seeks, self.started = ends, {}, False
+    def __init__(self, ends: dict[TopicPartition, int], records: dict[TopicPartition, set[int]]) -> None:
+        self.ends, self.records = ends, records
+        self.seeks: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.known: dict[TopicPartition, int] = {}
+        self.assigns = 0
+        self.started = False
+        self.fetches_answered = 1_000_000
+        self.assigned: set[TopicPartition] = set()
 
     async def start(self) -> None:
         self.started = True
 
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
     def assign(self, tps: list[TopicPartition]) -> None:
-        self.assigned = set(tps)
+        self.assigns += 1
+        self.assigned, self.known = set(tps), {}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.seeks[tp] = offset
+        self.seeks[tp] = self.positions[tp] = offset
 
-    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
-        return {}
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[int]]:
+        if self.fetches_answered <= 0:
+            return {}
+        self.fetches_answered -= 1
+        out: dict[TopicPartition, list[int]] = {}
+        for tp in self.assigned:
+            self.known[tp] = self.ends[tp]
+            readable = sorted(o for o in self.records.get(tp, set()) if o >= self.positions[tp])
+            if readable:
+                out[tp] = [readable[0]]
+                self.positions[tp] = readable[0] + 1
+            else:
+                self.positions[tp] = max(self.positions[tp], self.ends[tp])
+        return out
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.ends.get(tp)
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.known.get(tp)
 
 
 def check(probe: FakeProbe | None = None) -> DrainCheck:
@@ -65,7 +95,7 @@ def check(probe: FakeProbe | None = None) -> DrainCheck:
 
 
 async def test_own_partitions_count_by_position() -> None:
-    consumer = FakeConsumer({0}, {P0}, high={P0: 10}, positions={P0: 9})
+    consumer = FakeConsumer({0}, {P0}, ends={P0: 10}, positions={P0: 9})
     assert not await check().drained(consumer, 0.0)  # type: ignore[arg-type]
     consumer.positions[P0] = 10
     assert await check().drained(consumer, 0.0)  # type: ignore[arg-type]
@@ -76,14 +106,35 @@ async def test_an_unknown_end_is_not_drained() -> None:
     assert not await check().drained(consumer, 100.0)  # type: ignore[arg-type]
 
 
-async def test_a_peers_partitions_count_by_the_groups_commits() -> None:
-    """P1 and P2 are a dead peer's: drained only once the group's commits reach their ends."""
-    consumer = FakeConsumer({0, 1, 2}, {P0}, high={P0: 5}, positions={P0: 5}, commits={P1: 7, P2: None})
-    probe = FakeProbe({P1: 7, P2: 3})
-    assert not await check(probe).drained(consumer, 0.0)  # type: ignore[arg-type]
-    assert probe.seeks == {P1: 7, P2: 0}, "a partition never committed counts from 0"
+async def test_a_peers_partitions_count_by_what_lies_past_the_groups_commits() -> None:
+    """P1 and P2 are a peer's: drained only once nothing readable lies past the group's commits."""
+    consumer = FakeConsumer({0, 1, 2}, {P0}, ends={P0: 5}, positions={P0: 5}, commits={P1: 7, P2: None})
+    probe = FakeProbe({P1: 7, P2: 3}, {P1: set(range(7)), P2: {0, 1, 2}})
+    drain = check(probe)
+    assert not await drain.drained(consumer, 0.0)  # type: ignore[arg-type]
+    assert probe.seeks == {P1: 7, P2: 0}, "a partition never committed counts from its start"
     consumer.commits[P2] = 3
-    assert await check(FakeProbe({P1: 7, P2: 3})).drained(consumer, 0.0)  # type: ignore[arg-type]
+    assert await drain.drained(consumer, 0.0)  # type: ignore[arg-type]
+
+
+async def test_a_commit_short_of_a_transaction_marker_is_drained() -> None:
+    """The peer committed 8, past its last record (7); offset 8 is the commit marker of its
+    transaction, so the end is 9: nothing readable is left."""
+    consumer = FakeConsumer({0, 1}, {P0}, ends={P0: 0}, positions={P0: 0}, commits={P1: 8})
+    probe = FakeProbe({P1: 9}, {P1: set(range(8))})
+    assert await check(probe).drained(consumer, 0.0)  # type: ignore[arg-type]
+
+
+async def test_the_probe_keeps_its_assignment_while_a_fetch_is_slow() -> None:
+    """The bug of a burst run beside a live peer: the probe was assigned again on every check, which
+    forgot the ends its last fetch had learned, so a fetch slower than one check never counted."""
+    consumer = FakeConsumer({0, 1}, {P0}, ends={P0: 0}, positions={P0: 0}, commits={P1: 4})
+    probe = FakeProbe({P1: 4}, {P1: set(range(4))})
+    drain = check(probe)
+    probe.fetches_answered = 1
+    assert await drain.drained(consumer, 0.0)  # type: ignore[arg-type]
+    assert await drain.drained(consumer, 0.0)  # type: ignore[arg-type]  # this fetch timed out
+    assert probe.assigns == 1
 
 
 async def test_a_topic_whose_partitions_stay_unknown_drains_after_the_idle_time() -> None:
