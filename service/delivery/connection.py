@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +23,16 @@ from service.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """Why a connection failed: the exception, and how far it got (``connect`` or ``metadata``)."""
+    """Why a connection failed: the exception, and how far it got (``handshake``, ``connect`` or
+    ``metadata``)."""
 
     error: BaseException
     stage: str
 
     @property
     def closed(self) -> bool:
-        """True when the broker closed the connection (no other reason given)."""
-        return isinstance(self.error, KafkaConnectionError)
+        """True when the broker closed or reset the connection (no other reason given)."""
+        return isinstance(self.error, KafkaConnectionError) or self.stage == "handshake"
 
 
 def _addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
@@ -71,12 +73,22 @@ async def probe(client_kwargs: dict[str, Any]) -> ProbeResult | None:
             finally:
                 conn.close()
         except (OSError, KafkaError, TimeoutError) as exc:
+            if stage == "connect" and _reset_in_tls_handshake(exc, options["security_protocol"]):
+                stage = "handshake"
             result = ProbeResult(exc, stage)
             if found is None or (_only_unreachable(found) and not _only_unreachable(result)):
                 found = result
             continue
         return None
     return found
+
+
+def _reset_in_tls_handshake(exc: BaseException, protocol: object) -> bool:
+    """A TLS client whose handshake the broker answered by closing the connection: a listener that
+    does not speak TLS reads the ClientHello as a malformed request and drops it."""
+    return protocol in ("SSL", "SASL_SSL") and isinstance(
+        exc, ConnectionResetError | ConnectionAbortedError | ssl.SSLEOFError | BrokenPipeError
+    )
 
 
 def _only_unreachable(result: ProbeResult) -> bool:

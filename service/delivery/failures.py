@@ -12,6 +12,7 @@ hands the probe's exception here. This module maps every foreign exception at on
     ├── certificate              the broker's certificate: untrusted CA, wrong host, expired
     ├── tls                      a TLS handshake that failed otherwise (does the listener speak TLS?)
     ├── refused_connection       the broker closed the connection at once (client certificate, protocol)
+    ├── security_protocol        the listener speaks another protocol than KAFKA_SECURITY_PROTOCOL
     ├── idempotence              the broker refused the idempotent producer (InitProducerId)
     └── authorization            an ACL is missing: which operation on which topic, group or cluster
 
@@ -53,6 +54,7 @@ class Kind(StrEnum):
     CERTIFICATE = "certificate"
     TLS = "tls"
     REFUSED_CONNECTION = "refused_connection"
+    SECURITY_PROTOCOL = "security_protocol"
     IDEMPOTENCE = "idempotence"
     AUTHORIZATION = "authorization"
 
@@ -138,6 +140,13 @@ def classify(exc: BaseException, stage: Stage, access: Access, *, topic: str | N
             f"the broker does not support SASL mechanism {access.mechanism} on this listener",
             "KAFKA_SASL_MECHANISM",
         )
+    if isinstance(exc, ke.IllegalSaslStateError) and stage is Stage.CONNECT:
+        return Failure(
+            Kind.SECURITY_PROTOCOL,
+            f"the broker refused the SASL handshake as out of place: this listener does not use SASL, "
+            f"but KAFKA_SECURITY_PROTOCOL={access.protocol}",
+            "KAFKA_SECURITY_PROTOCOL, KAFKA_BOOTSTRAP_SERVERS",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _certificate(exc, access)
     if isinstance(exc, ssl.SSLError):
@@ -200,12 +209,20 @@ def access_from(settings: Settings) -> Access:
 def classify_closed(stage_done: str, access: Access) -> Failure:
     """The ``Failure`` of a probe whose connection the broker closed at once, every time.
 
-    ``stage_done`` is how far it got: ``connect`` (closed during the first request: the listener
-    expects TLS, or refuses the client certificate) or ``metadata`` (closed after the first request:
-    the listener expects SASL).
+    ``stage_done`` is how far it got: ``handshake`` (reset during the TLS handshake: the listener does
+    not speak TLS), ``connect`` (closed during the first request: the listener expects TLS, or
+    refuses the client certificate) or ``metadata`` (closed after the first request: the listener
+    expects SASL).
     """
     proto = access.protocol
     uses_tls = proto in ("SSL", "SASL_SSL")
+    if stage_done == "handshake":
+        return Failure(
+            Kind.REFUSED_CONNECTION,
+            f"the broker reset the connection during the TLS handshake: this listener may not speak "
+            f"TLS, but KAFKA_SECURITY_PROTOCOL={proto}",
+            "KAFKA_SECURITY_PROTOCOL, KAFKA_BOOTSTRAP_SERVERS",
+        )
     if stage_done == "metadata" and not proto.startswith("SASL_"):
         return Failure(
             Kind.REFUSED_CONNECTION,

@@ -133,6 +133,16 @@ def _refusals(kafka: SecuredKafka) -> dict[str, tuple[dict[str, str], str, str]]
             "may require SASL",
             "KAFKA_SECURITY_PROTOCOL",
         ),
+        "sasl_on_plaintext_listener": (
+            mode_env(kafka, "sasl_plain", KAFKA_BOOTSTRAP_SERVERS=kafka.admin_bootstrap),
+            "this listener does not use SASL",
+            "KAFKA_SECURITY_PROTOCOL",
+        ),
+        "tls_on_plaintext_listener": (
+            mode_env(kafka, "ssl", KAFKA_BOOTSTRAP_SERVERS=kafka.admin_bootstrap),
+            "this listener may not speak TLS",
+            "KAFKA_SECURITY_PROTOCOL",
+        ),
     }
 
 
@@ -146,6 +156,8 @@ CASES = [
     "no_client_cert",
     "expired_client_cert",
     "plaintext_on_sasl_listener",
+    "sasl_on_plaintext_listener",
+    "tls_on_plaintext_listener",
 ]
 
 
@@ -154,7 +166,8 @@ CASES = [
 async def test_wrong_access_fails_fast_with_one_line(
     secured: SecuredKafka, case: str, command: str, tmp_path: Path
 ) -> None:
-    if command != "produce" and case not in ("bad_password", "untrusted_ca", "expired_client_cert"):
+    sampled = ("bad_password", "untrusted_ca", "expired_client_cert", "sasl_on_plaintext_listener")
+    if command != "produce" and case not in (*sampled, "tls_on_plaintext_listener"):
         pytest.skip("every case runs through produce; run and redrive take a sample")
     topics = Topics.unique("sec-refused")
     extra, words, setting = _refusals(secured)[case]
@@ -175,7 +188,8 @@ async def test_wrong_access_fails_fast_with_one_line(
         assert '"kafka.misconfigured"' in lines[0]
         # A connection closed at once is retried twice (it may be a broker shutting down); the rest
         # is final the first time.
-        assert output.count("broker.unreachable") == (2 if "client_cert" in case else 0)
+        closed = "client_cert" in case or case == "tls_on_plaintext_listener"
+        assert output.count("broker.unreachable") == (2 if closed else 0)
 
 
 async def test_hostname_check_off_is_explicit_and_warned(secured: SecuredKafka, tmp_path: Path) -> None:

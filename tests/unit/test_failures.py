@@ -115,6 +115,20 @@ def test_closed_connections_suggest_what_the_listener_expects() -> None:
     mtls = classify_closed("connect", Access(protocol="SSL", certfile="/c.pem"))
     assert "refuses the client certificate" in mtls.line
     assert "requires a client certificate" in classify_closed("connect", Access(protocol="SSL")).line
+    reset = classify_closed("handshake", Access(protocol="SSL"))
+    assert "may not speak TLS" in reset.line
+    assert "KAFKA_SECURITY_PROTOCOL" in reset.setting
+
+
+def test_a_sasl_handshake_refused_as_out_of_place_names_the_protocol() -> None:
+    """A SASL client on a PLAINTEXT listener: the broker answers SaslHandshake with
+    ILLEGAL_SASL_STATE. Final at once: no retry changes the listener's protocol."""
+    failure = classify(ke.IllegalSaslStateError(), Stage.CONNECT, Access(protocol="SASL_PLAINTEXT"))
+    assert failure is not None
+    assert failure.kind is Kind.SECURITY_PROTOCOL
+    assert "does not use SASL" in failure.line
+    assert "KAFKA_SECURITY_PROTOCOL" in failure.setting
+    assert fatal_at_startup(failure, 1)
 
 
 def test_only_a_closed_connection_needs_confirming() -> None:
