@@ -7,7 +7,7 @@ with ``record_log`` bound to the topic and partition, one in ten a dead letter),
 removed at the end; ``/dev/null`` works too), through:
 
 * ``project``: ``configure_logging("json")`` then ``record_logger()``, bound once per batch, and
-  ``flush_records()`` after each batch, as ``service/delivery/app.py`` does: the lines of a batch are
+  ``flush_records()`` after each batch, as ``service/delivery/pipeline.py`` does: the lines of a batch are
   buffered and written in one go;
 * ``structlog``: structlog's own fast path as its documentation gives it: ``BytesLoggerFactory``,
   ``JSONRenderer(serializer=orjson.dumps)``, ``make_filtering_bound_logger``,

@@ -63,8 +63,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 
-# Sizes as the service uses them (service/delivery/clients.py), for the loaders and the monitor;
-# the passthrough builds its clients with service/delivery/clients.py itself.
+# Sizes as the service uses them (service/kafka/clients.py), for the loaders and the monitor;
+# the passthrough builds its clients with service/kafka/clients.py itself.
 BATCH_MAX = 500
 BATCH_TIMEOUT_MS = 200
 MAX_PAYLOAD = 1_000_000
@@ -104,10 +104,10 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    # The service's own client configuration (service/delivery/clients.py), from this benchmark's tree even
+    # The service's own client configuration (service/kafka/clients.py), from this benchmark's tree even
     # when --service-path points marker-ingest at another one.
     sys.path.insert(0, str(ROOT))
-    from service.delivery.clients import consumer_config, producer_config
+    from service.kafka.clients import Kafka
     from service.settings import Settings
 
     settings = Settings(
@@ -116,8 +116,9 @@ async def child_passthrough(cfg: dict[str, Any]) -> int:
         kafka_enable_idempotence=cfg.get("idempotence", False),
     )
     stop = _stop_event()
-    consumer = AIOKafkaConsumer(cfg["input"], **consumer_config(settings))
-    producer = AIOKafkaProducer(**producer_config(settings))
+    kafka = Kafka.of(settings)
+    consumer = AIOKafkaConsumer(cfg["input"], **kafka.consumer_config())
+    producer = AIOKafkaProducer(**kafka.producer_config())
     await producer.start()
     await consumer.start()
     out = cfg["output"]
@@ -676,7 +677,7 @@ class Sampler:
 
 
 async def create(bootstrap: str, topics: dict[str, int]) -> None:
-    from service.delivery.topics import create_topics
+    from service.kafka.topics import create_topics
 
     await create_topics(bootstrap, topics)
 

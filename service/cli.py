@@ -17,7 +17,7 @@ from typing import IO
 
 from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload
-from service.settings import SettingsError
+from service.errors import MarkerIngestError
 from service.tools.command import (
     CONFIGURATION_EPILOG,
     EXIT_DEAD_LETTERS,
@@ -193,6 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args)
-    except SettingsError as exc:
+    except MarkerIngestError as exc:
         _write(sys.stderr, f"marker-ingest: {exc}")
-        return EXIT_USAGE
+        return exc.exit_status

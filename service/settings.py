@@ -35,6 +35,7 @@ from pydantic_settings import (
 from schemas import defaults as contract
 from service.core.kafka_names import broker_address_problem, topic_name_problem
 from service.core.limits import Limits
+from service.errors import SettingsError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -341,10 +342,6 @@ def _readable(path: str) -> bool:
 def _ssl_reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     return str(reason)
-
-
-class SettingsError(Exception):
-    """The settings are invalid. ``str()`` is one line that names each bad variable (or flag)."""
 
 
 def load_settings(

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from service import __version__
 from service.core.events import Source, process_payload
 from service.core.limits import Limits
-from service.delivery.topics import create_topics, read_topic
+from service.kafka.topics import create_topics, read_topic
 from service.settings import Settings
 
 Coord = tuple[int, int, int]

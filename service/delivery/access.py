@@ -11,11 +11,12 @@ from collections.abc import Callable
 
 import structlog
 
-from service.delivery import connection
-from service.delivery.failures import Failure, fatal_at_startup
-from service.delivery.grace import Backoff, Grace
+from service.delivery.grace import Grace
+from service.delivery.retry import Retry
+from service.kafka import connection
+from service.kafka.clients import Kafka
+from service.kafka.failures import Failure, fatal_at_startup
 from service.ops.metrics import Metrics
-from service.settings import Settings
 
 log = structlog.get_logger("marker_ingest")
 
@@ -39,8 +40,11 @@ class AccessWatch:
     the logs call for each warning of the Kafka client.
     """
 
-    def __init__(self, settings: Settings, grace: Grace, metrics: Metrics, reason: Callable[[], str | None]):
-        self._settings, self._grace, self._metrics, self._reason = settings, grace, metrics, reason
+    def __init__(
+        self, kafka: Kafka, grace: Grace, metrics: Metrics, retry: Retry, reason: Callable[[], str | None]
+    ):
+        self._kafka, self._grace, self._metrics, self._reason = kafka, grace, metrics, reason
+        self._retry = retry
         self.failure: Failure | None = None
         self.library_lines = 0
 
@@ -59,8 +63,7 @@ class AccessWatch:
         meanwhile, and nothing is committed that was not acknowledged, so fixing the credentials
         resumes the service without a restart.
         """
-        s, grace = self._settings, self._grace
-        backoff = Backoff(s.retry_initial_seconds, s.retry_max_seconds)
+        grace, retry = self._grace, self._retry
         seen, closed, since = self.library_lines, 0, 0.0
         delay = ACCESS_CHECK_SECONDS
         while not grace.requested:
@@ -69,18 +72,19 @@ class AccessWatch:
             troubled = probe_due(lines != seen, reason, refused=self.failure is not None)
             seen = lines
             if not troubled or grace.requested:
-                backoff.attempt, delay, closed = 0, ACCESS_CHECK_SECONDS, 0
+                delay, closed = ACCESS_CHECK_SECONDS, 0
+                retry.succeeded()
                 continue
-            done, diagnosed = await grace.unless_stopped(connection.diagnose(s))
+            done, diagnosed = await grace.unless_stopped(connection.diagnose(self._kafka))
             if not done:
                 return
             failure, cause = diagnosed
-            delay = max(ACCESS_CHECK_SECONDS, backoff.next_delay())
+            delay = max(ACCESS_CHECK_SECONDS, retry.delay())
             if failure is not None:
                 closed += 1
                 if not fatal_at_startup(failure, closed):
                     continue
-                self._metrics.retries["connect"].inc()
+                retry.count()
                 previous, self.failure = self.failure, failure
                 if previous is None:
                     since = time.monotonic()

@@ -7,8 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.delivery.clients import FETCH_MAX_WAIT_MS
-from service.settings import Settings
+from service.kafka.clients import Kafka
 
 
 def end_of(consumer: Any, tp: TopicPartition) -> int | None:
@@ -21,18 +20,9 @@ def end_of(consumer: Any, tp: TopicPartition) -> int | None:
 class DrainCheck:
     """Answers ``drained`` for the group; owns a group-less probe consumer once one is needed."""
 
-    def __init__(self, settings: Settings, make_probe: Callable[[], Any] | None = None) -> None:
-        self._settings = settings
-        self._make_probe = make_probe or (
-            lambda: AIOKafkaConsumer(
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                **settings.kafka_client_kwargs(),
-            )
-        )
+    def __init__(self, kafka: Kafka, make_probe: Callable[[], Any] | None = None) -> None:
+        self._settings = kafka.settings
+        self._make_probe = make_probe or (lambda: AIOKafkaConsumer(**kafka.probe_config()))
         self.probe: Any = None
 
     async def drained(self, consumer: AIOKafkaConsumer, idle_seconds: float) -> bool:

@@ -10,32 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
+
+from service.errors import GraceExpired
 
 T = TypeVar("T")
 
 STOP_MARGIN_SECONDS = 2.0
 """After the grace period, the Kafka clients get this long to stop (leave the group, close)."""
-
-
-class GraceExpired(Exception):
-    """Raised by a wait that must finish before the service stops, once the grace period is over."""
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial, self.cap, self.attempt = initial, cap, 0
-
-    def next_delay(self) -> float:
-        """The next sleep, in seconds; grows until the cap."""
-        ceiling = min(self.cap, self.initial * (2**self.attempt))
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
 class Grace:

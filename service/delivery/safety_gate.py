@@ -4,12 +4,13 @@ the batch in flight is committed), resume them on SIGUSR1 or at the end of the c
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service.kafka.topics import partition_names
 from service.ops.metrics import Metrics
+from service.ops.readiness import SafetyPause
 from service.ops.safety import SafetyPolicy, SafetySwitch
 from service.settings import Settings
 
@@ -30,11 +31,6 @@ def safety_switch(settings: Settings) -> SafetySwitch | None:
     )
 
 
-def names(partitions: Iterable[TopicPartition]) -> list[str]:
-    """``topic:partition`` of each, sorted, for the logs and ``/readyz``."""
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
-
-
 class SafetyGate:
     """Pauses and resumes the consumer as the safety switch says."""
 
@@ -51,6 +47,21 @@ class SafetyGate:
     def tripped(self) -> bool:
         """True once the switch has tripped (paused or about to be)."""
         return self.switch is not None and self.switch.tripped is not None
+
+    def pause_state(self) -> SafetyPause | None:
+        """The switch's pause as readiness sees it (None unless it keeps consumption paused)."""
+        switch = self.switch
+        if switch is None or switch.tripped is None or switch.paused_since is None:
+            return None
+        now = time.monotonic()
+        return SafetyPause(
+            ratio=switch.tripped.ratio,
+            window=switch.tripped.records,
+            dead_letters=switch.tripped.dead_letters,
+            threshold=switch.tripped.threshold,
+            paused_seconds=now - switch.paused_since,
+            resumes_in_seconds=switch.resumes_in(now),
+        )
 
     def request_resume(self) -> None:
         """Resume consumption paused by the safety switch (SIGUSR1); ignored when it is not tripped."""
@@ -80,7 +91,7 @@ class SafetyGate:
             dead_letters=trip.dead_letters,
             threshold=trip.threshold,
             cooldown_seconds=policy.cooldown_seconds or None,
-            partitions=names(assignment),
+            partitions=partition_names(assignment),
             detail="consumption paused after committing the batch; SIGUSR1 resumes"
             + (f", as does the cool-down of {policy.cooldown_seconds:g}s" if policy.cooldown_seconds else ""),
         )
@@ -110,11 +121,11 @@ class SafetyGate:
             "safety.resumed",
             reason=reason,
             paused_seconds=round(paused_seconds, 1),
-            partitions=names(assignment),
+            partitions=partition_names(assignment),
         )
 
     def keep_paused(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """After a rebalance: newly assigned partitions stay paused while the switch is tripped."""
         if self.paused and assigned:
             consumer.pause(*assigned)
-            log.warning("safety.still_paused", partitions=names(assigned))
+            log.warning("safety.still_paused", partitions=partition_names(assigned))

@@ -14,84 +14,68 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
-from service.delivery.clients import consumer_config, producer_config
-from service.delivery.connection import diagnose
-from service.delivery.failures import Failure, Stage, access_from, classify, fatal_at_startup
-from service.delivery.grace import Backoff, Grace
-from service.delivery.topics import create_with_broker_defaults, topic_problems
-from service.ops.metrics import Metrics
-from service.settings import Settings
+from service.delivery.grace import Grace
+from service.delivery.retry import Retry
+from service.errors import TopicsMissing
+from service.kafka.clients import Kafka
+from service.kafka.connection import diagnose
+from service.kafka.failures import Stage, classify, fatal_at_startup
+from service.kafka.topics import create_with_broker_defaults, topic_problems
 
 log = structlog.get_logger("marker_ingest")
 
 Clients = tuple[AIOKafkaConsumer, AIOKafkaProducer]
 
 
-class TopicsMissing(Exception):
-    """Raised at start-up when a topic the service needs does not exist (or its name is invalid)."""
-
-    def __init__(self, problems: dict[str, tuple[str, str]]) -> None:
-        super().__init__(", ".join(f"{setting}={topic}: {why}" for setting, (topic, why) in problems.items()))
-        self.problems = problems
-        """Setting name → (topic, the broker's error)."""
-
-
-class Misconfigured(Exception):
-    """Raised at start-up when the cluster refuses the configuration or the credentials."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.line)
-        self.failure = failure
-
-
-async def check_topics(s: Settings) -> None:
+async def check_topics(kafka: Kafka) -> None:
     """The input, output and dead-letter topics exist, or are created when ``INGEST_CREATE_TOPICS``
-    allows it. Raises ``TopicsMissing`` naming them; ``KafkaError`` when the broker cannot answer."""
+    allows it. Raises ``TopicsMissing`` naming them, ``Misconfigured`` when the service may not
+    see or create them; ``KafkaError`` when the broker cannot answer."""
+    s = kafka.settings
     names = {s.input_topic: "INGEST_INPUT_TOPIC", s.output_topic: "INGEST_OUTPUT_TOPIC"}
     names[s.dlq_topic] = "INGEST_DLQ_TOPIC"
-    kwargs = s.kafka_client_kwargs()
-    access = access_from(s)
-    problems = await topic_problems(list(names), kwargs)
+    problems = await topic_problems(list(names), kafka.client_kwargs())
     for topic, why in problems.items():
         if why == "TopicAuthorizationFailedError":
-            denied = classify(TopicAuthorizationFailedError(topic), Stage.CHECK_TOPICS, access, topic=topic)
+            denied = classify(
+                TopicAuthorizationFailedError(topic), Stage.CHECK_TOPICS, kafka.access, topic=topic
+            )
             assert denied is not None
-            raise Misconfigured(denied)
+            raise denied.error()
     missing = [t for t, why in problems.items() if why == "UnknownTopicOrPartitionError"]
     if missing and s.create_topics:
         try:
-            created = await create_with_broker_defaults(missing, kwargs)
+            created = await create_with_broker_defaults(missing, kafka.client_kwargs())
         except KafkaError as exc:
-            failure = classify(exc, Stage.CREATE_TOPICS, access, topic=", ".join(missing))
+            failure = classify(exc, Stage.CREATE_TOPICS, kafka.access, topic=", ".join(missing))
             if failure is not None:
-                raise Misconfigured(failure) from None
+                raise failure.error() from None
             raise
         log.warning("topics.created", topics=created, detail="INGEST_CREATE_TOPICS=true")
-        problems = await topic_problems(list(names), kwargs)
+        problems = await topic_problems(list(names), kafka.client_kwargs())
     if problems:
         raise TopicsMissing({names[t]: (t, why) for t, why in problems.items() if t in names})
 
 
-async def start_clients(s: Settings, grace: Grace, metrics: Metrics) -> Clients | None:
+async def start_clients(kafka: Kafka, grace: Grace, retry: Retry) -> Clients | None:
     """Check the topics, then start both clients, waiting with backoff while the broker is
-    unreachable. None when a stop was requested first."""
-    backoff = Backoff(s.retry_initial_seconds, s.retry_max_seconds)
-    access = access_from(s)
+    unreachable. None when a stop was requested first. Raises ``Misconfigured`` (a refusal that
+    retrying cannot cure) and ``TopicsMissing``."""
     seen: tuple[str, int] = ("", 0)
     while not grace.requested:
         stage = Stage.CONNECT
         consumer = producer = None
         try:
-            done, diagnosed = await grace.unless_stopped(diagnose(s))
+            done, diagnosed = await grace.unless_stopped(diagnose(kafka))
             if not done:
                 return None
             failure, cause = diagnosed
             if failure is None and cause is None:
                 stage = Stage.CHECK_TOPICS
-                if not (await grace.unless_stopped(check_topics(s)))[0]:
+                if not (await grace.unless_stopped(check_topics(kafka)))[0]:
                     return None
-                consumer = AIOKafkaConsumer(**consumer_config(s))
-                producer = AIOKafkaProducer(**producer_config(s))
+                consumer = AIOKafkaConsumer(**kafka.consumer_config())
+                producer = AIOKafkaProducer(**kafka.producer_config())
                 stage = Stage.START_PRODUCER
                 started = (await grace.unless_stopped(producer.start()))[0]
                 stage = Stage.CONNECT
@@ -101,16 +85,13 @@ async def start_clients(s: Settings, grace: Grace, metrics: Metrics) -> Clients 
                     return None
         except KafkaError as exc:
             await stop_quietly(producer, consumer)
-            failure, cause = classify(exc, stage, access), repr(exc)
+            failure, cause = classify(exc, stage, kafka.access), repr(exc)
         if failure is not None:
             seen = (failure.line, seen[1] + 1 if seen[0] == failure.line else 1)
             if fatal_at_startup(failure, seen[1]):
-                raise Misconfigured(failure)
+                raise failure.error()
         if cause is not None:
-            delay = backoff.next_delay()
-            metrics.retries["connect"].inc()
-            log.warning("broker.unreachable", error=cause, retry_in=round(delay, 2))
-            await grace.sleep(delay)
+            await retry.after("broker.unreachable", error=cause)
             continue
         assert consumer is not None
         assert producer is not None

@@ -15,10 +15,12 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from service.delivery.connection import explain
-from service.delivery.failures import EXIT_MISCONFIGURED, Stage
 from service.delivery.ingestor import Ingestor
-from service.delivery.topics import create_topics, read_topic
+from service.errors import ExitStatus
+from service.kafka.clients import Kafka
+from service.kafka.connection import explain
+from service.kafka.failures import Stage
+from service.kafka.topics import create_topics, read_topic
 from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.tools.broker import EmbeddedBroker
@@ -131,10 +133,10 @@ def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> 
             settings = load_settings({**overrides, "kafka_bootstrap_servers": bootstrap})
             return asyncio.run(_demo(settings, files))
     except KafkaError as exc:
-        failure = explain(exc, Stage.START_PRODUCER, settings)
+        failure = explain(exc, Stage.START_PRODUCER, Kafka.of(settings))
         if failure is not None:
             _fail(failure.line)
-            return EXIT_MISCONFIGURED
+            return ExitStatus.USAGE
         where = bootstrap_servers or "the embedded broker"
         _fail(f"the broker at {where} failed: {describe_kafka_error(exc)}")
         return EXIT_FAILED

@@ -162,9 +162,9 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
     """A producer with the service's connection, security and durability settings."""
     from aiokafka import AIOKafkaProducer
 
-    from service.delivery.clients import producer_config
+    from service.kafka.clients import TOOL_LINGER_MS, Kafka
 
-    return AIOKafkaProducer(**producer_config(settings, linger_ms=5))
+    return AIOKafkaProducer(**Kafka.of(settings).producer_config(linger_ms=TOOL_LINGER_MS))
 
 
 @dataclass
@@ -246,7 +246,7 @@ async def produce_files(
     """
     from aiokafka.errors import KafkaError
 
-    from service.delivery.topics import started
+    from service.kafka.topics import started
 
     report = PushReport()
     limits = settings.limits
@@ -336,8 +336,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Run ``marker-ingest produce``."""
     from aiokafka.errors import KafkaError
 
-    from service.delivery.connection import explain, preflight
-    from service.delivery.failures import EXIT_MISCONFIGURED, Stage
+    from service.errors import ExitStatus
+    from service.kafka.clients import Kafka
+    from service.kafka.connection import explain, preflight
+    from service.kafka.failures import Stage
 
     settings = build_settings(args)
     topic: str = args.topic or settings.input_topic
@@ -360,9 +362,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             total += path.stat().st_size
     with tool_logging(settings):
-        if (failure := preflight(settings)) is not None:
+        if (failure := preflight(Kafka.of(settings))) is not None:
             sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
-            return EXIT_MISCONFIGURED
+            return ExitStatus.USAGE
         # Drawn from here on (its first frame at 0 %), closed by produce_files.
         from service.tools.progress import ProgressBar  # tqdm only when pushing: other commands start faster
 
@@ -379,9 +381,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 )
             )
         except KafkaError as exc:
-            if (failure := explain(exc, Stage.SEND, settings, topic)) is not None:
+            if (failure := explain(exc, Stage.SEND, Kafka.of(settings), topic)) is not None:
                 sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
-                return EXIT_MISCONFIGURED
+                return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest produce: send failed: {describe_kafka_error(exc)}\n")
             return EXIT_REFUSED
     for path, why in report.refused:

@@ -65,7 +65,7 @@ class RedriveOptions:
 
 async def read_dead_letters(settings: Settings) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic, without joining a consumer group."""
-    from service.delivery.topics import read_topic
+    from service.kafka.topics import read_topic
 
     kwargs = settings.kafka_client_kwargs()
     bootstrap = kwargs.pop("bootstrap_servers")
@@ -82,7 +82,7 @@ async def publish(
     """Publish every message and wait for the acknowledgements; return the ids that failed."""
     from aiokafka.errors import KafkaError
 
-    from service.delivery.topics import started
+    from service.kafka.topics import started
     from service.tools.produce import producer_for
 
     failed: set[str] = set()
@@ -227,9 +227,11 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
 
-    from service.delivery.connection import explain, preflight
-    from service.delivery.failures import EXIT_MISCONFIGURED, Stage
-    from service.delivery.topics import TopicNotFound
+    from service.errors import ExitStatus
+    from service.kafka.clients import Kafka
+    from service.kafka.connection import explain, preflight
+    from service.kafka.failures import Stage
+    from service.kafka.topics import TopicNotFound
     from service.tools.produce import tool_logging
 
     options = options_from(args)
@@ -241,9 +243,9 @@ def cmd_redrive(args: argparse.Namespace) -> int:
         sys.stderr.write("marker-ingest redrive: --to-topic must not be the output or dead-letter topic\n")
         return EXIT_USAGE
     with tool_logging(settings):
-        if (failure := preflight(settings)) is not None:
+        if (failure := preflight(Kafka.of(settings))) is not None:
             sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
-            return EXIT_MISCONFIGURED
+            return ExitStatus.USAGE
         try:
             report = asyncio.run(redrive(settings, options))
         except TopicNotFound as exc:
@@ -253,9 +255,9 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         except KafkaError as exc:
-            if (failure := explain(exc, Stage.FETCH, settings)) is not None:
+            if (failure := explain(exc, Stage.FETCH, Kafka.of(settings))) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
-                return EXIT_MISCONFIGURED
+                return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc)}\n")
             return EXIT_INCOMPLETE
     sys.stdout.write(render_json(report) if args.json else render_text(report))

@@ -16,7 +16,7 @@ import pytest
 from schemas.events import ERROR_CODE_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
 from service.cli import main
 from service.delivery.ingestor import Ingestor
-from service.delivery.topics import create_topics
+from service.kafka.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Topics, produce, read_all, record, service_env, settings_for
 

@@ -14,7 +14,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from service.delivery.ingestor import Ingestor
 from service.delivery.outbox import Outbox, Send
-from service.delivery.topics import create_topics
+from service.kafka.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, read_all, settings_for
 

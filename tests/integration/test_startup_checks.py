@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from service.delivery.ingestor import EXIT_CONFIG, Ingestor
-from service.delivery.topics import create_topics, topic_problems
+from service.delivery.ingestor import Ingestor
+from service.errors import ExitStatus
+from service.kafka.topics import create_topics, topic_problems
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, settings_for
 
@@ -25,7 +26,7 @@ async def test_a_misspelled_output_topic_is_an_error_at_start_up_naming_it(broke
     )
     with capture_logs() as logs:
         code = await Ingestor(settings).run()
-    assert code == EXIT_CONFIG == 2
+    assert code == ExitStatus.USAGE == 2
     [line] = [e for e in logs if e["log_level"] == "error"]
     assert (line["event"], line["topic"], line["setting"]) == ("topic.missing", typo, "INGEST_OUTPUT_TOPIC")
     assert "INGEST_CREATE_TOPICS" in line["detail"]

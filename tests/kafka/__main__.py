@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.delivery.topics import create_topics
+from service.kafka.topics import create_topics
 from tests.kafka.cluster import KafkaCluster, KafkaUnavailable, kafka_version
 
 DEFAULT_TOPICS = ("news.raw", "news.articles", "news.dead-letters")

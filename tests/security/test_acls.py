@@ -15,8 +15,8 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from structlog.testing import capture_logs
 
-from service.delivery.failures import EXIT_MISCONFIGURED
 from service.delivery.ingestor import Ingestor
+from service.errors import ExitStatus
 from tests.kafka.security import LIMITED_USER, SecuredKafka
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, settings_for
 
@@ -98,7 +98,7 @@ async def test_missing_describe_on_input_stops_start_up(secured: SecuredKafka) -
     await secured.grant(LIMITED, "topic", topics.dlq, ["write", "describe"])
     with capture_logs() as logs:
         status = await asyncio.wait_for(Ingestor(_limited(secured, topics)).run(), 30)
-    assert status == EXIT_MISCONFIGURED
+    assert status == ExitStatus.USAGE
     [line] = [e for e in logs if e["event"] == "kafka.misconfigured"]
     assert line["resource"] == f"topic {topics.input}"
     assert line["missing_permission"] == "DESCRIBE"
@@ -127,7 +127,7 @@ async def test_missing_create_stops_start_up(secured: SecuredKafka) -> None:
     settings = _limited(secured, topics, create_topics=True)
     with capture_logs() as logs:
         status = await asyncio.wait_for(Ingestor(settings).run(), 30)
-    assert status == EXIT_MISCONFIGURED
+    assert status == ExitStatus.USAGE
     [line] = [e for e in logs if e["event"] == "kafka.misconfigured"]
     assert line["missing_permission"] == "CREATE"
     assert topics.input in line["resource"]
@@ -171,7 +171,7 @@ async def test_exactly_once_needs_write_on_its_transactional_ids(secured: Secure
     settings = _limited(secured, topics, delivery="exactly-once", kafka_enable_idempotence=True, burst=True)
     with capture_logs() as logs:
         status = await asyncio.wait_for(Ingestor(settings).run(), 60)
-    assert status == EXIT_MISCONFIGURED
+    assert status == ExitStatus.USAGE
     [line] = [e for e in logs if e["event"] == "kafka.misconfigured"]
     assert line["resource"] == f"transactional id {topics.group}.{topics.input}.0"
     assert line["missing_permission"] == "WRITE"

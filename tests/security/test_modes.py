@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.delivery.failures import EXIT_MISCONFIGURED
+from service.errors import ExitStatus
 from service.tools.broker import free_port
 from tests.kafka.security import SecuredKafka
 from tests.security.conftest import MODES, mode_env
@@ -179,7 +179,7 @@ async def test_wrong_access_fails_fast_with_one_line(
     took = time.monotonic() - started
     output = done.stdout + done.stderr
     _clean(output, secured.password)
-    assert done.returncode == EXIT_MISCONFIGURED, output[-2000:]
+    assert done.returncode == ExitStatus.USAGE, output[-2000:]
     assert took < 20, f"{command} took {took:.0f}s to give up"
     lines = [line for line in output.splitlines() if words in line]
     assert len(lines) == 1, output[-2000:]

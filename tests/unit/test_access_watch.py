@@ -12,10 +12,11 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from service.delivery import access, connection
+from service.delivery import access
 from service.delivery.access import probe_due
-from service.delivery.failures import Failure, Kind
 from service.delivery.ingestor import Ingestor
+from service.kafka import connection
+from service.kafka.failures import Failure, Kind
 from service.settings import Settings
 
 REFUSED = Failure(
@@ -44,7 +45,7 @@ def test_probe_due(complained: bool, reason: str | None, refused: bool, due: boo
 
 
 class FakeProbe:
-    """Stands for ``service.delivery.connection.diagnose``: answers from a script, then its last answer."""
+    """Stands for ``service.kafka.connection.diagnose``: answers from a script, then its last answer."""
 
     def __init__(self, answers: list[tuple[Failure | None, str | None]]) -> None:
         self.answers = answers

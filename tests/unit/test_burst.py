@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from service.delivery.burst import DrainCheck
+from service.kafka.clients import Kafka
 from service.settings import Settings
 
 T = "in"
@@ -91,7 +92,7 @@ class FakeProbe:
 
 
 def check(probe: FakeProbe | None = None) -> DrainCheck:
-    return DrainCheck(Settings(input_topic=T), make_probe=lambda: probe)
+    return DrainCheck(Kafka.of(Settings(input_topic=T)), make_probe=lambda: probe)
 
 
 async def test_own_partitions_count_by_position() -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from service.delivery.clients import (
+from service.kafka.clients import (
     CONSUMER_SESSION_TIMEOUT_MS,
     JOIN_MARGIN_MS,
-    consumer_config,
+    Kafka,
     max_request_size,
-    producer_config,
 )
 from service.settings import Settings
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    return Kafka.of(settings).consumer_config()
+
+
+def producer_config(settings: Settings, *, linger_ms: int = 0) -> dict[str, object]:
+    return Kafka.of(settings).producer_config(linger_ms=linger_ms)
 
 
 def test_the_consumer_commits_by_hand_and_outlives_a_group_join() -> None:
@@ -33,3 +40,17 @@ def test_the_producer_is_durable_and_the_tools_linger() -> None:
 
 def test_idempotence_follows_the_setting() -> None:
     assert producer_config(Settings(kafka_enable_idempotence=False))["enable_idempotence"] is False
+
+
+def test_the_input_is_read_committed_in_both_delivery_modes() -> None:
+    for delivery in ("at-least-once", "exactly-once"):
+        assert consumer_config(Settings(delivery=delivery))["isolation_level"] == "read_committed"
+
+
+def test_the_connection_is_built_once_and_each_client_gets_its_own_arguments() -> None:
+    kafka = Kafka.of(Settings(kafka_security_protocol="SSL"))
+    first, second = kafka.client_kwargs(), kafka.client_kwargs()
+    first.pop("bootstrap_servers")
+    assert "bootstrap_servers" in second, "a caller's change must not reach the next client"
+    assert first["ssl_context"] is second["ssl_context"] is kafka.consumer_config()["ssl_context"]
+    assert kafka.access.protocol == "SSL"

@@ -21,17 +21,22 @@ from aiokafka.errors import (
     CommitFailedError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NotCoordinatorError,
     NotLeaderForPartitionError,
     RequestTimedOutError,
 )
 from structlog.testing import capture_logs
 
 from service import __version__
-from service.delivery.completion import AtLeastOnce, Batch
-from service.delivery.failures import access_from
-from service.delivery.grace import Grace, GraceExpired
+from service.core.events import Outcome
+from service.delivery.batch import Batch, Delivered
+from service.delivery.grace import Grace
+from service.delivery.modes.at_least_once import AtLeastOnce
 from service.delivery.outbox import Outbox, Send
+from service.delivery.retry import Retries
 from service.delivery.routing import Destination
+from service.errors import GraceExpired
+from service.kafka.failures import access_from
 from service.ops.metrics import Metrics
 from service.settings import Settings
 
@@ -130,29 +135,38 @@ class Rig:
     delivery: AtLeastOnce
     grace: Grace
     metrics: Metrics
-    completed: list[Batch]
+    delivered: list[Delivered] = field(default_factory=list)
+    """What the delivery reported committed, in order."""
 
 
 def rig(
-    *, partitions: int = 1, capacity: int = 100, max_request_size: int = 10_000, stall: float = 30.0
+    *,
+    partitions: int = 1,
+    capacity: int = 100,
+    max_request_size: int = 10_000,
+    stall: float = 30.0,
+    grace_seconds: float = 5.0,
 ) -> Rig:
-    producer, commit, completed = FakeProducer(partitions, capacity), FakeCommit(), []
-    grace, metrics = Grace(5.0), Metrics(__version__)
-
-    async def on_completed(batch: Batch) -> None:
-        completed.append(batch)
-
+    producer, commit = FakeProducer(partitions, capacity), FakeCommit()
+    grace, metrics = Grace(grace_seconds), Metrics(__version__)
     delivery = AtLeastOnce(
         commit=commit,
         outbox=lambda: Outbox(producer, max_request_size),  # type: ignore[arg-type]
-        grace=grace,
         metrics=metrics,
+        retries=Retries(grace, metrics, (0.001, 0.002)),
         access=access_from(Settings()),
-        retry=(0.001, 0.002),
         stall_after=stall,
-        completed=on_completed,
     )
-    return Rig(producer, commit, delivery, grace, metrics, completed)
+    return Rig(producer, commit, delivery, grace, metrics)
+
+
+@dataclass
+class FakeMessage:
+    """A consumer record, as much of it as a batch's books read."""
+
+    offset: int
+    value: bytes
+    timestamp: int | None = None
 
 
 def send(tp: TopicPartition, offset: int, value: bytes, topic: str = "articles") -> Send:
@@ -160,15 +174,16 @@ def send(tp: TopicPartition, offset: int, value: bytes, topic: str = "articles")
 
 
 async def process(delivery: AtLeastOnce, *items: tuple[TopicPartition, int, bytes]) -> Batch:
-    """What the loop does with a fetched batch: every outcome into the outbox, offsets noted."""
+    """What the pipeline does with a fetched batch: each message's one outcome into the batch."""
     batch = delivery.begin()
     for tp, offset, value in items:
-        s = send(tp, offset, value)
-        await batch.outbox.add(s)
-        batch.sends.append(s)
-        batch.offsets[tp] = offset + 1
-        batch.messages += 1
+        outcome = Outcome(0, f"{tp.topic}:{tp.partition}:{offset}:0", None, value)
+        await batch.add(tp, FakeMessage(offset, value), [outcome], [send(tp, offset, value)])
     return batch
+
+
+async def handed_over(r: Rig, batch: Batch) -> None:
+    r.delivered.extend(await r.delivery.handed_over(batch))
 
 
 async def settled(r: Rig, *, ack: bool = True, rounds: int = 200) -> None:
@@ -180,7 +195,7 @@ async def settled(r: Rig, *, ack: bool = True, rounds: int = 200) -> None:
             r.producer.ack_all()
         if task.done():
             break
-    await task
+    r.delivered.extend(await task)
 
 
 # ------------------------------------------------------------------------------------------ outbox
@@ -219,25 +234,25 @@ async def test_an_event_over_the_request_size_fails_alone_and_is_not_shipped() -
 async def test_nothing_is_committed_until_every_event_of_the_batch_is_acknowledged() -> None:
     r = rig()
     batch = await process(r.delivery, (IN0, 0, b"a"), (IN0, 1, b"b"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     settle = asyncio.create_task(r.delivery.settle())
     await asyncio.sleep(0.05)
     assert not settle.done()
     assert r.commit.committed == [], "committed before the broker acknowledged"
     r.producer.ack_all()
-    await settle
+    [done] = await settle
     assert r.commit.committed == [{IN0: 2}]
-    assert r.completed == [batch]
+    assert (done.offsets, done.messages, done.records) == ({IN0: 2}, 2, 2)
 
 
 async def test_handing_over_the_next_batch_completes_the_one_before() -> None:
     r = rig()
     first = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(first)
+    await handed_over(r, first)
     assert r.commit.committed == [], "a batch waits for the next one (or settle) to be completed"
     r.producer.ack_all()
     second = await process(r.delivery, (IN0, 1, b"b"))
-    await r.delivery.handed_over(second)
+    await handed_over(r, second)
     assert r.commit.committed == [{IN0: 1}], "only the first: the second is not acknowledged yet"
     await settled(r)
     assert r.commit.committed == [{IN0: 1}, {IN0: 2}]
@@ -247,7 +262,7 @@ async def test_handing_over_the_next_batch_completes_the_one_before() -> None:
 async def test_a_failed_send_is_resent_unchanged_then_committed_never_dead_lettered(error: Exception) -> None:
     r = rig()
     batch = await process(r.delivery, (IN0, 0, b"a"), (IN0, 1, b"b"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     r.producer.fail_all(error)
     with capture_logs() as logs:
         await settled(r)
@@ -265,7 +280,7 @@ async def test_a_failed_send_is_resent_unchanged_then_committed_never_dead_lette
 async def test_while_a_send_fails_it_is_reported_and_nothing_is_committed() -> None:
     r = rig()
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     settle = asyncio.create_task(r.delivery.settle())
     for _ in range(5):  # refused again and again: retried each time, never committed
         await asyncio.sleep(0.01)
@@ -288,7 +303,7 @@ async def test_while_a_send_fails_it_is_reported_and_nothing_is_committed() -> N
 async def test_the_resend_repeats_a_partition_from_its_first_failure_in_input_order_across_batches() -> None:
     r = rig(capacity=1)  # one record per shipped batch: each send has its own future
     first = await process(r.delivery, (IN0, 0, b"a0"), (IN1, 0, b"b0"), (IN0, 1, b"a1"))
-    await r.delivery.handed_over(first)
+    await handed_over(r, first)
     r.producer.shipped[0].future.set_exception(NotLeaderForPartitionError())  # a0 failed
     r.producer.ack_all()  # b0, a1 acknowledged
     second = await process(r.delivery, (IN0, 2, b"a2"), (IN1, 1, b"b1"))
@@ -310,7 +325,7 @@ async def test_a_commit_refused_after_a_rebalance_is_logged_and_not_fatal() -> N
     r = rig()
     r.commit.raises.append(CommitFailedError("rebalanced"))
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     with capture_logs() as logs:
         await settled(r)
     assert [e["event"] for e in logs if e["event"].startswith("commit")] == ["commit.refused"]
@@ -322,18 +337,17 @@ async def test_a_commit_that_times_out_is_retried() -> None:
     r = rig()
     r.commit.raises.append(RequestTimedOutError())
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     await settled(r)
     assert r.commit.committed == [{IN0: 1}]
     assert r.metrics.retries["commit"]._value.get() == 1
 
 
 async def test_once_the_grace_period_is_over_the_wait_ends_without_a_commit() -> None:
-    r = rig()
-    r.grace = grace = Grace(0.05)
-    r.delivery._grace = grace
+    r = rig(grace_seconds=0.05)
+    grace = r.grace
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     grace.request()
     with pytest.raises(GraceExpired):
         await r.delivery.settle()  # the broker never answers
@@ -343,7 +357,7 @@ async def test_once_the_grace_period_is_over_the_wait_ends_without_a_commit() ->
 async def test_a_stalled_acknowledgement_is_reported_then_cleared() -> None:
     r = rig(stall=0.02)
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     with capture_logs() as logs:
         settle = asyncio.create_task(r.delivery.settle())
         await asyncio.sleep(0.1)
@@ -361,29 +375,45 @@ async def test_a_stalled_acknowledgement_is_reported_then_cleared() -> None:
 async def test_relieving_the_bytes_in_flight_waits_for_the_broker_and_resets_the_count() -> None:
     r = rig()
     previous = await process(r.delivery, (IN0, 0, b"a"))
-    previous.in_flight = 10
-    await r.delivery.handed_over(previous)
-    current = await process(r.delivery, (IN0, 1, b"b"))
-    current.in_flight = 20
-    assert r.delivery.in_flight == 30
+    await handed_over(r, previous)
+    current = await process(r.delivery, (IN0, 1, b"bb"))
+    assert (previous.in_flight, current.in_flight) == (2, 4), "each message's payload and event bytes"
+    assert r.delivery.in_flight == 6
     task = asyncio.create_task(r.delivery.relieve(current))
     for _ in range(100):
         await asyncio.sleep(0.002)
         r.producer.ack_all()
         if task.done():
             break
-    await task
+    [done] = await task
     assert r.commit.committed == [{IN0: 1}], "the batch before is committed; this one when it is completed"
+    assert done.offsets == {IN0: 1}
     assert r.delivery.in_flight == 0
-    assert current.sends == []
-    assert current.offsets == {IN0: 2}, "its offsets wait for its completion"
+    assert list(current.sends) == []
+    assert current.offsets() == {IN0: 2}, "its offsets wait for its completion"
 
 
-async def test_after_close_nothing_more_is_completed() -> None:
+async def test_once_stopped_nothing_more_is_completed() -> None:
     r = rig()
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await handed_over(r, batch)
     r.producer.ack_all()
-    r.delivery.close()
-    await r.delivery.settle()
+    await r.delivery.stop(1.0)
+    assert await r.delivery.settle() == []
     assert r.commit.committed == []
+
+
+async def test_a_commit_without_a_group_coordinator_is_reported_until_one_succeeds() -> None:
+    r = rig()
+    r.commit.raises.extend([NotCoordinatorError(), NotCoordinatorError()])
+    batch = await process(r.delivery, (IN0, 0, b"a"))
+    await handed_over(r, batch)
+    task = asyncio.create_task(settled(r))
+    reported = []
+    while not task.done():
+        reported.append(r.delivery.coordinator_error)
+        await asyncio.sleep(0.0005)
+    await task
+    assert any(e and "committing offsets failed" in e for e in reported), "/readyz never said so"
+    assert r.delivery.coordinator_error is None
+    assert r.commit.committed == [{IN0: 1}]

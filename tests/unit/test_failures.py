@@ -1,4 +1,4 @@
-"""The mapping of Kafka failures to one line and a setting (``service.delivery.failures``), without I/O."""
+"""The mapping of Kafka failures to one line and a setting (``service.kafka.failures``), without I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ssl
 import pytest
 from aiokafka import errors as ke
 
-from service.delivery.failures import Access, Kind, Stage, classify, classify_closed, fatal_at_startup
+from service.kafka.failures import Access, Kind, Stage, classify, classify_closed, fatal_at_startup
 from service.ops.logs import hide_credentials
 from service.settings import Settings
 

@@ -15,13 +15,16 @@ from aiokafka import TopicPartition
 from aiokafka.errors import NotLeaderForPartitionError, ProducerFenced, RequestTimedOutError
 
 from service import __version__
-from service.delivery.completion import Batch
-from service.delivery.grace import Grace, GraceExpired
+from service.core.events import Outcome
+from service.delivery.batch import Batch, Delivered
+from service.delivery.grace import Grace
+from service.delivery.modes.exactly_once import ExactlyOnce
 from service.delivery.outbox import Send
+from service.delivery.retry import Retries
 from service.delivery.routing import Destination
-from service.delivery.transactions import ExactlyOnce
+from service.errors import GraceExpired
 from service.ops.metrics import Metrics
-from tests.unit.test_delivery import FakeProducer
+from tests.unit.test_delivery import FakeMessage, FakeProducer
 
 IN0, IN1 = TopicPartition("in", 0), TopicPartition("in", 1)
 
@@ -106,26 +109,24 @@ class Rig:
         self.consumer = FakeConsumer(self.journal)
         self.metrics = Metrics(__version__)
         self.grace = Grace(grace_seconds)
-        self.completed: list[Batch] = []
+        self.completed: list[Delivered] = []
 
         def make(partition: int) -> FakeTxnProducer:
             producer = FakeTxnProducer(partition, self.journal)
             self.producers.append(producer)
             return producer
 
-        async def completed(batch: Batch) -> None:
-            self.completed.append(batch)
-
         self.delivery = ExactlyOnce(
             make_producer=make,
             consumer=self.consumer,
             group_id="g",
-            grace=self.grace,
             metrics=self.metrics,
-            retry=(0.001, 0.002),
+            retries=Retries(self.grace, self.metrics, (0.001, 0.002)),
             max_request_size=10_000,
-            completed=completed,
         )
+
+    async def handed_over(self, batch: Batch) -> None:
+        self.completed.extend(await self.delivery.handed_over(batch))
 
     def producer(self, partition: int) -> FakeTxnProducer:
         return [p for p in self.producers if p.partition == partition and not p.stopped][-1]
@@ -136,16 +137,12 @@ class Rig:
 
 
 async def process(delivery: ExactlyOnce, *items: tuple[TopicPartition, int, bytes]) -> Batch:
-    """What the loop does with a fetched batch (see ``Ingestor._process``)."""
+    """What the pipeline does with a fetched batch (see ``Pipeline._process``)."""
     batch = delivery.begin()
     for tp, offset, value in items:
         send = Send(tp, offset, "articles", Destination("articles", None, value, []), [])
-        await batch.outbox.add(send)
-        batch.sends.append(send)
-        batch.first.setdefault(tp, offset)
-        batch.counts[tp] = batch.counts.get(tp, 0) + 1
-        batch.offsets[tp] = offset + 1
-        batch.messages += 1
+        outcome = Outcome(0, f"{tp.topic}:{tp.partition}:{offset}:0", None, value)
+        await batch.add(tp, FakeMessage(offset, value), [outcome], [send])
     return batch
 
 
@@ -156,9 +153,10 @@ def counted(metrics: Metrics, outcome: str) -> float:
 async def test_a_batch_commits_its_events_and_offsets_in_one_transaction() -> None:
     r = Rig()
     batch = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
-    await r.delivery.handed_over(batch)
+    await r.handed_over(batch)
     assert r.of(0) == ["start", "begin", "send a,b", "offsets 7 g", "commit"]
-    assert r.completed == [batch]
+    [done] = r.completed
+    assert (done.offsets, done.messages) == ({IN0: 7}, 2)
     assert counted(r.metrics, "committed") == 1
     assert r.consumer.seeks == []
 
@@ -171,7 +169,7 @@ async def test_a_failed_send_aborts_and_rewinds_to_the_batch_and_is_not_dead_let
     await r.delivery.assigned([IN0])
     r.producer(0).fail_send = error
     batch = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
-    await r.delivery.handed_over(batch)
+    await r.handed_over(batch)
     assert "commit" not in r.of(0)
     assert r.of(0)[-1] == "abort"
     assert r.consumer.seeks == [(IN0, 5)], "processed again from the batch's first offset"
@@ -182,9 +180,9 @@ async def test_a_failed_send_aborts_and_rewinds_to_the_batch_and_is_not_dead_let
     # The batch again, fetched from the rewound offset: now the broker takes it.
     r.producer(0).fail_send = None
     again = await process(r.delivery, (IN0, 5, b"a"), (IN0, 6, b"b"))
-    await r.delivery.handed_over(again)
+    await r.handed_over(again)
     assert r.of(0)[-2:] == ["offsets 7 g", "commit"]
-    assert r.completed == [again]
+    assert [d.offsets for d in r.completed] == [{IN0: 7}]
     assert r.delivery.send_error is None
 
 
@@ -193,7 +191,7 @@ async def test_a_failed_commit_aborts_and_rewinds() -> None:
     await r.delivery.assigned([IN0])
     r.producer(0).fail_commit = RequestTimedOutError()
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await r.handed_over(batch)
     assert r.of(0)[-2:] == ["offsets 1 g", "abort"]
     assert r.consumer.seeks == [(IN0, 0)]
     assert r.completed == []
@@ -205,7 +203,7 @@ async def test_a_fenced_partition_is_dropped_paused_and_taken_up_again_when_reas
     zombie = r.producer(0)
     zombie.fail_commit = ProducerFenced()
     batch = await process(r.delivery, (IN0, 0, b"a"))
-    await r.delivery.handed_over(batch)
+    await r.handed_over(batch)
     assert "commit" not in r.of(0)
     assert "abort" not in r.of(0), "a fenced producer cannot abort; the broker already has"
     assert zombie.stopped
@@ -223,13 +221,14 @@ async def test_partitions_of_one_batch_commit_apart_and_only_the_committed_count
     await r.delivery.assigned([IN0, IN1])
     r.producer(1).fail_commit = RequestTimedOutError()
     batch = await process(r.delivery, (IN0, 0, b"a"), (IN1, 0, b"x"), (IN0, 1, b"b"))
-    await r.delivery.handed_over(batch)
+    await r.handed_over(batch)
     assert r.of(0)[-1] == "commit"
     assert r.of(1)[-1] == "abort"
     assert r.consumer.seeks == [(IN1, 0)]
     [done] = r.completed
     assert done.offsets == {IN0: 2}
-    assert done.messages == 2
+    assert (done.messages, done.records) == (2, 2), "in:1's message is processed again, not counted"
+    assert r.metrics.input_messages._value.get() == 2
 
 
 async def test_producers_start_once_however_many_ask() -> None:
@@ -253,7 +252,7 @@ async def test_once_the_grace_period_is_over_nothing_more_is_committed() -> None
     r.grace.request()
     await asyncio.sleep(0.01)
     with pytest.raises(GraceExpired):
-        await r.delivery.handed_over(batch)
+        await r.handed_over(batch)
     assert "commit" not in r.of(0)
     assert r.completed == []
 

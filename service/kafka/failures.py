@@ -2,7 +2,7 @@
 
 aiokafka reports most of them badly: a refused password, an untrusted certificate or a mechanism the
 broker does not offer all end as ``KafkaConnectionError("Unable to bootstrap from ...")``, the cause
-only logged. The shell therefore probes a failed connection itself (``service.delivery.connection``) and
+only logged. The shell therefore probes a failed connection itself (``service.kafka.connection``) and
 hands the probe's exception here. This module maps every foreign exception at one boundary,
 ``classify``, to a ``Failure`` or to None (transient: retry with backoff)::
 
@@ -27,11 +27,8 @@ from enum import StrEnum
 
 from aiokafka import errors as ke
 
+from service.errors import Misconfigured
 from service.settings import Settings
-
-EXIT_MISCONFIGURED = 2
-"""Exit status of a command stopped by a ``Failure`` at start-up: a configuration error, as an
-invalid setting is."""
 
 
 class Stage(StrEnum):
@@ -102,6 +99,10 @@ class Failure:
         if self.operation is not None:
             out["missing_permission"] = self.operation
         return out
+
+    def error(self) -> Misconfigured:
+        """The failure as the error that stops a command (exit 2)."""
+        return Misconfigured(self.line, self.fields())
 
 
 _AUTHORIZATION = (

@@ -26,11 +26,12 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
 
-from service.delivery.completion import Batch, Completed, count_delivered
-from service.delivery.failures import Access, Failure, Stage, classify
-from service.delivery.grace import Backoff, Grace, GraceExpired
+from service.delivery.batch import Batch, Delivered
+from service.delivery.modes.base import Delivery
 from service.delivery.outbox import Outbox, Send
-from service.ops.logs import flush_records
+from service.delivery.retry import Retries
+from service.errors import GraceExpired
+from service.kafka.failures import Access, Stage, classify
 from service.ops.metrics import Metrics
 
 log = structlog.get_logger("marker_ingest")
@@ -95,8 +96,8 @@ class TxnOutbox:
             await outbox.flush()
 
 
-class ExactlyOnce:
-    """``Delivery`` by one Kafka transaction per input partition of each batch.
+class ExactlyOnce(Delivery):
+    """Delivery by one Kafka transaction per input partition of each batch.
 
     ``make_producer(partition)`` builds the (unstarted) transactional producer of an input
     partition; ``consumer`` is sought back after an abort and pauses fenced partitions.
@@ -108,27 +109,24 @@ class ExactlyOnce:
         make_producer: Callable[[int], TxnProducer],
         consumer: Consumer,
         group_id: str,
-        grace: Grace,
         metrics: Metrics,
-        retry: tuple[float, float],
+        retries: Retries,
         max_request_size: int,
-        completed: Completed,
         access: Access | None = None,
         transactional_id: Callable[[int], str] = str,
     ) -> None:
+        super().__init__(metrics=metrics, retries=retries)
         self._make_producer, self._consumer, self._group_id = make_producer, consumer, group_id
         self._access, self._transactional_id = access or Access(), transactional_id
-        self.refused: Failure | None = None
-        """Set when the broker refuses a transactional id to this principal (an ACL): fatal."""
-        self._grace, self._metrics, self._retry = grace, metrics, retry
-        self._max_request_size, self._completed = max_request_size, completed
+        self._max_request_size = max_request_size
         self._producers: dict[TopicPartition, TxnProducer] = {}
         self._starting: dict[TopicPartition, asyncio.Future[TxnProducer]] = {}
         self._fenced: set[TopicPartition] = set()
         self._open: Batch | None = None
-        self._backoff = Backoff(*retry)
+        self._send_failures: dict[TopicPartition, BaseException] = {}
+        """Sends of the open batch that failed while it was relieved: its commit aborts them."""
+        self._retry = retries.new("send", before_stop=True)
         self._lock = asyncio.Lock()
-        self.send_error: str | None = None
 
     @property
     def in_flight(self) -> int:
@@ -152,9 +150,9 @@ class ExactlyOnce:
                 await producer.start()  # InitProducerId: the broker fences the partition's last owner
             except BaseException as exc:
                 await _stop(producer)
-                if isinstance(exc, TransactionalIdAuthorizationFailed) and self.refused is None:
+                if isinstance(exc, TransactionalIdAuthorizationFailed) and self.refusal is None:
                     tid = self._transactional_id(tp.partition)
-                    self.refused = classify(exc, Stage.START_PRODUCER, self._access, topic=tid)
+                    self.refusal = classify(exc, Stage.START_PRODUCER, self._access, topic=tid)
                 raise
             self._producers[tp] = producer
             return producer
@@ -162,24 +160,25 @@ class ExactlyOnce:
             self._starting.pop(tp, None)
 
     def begin(self) -> Batch:
-        outbox = TxnOutbox(self._producer, self._max_request_size)
-        self._open = Batch(outbox=outbox, started=time.perf_counter())
+        self._open = Batch(TxnOutbox(self._producer, self._max_request_size))
+        self._send_failures = {}
         return self._open
 
-    async def handed_over(self, batch: Batch) -> None:
+    async def handed_over(self, batch: Batch) -> list[Delivered]:
         """Commit the batch's transactions; abort and rewind the partitions whose commit failed."""
-        outbox = batch.outbox
+        outbox = batch.sink
         assert isinstance(outbox, TxnOutbox)
         async with self._lock:
             self._open = None
-            flush_records()
+            taken = batch.take()
             partitions = list(outbox.by_partition)
             sends: dict[TopicPartition, list[Send]] = {tp: [] for tp in partitions}
-            for send in batch.sends:
+            for send in taken.sends:
                 sends.setdefault(send.tp, []).append(send)
+            offsets = batch.offsets()
             results = await asyncio.gather(
                 *(
-                    self._commit(tp, producer, part, sends[tp], batch.offsets[tp])
+                    self._commit(tp, producer, part, sends[tp], offsets[tp])
                     for tp, (producer, part) in outbox.by_partition.items()
                 ),
                 return_exceptions=True,
@@ -190,8 +189,12 @@ class ExactlyOnce:
             if outbox.begun_at is not None:
                 self._metrics.transaction_seconds.observe(time.perf_counter() - outbox.begun_at)
             self._metrics.transactions["committed"].inc(len(committed))
+            delivered = []
             if committed:
-                await self._count(batch, committed, whole=not failed)
+                if not failed:
+                    self._metrics.observe_end_to_end(taken.timestamps)
+                self._metrics.commits.inc()
+                delivered.append(self._delivered(batch, committed))
             grace_over = None
             for tp, error in failed.items():
                 if isinstance(error, GraceExpired):
@@ -200,15 +203,19 @@ class ExactlyOnce:
             if grace_over is not None:
                 raise grace_over
             if failed:
-                await self._grace.sleep(self._backoff.next_delay(), before_stop=True)
+                await self._retry.after(None)
             else:
-                self._backoff.attempt = 0
+                self._retry.succeeded()
                 self.send_error = None
+            return delivered
 
     async def _commit(
         self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, sends: list[Send], offset: int
     ) -> None:
         await outbox.flush()
+        failure = self._send_failures.get(tp)
+        if failure is not None:
+            raise failure
         for send in sends:
             if send.error is not None:
                 raise send.error
@@ -217,28 +224,11 @@ class ExactlyOnce:
         await self._grace.within(producer.send_offsets_to_transaction({tp: offset}, self._group_id))
         await self._grace.within(producer.commit_transaction())
 
-    async def _count(self, batch: Batch, committed: list[TopicPartition], *, whole: bool) -> None:
-        """Metrics and the loop's count for what was committed (a part of the batch, if some of its
-        partitions failed: then only its messages are counted; the rest is processed again)."""
-        if whole:
-            self._metrics.observe_end_to_end(batch.timestamps)
-            count_delivered(self._metrics, batch)
-            done = batch
-        else:
-            done = Batch(
-                outbox=batch.outbox,
-                started=batch.started,
-                offsets={tp: batch.offsets[tp] for tp in committed},
-                messages=sum(batch.counts.get(tp, 0) for tp in committed),
-            )
-        self._metrics.commits.inc()
-        await self._completed(done)
-
     async def _failed(self, tp: TopicPartition, error: BaseException, batch: Batch) -> None:
         """Abort ``tp``'s transaction and rewind it to the batch's first offset (or, fenced, drop its
         producer and pause it until the group assigns it again)."""
         producer = self._producers.pop(tp, None)
-        first = batch.first.get(tp)
+        first = batch.first_offset(tp)
         if isinstance(error, ProducerFenced):
             self._metrics.transactions["fenced"].inc()
             self._fenced.add(tp)
@@ -256,7 +246,6 @@ class ExactlyOnce:
                 await _stop(producer)
             return
         self._metrics.transactions["aborted"].inc()
-        self._metrics.retries["send"].inc()
         self.send_error = f"transaction of {tp.topic}:{tp.partition} failed: {error!r}"
         aborted = False
         if producer is not None and not isinstance(error, GraceExpired):
@@ -279,31 +268,22 @@ class ExactlyOnce:
             detail="the batch is processed again from the last committed offset; nothing of it is visible",
         )
 
-    async def relieve(self, batch: Batch) -> None:
+    async def relieve(self, batch: Batch) -> list[Delivered]:
         """Over the bytes-in-flight ceiling: wait until the broker has what was sent so far (it
         commits with the batch); a failure is left to the commit, which aborts."""
-        await batch.outbox.flush()
-        flush_records()
-        for send in batch.sends:
-            if send.future is not None and send.error is None:
+        await batch.sink.flush()
+        taken = batch.take()
+        for send in taken.sends:
+            error = send.error
+            if send.future is not None and error is None:
                 try:
                     await self._grace.within(asyncio.shield(send.future))
                 except KafkaError as exc:
-                    send.error = exc
-        self._metrics.observe_end_to_end(batch.timestamps)
-        # Only the failures are kept, for the commit to abort on.
-        batch.sends = [send for send in batch.sends if send.error is not None]
-        batch.timestamps, batch.in_flight = [], 0
-
-    async def settle(self) -> None:
-        """Nothing waits: each batch is committed when it is handed over."""
-
-    def check(self) -> Failure | None:
-        """A refusal that no retry can cure (a transactional id this principal may not use)."""
-        return self.refused
-
-    def close(self) -> None:
-        """Nothing waits to be completed later: each batch commits when it is handed over."""
+                    error = exc
+            if error is not None:
+                self._send_failures.setdefault(send.tp, error)
+        self._metrics.observe_end_to_end(taken.timestamps)
+        return []
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """Take newly assigned partitions up: paused, start their producers, then start reading
@@ -322,8 +302,8 @@ class ExactlyOnce:
             return
         self._consumer.pause(*partitions)  # before any await: nothing is fetched from a stale offset
         self._fenced.difference_update(partitions)
-        backoff, waiting = Backoff(*self._retry), partitions
-        while waiting and not self._grace.requested and self.refused is None:
+        retry, waiting = self._retries.new("connect"), partitions
+        while waiting and not self._grace.requested and self.refusal is None:
             started = await asyncio.gather(*(self._producer(tp) for tp in waiting), return_exceptions=True)
             failed = []
             for tp, result in zip(waiting, started, strict=True):
@@ -336,7 +316,7 @@ class ExactlyOnce:
                     )
             waiting = failed
             if waiting:
-                await self._grace.sleep(backoff.next_delay())
+                await retry.after(None)
         if waiting:  # stopping, or refused: the partitions stay paused
             return
         for tp in partitions:

@@ -1,11 +1,11 @@
 """Topic chores shared by the service, the demo, the operator tools and the tests: check that topics
-exist (without creating them), create, read to the end."""
+exist (without creating them), create, read to the end; partitions named for people."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,6 +16,11 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError, for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 TOPIC_ALREADY_EXISTS = 36
+
+
+def partition_names(partitions: Iterable[TopicPartition]) -> list[str]:
+    """``topic:partition`` of each, sorted, for the logs and ``/readyz``."""
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
 
 
 class _Client(Protocol):

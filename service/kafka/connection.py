@@ -2,7 +2,7 @@
 
 aiokafka's bootstrap logs why each broker refused and raises only ``Unable to bootstrap``. The probe
 makes the same connection (TCP, TLS, ApiVersions, SASL, a Metadata request) to each bootstrap address
-and returns the exception that stopped it, for ``service.delivery.failures.classify``.
+and returns the exception that stopped it, for ``service.kafka.failures.classify``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from service.delivery.failures import Failure, Stage, access_from, classify, classify_closed
-from service.settings import Settings
+from service.kafka.clients import Kafka
+from service.kafka.failures import Failure, Stage, classify, classify_closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,25 +99,24 @@ def _only_unreachable(result: ProbeResult) -> bool:
     )
 
 
-async def diagnose(settings: Settings) -> tuple[Failure | None, str | None]:
-    """Probe the connection the settings describe: (None, None) when a broker answers; else the
-    ``Failure`` retrying cannot cure, if it is one, and the probe's error to log."""
-    found = await probe(settings.kafka_client_kwargs())
+async def diagnose(kafka: Kafka) -> tuple[Failure | None, str | None]:
+    """Probe the connection: (None, None) when a broker answers; else the ``Failure`` retrying
+    cannot cure, if it is one, and the probe's error to log."""
+    found = await probe(kafka.client_kwargs())
     if found is None:
         return None, None
-    access = access_from(settings)
-    failure = classify(found.error, Stage.CONNECT, access)
+    failure = classify(found.error, Stage.CONNECT, kafka.access)
     if failure is None and found.closed:
-        failure = classify_closed(found.stage, access)
+        failure = classify_closed(found.stage, kafka.access)
     return failure, repr(found.error)
 
 
-def preflight(settings: Settings) -> Failure | None:
+def preflight(kafka: Kafka) -> Failure | None:
     """For the operator tools, before they start a client: the ``Failure`` of the connection, if
     it has one (an unreachable broker is left to the tool's own error)."""
-    return asyncio.run(diagnose(settings))[0]
+    return asyncio.run(diagnose(kafka))[0]
 
 
-def explain(exc: BaseException, stage: Stage, settings: Settings, topic: str | None = None) -> Failure | None:
+def explain(exc: BaseException, stage: Stage, kafka: Kafka, topic: str | None = None) -> Failure | None:
     """For the operator tools: the ``Failure`` behind a client's error, if it is one."""
-    return classify(exc, stage, access_from(settings), topic=topic)
+    return classify(exc, stage, kafka.access, topic=topic)

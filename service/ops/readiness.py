@@ -1,52 +1,14 @@
-"""The delivery loop's decisions, as pure functions over plain data (no I/O, no Kafka client).
-
-The loop in ``service.delivery.app`` only does what these say: which sends to hand to the producer again
-after a failure (``resend_plan``), and so which offsets may be committed (none of a batch until
-every event derived from it is acknowledged); and whether the service is ready, and why not
-(``readiness``, what ``/readyz`` answers).
-"""
+"""Whether the service should take traffic, and why not: what ``/readyz`` answers, decided by a
+pure function over plain data that the shell reads at one moment (no I/O, no Kafka client)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-
-
-class Attempt(Protocol):
-    """One event handed to the producer: its input partition and, once it failed, the error."""
-
-    @property
-    def tp(self) -> Hashable: ...
-
-    @property
-    def error(self) -> BaseException | None: ...
-
-
-A = TypeVar("A", bound=Attempt)
-
-
-def resend_plan(pending: Sequence[A]) -> tuple[list[A], A | None]:
-    """What to send again after the acknowledgements of ``pending`` (in input order) came back.
-
-    For each input partition with a failed send, everything from its first failure onward is sent
-    again, in input order, acknowledged or not: the last copy of every event then keeps the input
-    order of its partition (consumers that keep the last copy see the input order). Partitions
-    without a failure are left alone. Returns the sends to repeat and the first failure (to log),
-    or ``([], None)`` when everything was acknowledged.
-    """
-    failed_from: dict[Hashable, int] = {}
-    for i, attempt in enumerate(pending):
-        if attempt.error is not None and attempt.tp not in failed_from:
-            failed_from[attempt.tp] = i
-    if not failed_from:
-        return [], None
-    retry = [a for i, a in enumerate(pending) if a.tp in failed_from and i >= failed_from[a.tp]]
-    return retry, pending[min(failed_from.values())]
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
-class Trip:
+class SafetyPause:
     """The safety switch, while it keeps consumption paused."""
 
     ratio: float
@@ -67,8 +29,9 @@ class ServiceState:
     connected: bool = False
     fetch_error: str | None = None
     send_error: str | None = None
-    coordinator_known: bool = True
-    trip: Trip | None = None
+    coordinator_error: str | None = None
+    """Why the group coordinator does not answer (a commit failed for it); None while it does."""
+    safety_pause: SafetyPause | None = None
     assigned_partitions: int = 0
 
 
@@ -86,9 +49,9 @@ def readiness(state: ServiceState) -> tuple[bool, dict[str, Any]]:
         return False, {"reason": "fetch_failing", "detail": state.fetch_error}
     if state.send_error is not None:
         return False, {"reason": "send_failing", "detail": state.send_error}
-    if not state.coordinator_known:
-        return False, {"reason": "no_group_coordinator", "detail": "looking for the group coordinator"}
-    trip = state.trip
+    if state.coordinator_error is not None:
+        return False, {"reason": "no_group_coordinator", "detail": state.coordinator_error}
+    trip = state.safety_pause
     if trip is not None:
         return False, {
             "reason": "safety_switch_tripped",

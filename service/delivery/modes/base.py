@@ -1,0 +1,80 @@
+"""The seam of the delivery modes (``INGEST_DELIVERY``): how processed batches become delivered.
+
+The pipeline knows only these calls: ``begin`` a batch, hand it over when processed
+(``handed_over``), ``relieve`` it when over the bytes-in-flight ceiling, ``settle`` everything
+before a pause, a stop, a rebalance or while idle, and the group's ``assigned``/``revoked``; a mode
+reports what it committed as ``Delivered`` values, which the pipeline counts. ``Delivery`` holds
+what both modes share (the metrics of a committed batch, the readiness fields, default hooks);
+``AtLeastOnce`` and ``ExactlyOnce`` override what differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from aiokafka import TopicPartition
+
+from service.delivery.batch import Batch, Delivered
+from service.delivery.retry import Retries
+from service.kafka.failures import Failure
+from service.ops.metrics import Metrics
+
+
+class Delivery:
+    """Common ground of the delivery modes; a mode overrides ``begin``, ``handed_over`` and
+    ``relieve``, and the hooks it needs."""
+
+    def __init__(self, *, metrics: Metrics, retries: Retries) -> None:
+        self._metrics, self._retries, self._grace = metrics, retries, retries.grace
+        self.send_error: str | None = None
+        """Why events are not being delivered, for ``/readyz`` (None while they are)."""
+        self.coordinator_error: str | None = None
+        """Why offsets cannot be committed to the group coordinator, for ``/readyz``."""
+        self.refusal: Failure | None = None
+        """A refusal that no retry can cure, which stops the service (None while there is none)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes of the batches in hand that the broker has not acknowledged yet."""
+        return 0
+
+    def begin(self) -> Batch:
+        """A new batch to process into."""
+        raise NotImplementedError
+
+    async def handed_over(self, batch: Batch) -> list[Delivered]:
+        """``batch`` is processed: every outcome is in its sink. Returns what got committed."""
+        raise NotImplementedError
+
+    async def relieve(self, batch: Batch) -> list[Delivered]:
+        """Over the bytes-in-flight ceiling in the middle of ``batch``: wait for the broker.
+        Returns what got committed meanwhile."""
+        raise NotImplementedError
+
+    async def settle(self) -> list[Delivered]:
+        """Deliver everything handed over (acknowledged and committed) before returning."""
+        return []
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group assigned ``partitions`` to this instance."""
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """``partitions`` move away, once everything handed over is settled."""
+
+    async def stop(self, budget: float) -> None:
+        """The service is stopping: complete nothing more; release the mode's own clients within
+        ``budget`` seconds."""
+
+    def _delivered(self, batch: Batch, partitions: Iterable[TopicPartition] | None = None) -> Delivered:
+        """Count a committed batch (or the committed ``partitions`` of it) in the metrics."""
+        done = batch.delivered(partitions)
+        metrics = self._metrics
+        metrics.count_batch(
+            messages=done.messages,
+            payload_bytes=done.payload_bytes,
+            records=done.records,
+            dead_letters=done.dead_letters,
+        )
+        metrics.batch_seconds.observe(time.perf_counter() - done.started)
+        return done

@@ -1,0 +1,228 @@
+"""The pipeline: fetch a batch, turn every message into outcomes with the core, hand them over.
+
+One consumer feeds it; a delivery mode (``modes``) completes what it hands over and reports what got
+committed, which the pipeline counts. Partitions being revoked are delivered first (the group's
+``RebalanceListener``); a stop ends fetching, delivers what is in hand and commits it. The
+pipeline's own decisions are small: when to settle (before a stop, a pause, a count that must be
+exact, and while idle), when burst mode is done, and how far a fetch may read (``--max-messages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from service import __version__
+from service.core.events import Outcome, Source, origin_of, process_payload
+from service.delivery.batch import Batch, Delivered
+from service.delivery.burst import DrainCheck
+from service.delivery.grace import Grace
+from service.delivery.lag import update_lag
+from service.delivery.modes import Delivery
+from service.delivery.outbox import Send
+from service.delivery.retry import Retry
+from service.delivery.routing import Routes, route
+from service.delivery.safety_gate import SafetyGate
+from service.kafka.clients import Kafka
+from service.kafka.failures import Stage, classify
+from service.kafka.topics import partition_names
+from service.ops.logs import flush_records, record_logger
+from service.ops.metrics import Metrics
+
+LAG_REFRESH_SECONDS = 1.0
+YIELD_EVERY = 32
+"""Messages processed between two yields to the event loop within a batch."""
+
+log = structlog.get_logger("marker_ingest")
+
+
+class Pipeline:
+    """Fetch, process, hand over; the previous batch is delivered while the next is processed."""
+
+    def __init__(
+        self,
+        kafka: Kafka,
+        consumer: AIOKafkaConsumer,
+        delivery: Delivery,
+        *,
+        grace: Grace,
+        metrics: Metrics,
+        safety: SafetyGate,
+        fetch_retry: Retry,
+        drain_check: DrainCheck,
+    ) -> None:
+        self.settings = s = kafka.settings
+        self._kafka, self.consumer, self.delivery = kafka, consumer, delivery
+        self._grace, self._metrics, self._safety = grace, metrics, safety
+        self._fetch_retry, self._drain_check = fetch_retry, drain_check
+        self._routes = Routes(s.output_topic, s.dlq_topic, s.max_event_bytes)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.messages_done = self.records_done = 0
+        """Input messages and their records whose events are committed."""
+        self.fetch_error: str | None = None
+        self.finished = False
+        """Set once the service stops its clients: the group's calls change nothing any more."""
+
+    # ----------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """Until a stop; or, in burst mode, until the group has drained the input; or until
+        ``--max-messages``. Raises ``Misconfigured`` when the delivery meets a refusal no retry
+        can cure, ``GraceExpired`` when the grace period ends with work unacknowledged."""
+        s, consumer, delivery = self.settings, self.consumer, self.delivery
+        idle_since, lag_due = time.monotonic(), 0.0
+        while not self._grace.requested:
+            if delivery.refusal is not None:
+                raise delivery.refusal.error()
+            self._safety.resume_if_due(consumer)
+            try:
+                batch = await consumer.getmany(timeout_ms=s.batch_timeout_ms, max_records=self._fetch_size())
+            except KafkaError as exc:
+                self._fetch_failed(exc)
+                await self._count(await delivery.settle())
+                await self._fetch_retry.after(None)
+                continue
+            self.fetch_error = None
+            self._fetch_retry.succeeded()
+            if not batch:
+                await self._count(await delivery.settle())
+                now = time.monotonic()
+                if now >= lag_due:
+                    lag_due = now + LAG_REFRESH_SECONDS
+                    await update_lag(consumer, self._metrics, {})
+                if self._safety.paused:
+                    idle_since = now  # paused is not drained: burst mode waits for the resume
+                if s.burst and await self._drain_check.drained(consumer, time.monotonic() - idle_since):
+                    log.info("burst.drained", messages=self.messages_done)
+                    return
+                continue
+            idle_since = time.monotonic()
+            await self._handle(batch)
+            lag_due = time.monotonic() + LAG_REFRESH_SECONDS
+            if self._grace.requested or self._safety.tripped or s.max_messages is not None:
+                # Nothing is left waiting before a stop, a pause, or a count that must be exact.
+                await self._count(await delivery.settle())
+            self._safety.pause_if_tripped(consumer)
+            if s.max_messages is not None and self.messages_done >= s.max_messages:
+                log.info("max_messages.reached", messages=self.messages_done)
+                return
+        await self._count(await delivery.settle())
+
+    def _fetch_size(self) -> int:
+        """How many messages the next fetch may return: a batch, or what ``--max-messages`` leaves."""
+        s = self.settings
+        if s.max_messages is None:
+            return s.batch_max_messages
+        return min(s.batch_max_messages, s.max_messages - self.messages_done)
+
+    def _fetch_failed(self, exc: KafkaError) -> None:
+        failure = classify(exc, Stage.FETCH, self._kafka.access, topic=self.settings.input_topic)
+        line = repr(exc) if failure is None else failure.line
+        if failure is None:
+            log.warning("fetch.failed", error=repr(exc))
+        elif line != self.fetch_error:
+            log.error("fetch.refused", error=repr(exc), **failure.fields())
+        self.fetch_error = line
+
+    async def _handle(self, batch: dict[TopicPartition, Sequence[Any]]) -> None:
+        """Process a fetched batch and hand it over (the loop is not idle meanwhile: a rebalance
+        waits for it)."""
+        self._idle.clear()
+        try:
+            processed = await self._process(batch)
+            flush_records()
+            await self._count(await self.delivery.handed_over(processed))
+        finally:
+            self._idle.set()
+
+    async def _process(self, batch: dict[TopicPartition, Sequence[Any]]) -> Batch:
+        """Every message: process → route → add → observe → log; relieved when over the ceiling."""
+        limits, routes, delivery = self.settings.limits, self._routes, self.delivery
+        ceiling, switch = self.settings.max_bytes_in_flight, self._safety.switch
+        now = dt.datetime.now(dt.UTC)
+        current = delivery.begin()
+        for tp, messages in batch.items():
+            record_log = record_logger().bind(topic=tp.topic, partition=tp.partition)
+            for i, msg in enumerate(messages):
+                if i and i % YIELD_EVERY == 0:
+                    # Let the producer's sender ship what is ready and acks come back while
+                    # this batch is still being processed, instead of all of it at the end.
+                    await asyncio.sleep(0)
+                headers = msg.headers
+                origin = origin_of(headers) if headers else None
+                source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
+                outcomes = process_payload(msg.value, source, limits, now=now, version=__version__)
+                sends = [_send(tp, msg.offset, route(o, headers, routes)) for o in outcomes]
+                dead = await current.add(tp, msg, outcomes, sends)
+                if switch is not None:
+                    switch.observe(len(outcomes), dead)
+                for outcome in outcomes:
+                    _log_record(record_log, msg.offset, outcome)
+                if delivery.in_flight >= ceiling:
+                    flush_records()
+                    await self._count(await delivery.relieve(current))
+        return current
+
+    async def _count(self, delivered: list[Delivered]) -> None:
+        """Count what the delivery committed; the lag follows its offsets."""
+        for done in delivered:
+            self.messages_done += done.messages
+            self.records_done += done.records
+            await update_lag(self.consumer, self._metrics, done.offsets)
+
+    # ----------------------------------------------------------------- the group
+
+    async def drain(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions are revoked: wait until the batch in hand is processed, then deliver
+        everything handed over. The loop is held in ``getmany`` meanwhile (aiokafka returns no
+        records while the group rebalances)."""
+        if revoked:
+            log.info("partitions.revoking", partitions=partition_names(revoked))
+        await self._idle.wait()
+        await self._count(await self.delivery.settle())
+        await self.delivery.revoked(revoked)
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        """After a rebalance: drop the lag of lost partitions; keep new ones paused if tripped."""
+        self._metrics.keep_partitions((tp.topic, tp.partition) for tp in assigned)
+        if not self.finished:
+            await self.delivery.assigned(assigned)
+        self._safety.keep_paused(self.consumer, assigned)
+
+
+def _send(tp: TopicPartition, offset: int, event: Any) -> Send:
+    return Send(tp, offset, event.topic, event, event.headers)
+
+
+def _log_record(record_log: Any, offset: int, outcome: Outcome) -> None:
+    """The canonical log line: one per record (``record_log`` is bound to its topic and partition)."""
+    record_log.info(
+        "record",
+        offset=offset,
+        record_index=outcome.record_index,
+        outcome="article" if outcome.error is None else "dead_letter",
+        error_code=None if outcome.error is None else outcome.error.value,
+        event_id=outcome.event_id,
+    )
+
+
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The group's calls into the pipeline."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._pipeline.drain(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions.assigned", partitions=partition_names(assigned))
+        await self._pipeline.assigned(assigned)
