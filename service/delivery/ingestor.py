@@ -43,6 +43,9 @@ from service.ops.readiness import ServiceState, readiness
 from service.ops.routes import LoopWatch, operator_routes
 from service.settings import Settings
 
+FETCH_WATCH_SECONDS = 0.5
+"""How often the broker's silence to the consumer's fetches is sampled for ``/readyz``."""
+
 log = structlog.get_logger("marker_ingest")
 
 
@@ -72,6 +75,7 @@ class Ingestor:
         self.http: HttpEndpoint | None = None
         self._loop_watch = LoopWatch()
         self._drain_check = DrainCheck(self.kafka)
+        self._fetch_silent_seconds = 0.0
         self.metrics.watch(
             in_flight=lambda: 0 if self.delivery is None else self.delivery.in_flight,
             paused=lambda: 1.0 if self.paused else 0.0,
@@ -176,7 +180,7 @@ class Ingestor:
         )
         self.consumer.subscribe([s.input_topic], listener=RebalanceListener(self.pipeline))
         log.info("service.started", input_topic=s.input_topic, group_id=s.group_id, delivery=s.delivery)
-        watch = asyncio.create_task(self.access.run())
+        watch = asyncio.gather(self.access.run(), self._watch_fetches(self.pipeline))
         try:
             await self.pipeline.run()
         except asyncio.CancelledError:
@@ -194,6 +198,13 @@ class Ingestor:
             probe = self._drain_check.probe
             await stop_quietly(self.producer, self.consumer, probe, limit_seconds=self.grace.stop_budget())
 
+    async def _watch_fetches(self, pipeline: Pipeline) -> None:
+        """Keep ``/readyz``'s view of the broker's fetch answers fresh (``/readyz`` is answered on
+        the HTTP endpoint's thread, which must not read the consumer)."""
+        while not self.grace.requested:
+            self._fetch_silent_seconds = pipeline.fetch_silence()
+            await self.grace.sleep(FETCH_WATCH_SECONDS)
+
     # ----------------------------------------------------------------- readiness
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -209,6 +220,7 @@ class Ingestor:
             else {"cause": access.kind.value, "setting": access.setting, "detail": access.line},
             connected=self.consumer is not None,
             fetch_error=None if pipeline is None else pipeline.fetch_error,
+            fetch_silent_seconds=self._fetch_silent_seconds,
             send_error=None if delivery is None else delivery.send_error,
             coordinator_error=None if delivery is None else delivery.coordinator_error,
             safety_pause=self.safety.pause_state(),

@@ -70,6 +70,8 @@ class Pipeline:
         self.fetch_error: str | None = None
         self.finished = False
         """Set once the service stops its clients: the group's calls change nothing any more."""
+        self._fetchable: frozenset[TopicPartition] = frozenset()
+        self._fetchable_since = 0.0
 
     # ----------------------------------------------------------------- the loop
 
@@ -115,6 +117,22 @@ class Pipeline:
                 log.info("max_messages.reached", messages=self.messages_done)
                 return
         await self._count(await delivery.settle())
+
+    def fetch_silence(self) -> float:
+        """Seconds since the broker last answered a fetch of an assigned, unpaused partition, or
+        since those partitions last changed (a partition just assigned or resumed has not been
+        answered yet). Read on the event loop's thread: the consumer's state is not thread-safe."""
+        consumer, now = self.consumer, time.time()
+        paused = consumer.paused()
+        fetchable = frozenset(tp for tp in consumer.assignment() if tp not in paused)
+        if fetchable != self._fetchable:
+            self._fetchable, self._fetchable_since = fetchable, now
+        newest = self._fetchable_since
+        for tp in fetchable:
+            at = consumer.last_poll_timestamp(tp)
+            if at is not None:
+                newest = max(newest, at / 1000)
+        return 0.0 if not fetchable else max(0.0, now - newest)
 
     def _fetch_size(self) -> int:
         """How many messages the next fetch may return: a batch, or what ``--max-messages`` leaves."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+FETCH_SILENCE_SECONDS = 5.0
+"""A broker silent this long to the consumer's fetches makes the service not ready."""
+
 
 @dataclass(frozen=True, slots=True)
 class SafetyPause:
@@ -28,6 +31,9 @@ class ServiceState:
     """``cause``, ``setting`` and ``detail`` while the broker refuses the service's credentials."""
     connected: bool = False
     fetch_error: str | None = None
+    fetch_silent_seconds: float = 0.0
+    """Since the broker last answered a fetch of an assigned, unpaused partition (an idle topic is
+    fetched every 50 ms; a frozen broker answers nothing)."""
     send_error: str | None = None
     coordinator_error: str | None = None
     """Why the group coordinator does not answer (a commit failed for it); None while it does."""
@@ -47,6 +53,11 @@ def readiness(state: ServiceState) -> tuple[bool, dict[str, Any]]:
         return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
     if state.fetch_error is not None:
         return False, {"reason": "fetch_failing", "detail": state.fetch_error}
+    if state.fetch_silent_seconds > FETCH_SILENCE_SECONDS:
+        return False, {
+            "reason": "fetch_failing",
+            "detail": f"the broker has answered no fetch for {state.fetch_silent_seconds:.0f}s",
+        }
     if state.send_error is not None:
         return False, {"reason": "send_failing", "detail": state.send_error}
     if state.coordinator_error is not None:

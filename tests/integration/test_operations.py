@@ -184,6 +184,40 @@ async def test_a_port_already_taken_stops_the_service_at_start_up() -> None:
         assert await asyncio.wait_for(Ingestor(settings).run(), 10) == 1
 
 
+@pytest.mark.kafka
+async def test_readyz_fails_within_seconds_of_a_broker_freeze_and_recovers(tmp_path: Path) -> None:
+    """A broker of its own, frozen (SIGSTOP) under an idle, connected service: ``/readyz`` answers
+    503 ``fetch_failing`` within ``FETCH_SILENCE_SECONDS`` and a margin (it once stayed ready 8 s
+    into a 25 s freeze), and 200 again once the broker is thawed."""
+    from service.ops.readiness import FETCH_SILENCE_SECONDS
+    from tests.kafka.cluster import KafkaCluster
+
+    with KafkaCluster(tmp_path / "kafka") as own:
+        topics = await Topics.unique("freeze-ready").create(own.bootstrap_servers)
+        port = free_port()
+        settings = settings_for(
+            own.bootstrap_servers, topics, idempotence=True, http_port=port, http_host="127.0.0.1"
+        )
+        ingestor = Ingestor(settings)
+        task = asyncio.create_task(ingestor.run())
+        try:
+            await eventually(lambda: ready_is(port, 200), "/readyz 200 once partitions are assigned", 60)
+            own.nodes[0].pause()
+            frozen = time.monotonic()
+            try:
+                await eventually(lambda: ready_is(port, 503, "fetch_failing"), "not ready in the freeze", 30)
+                noticed = time.monotonic() - frozen
+                _, why = await probe(port, "/readyz")
+                assert "answered no fetch" in why["detail"]
+            finally:
+                own.nodes[0].resume()
+            assert noticed < FETCH_SILENCE_SECONDS + 3, f"noticed after {noticed:.1f}s"
+            await eventually(lambda: ready_is(port, 200), "/readyz 200 again once thawed", 60)
+        finally:
+            ingestor.request_stop()
+            assert await asyncio.wait_for(task, 60) == 0
+
+
 DELIVERY = [pytest.param("at-least-once"), pytest.param("exactly-once", marks=pytest.mark.kafka)]
 """Both delivery modes (exactly-once needs Apache Kafka: Tansu has no transactions)."""
 

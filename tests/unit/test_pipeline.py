@@ -276,3 +276,20 @@ async def test_the_counts_are_of_committed_messages_and_their_records_alike() ->
         await asyncio.wait_for(task, 5)
     assert r.consumer.commits == [{IN0: 3}]
     assert (r.pipeline.messages_done, r.pipeline.records_done) == (3, 6)
+
+
+def test_the_brokers_silence_counts_from_its_last_answer_or_from_when_a_partition_became_fetchable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    r, clock = rig([]), [1000.0]
+    monkeypatch.setattr("service.delivery.pipeline.time.time", lambda: clock[0])
+    assert r.pipeline.fetch_silence() == 0.0, "just assigned: nothing is late yet"
+    clock[0] += 3
+    assert r.pipeline.fetch_silence() == 3.0, "assigned 3 s ago and never answered"
+    r.consumer.answered = {IN0: int(1002.5 * 1000)}
+    assert r.pipeline.fetch_silence() == 0.5, "the newest answer counts"
+    r.consumer.paused_partitions = {IN0, IN1}
+    assert r.pipeline.fetch_silence() == 0.0, "paused partitions are not fetched: no silence"
+    r.consumer.paused_partitions = set()
+    clock[0] += 1
+    assert r.pipeline.fetch_silence() == 0.0, "just resumed: counts from now"

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.ops.readiness import SafetyPause, ServiceState, readiness
+from service.ops.readiness import FETCH_SILENCE_SECONDS, SafetyPause, ServiceState, readiness
 
 READY = ServiceState(connected=True, assigned_partitions=2)
 
@@ -21,6 +21,7 @@ def test_connected_with_partitions_is_ready() -> None:
         ({"stopping": True}, "stopping"),
         ({"connected": False}, "connecting"),
         ({"fetch_error": "GroupAuthorizationFailedError"}, "fetch_failing"),
+        ({"fetch_silent_seconds": FETCH_SILENCE_SECONDS + 0.1}, "fetch_failing"),
         ({"send_error": "events to t not acknowledged for 30s"}, "send_failing"),
         ({"coordinator_error": "committing offsets failed: NotCoordinatorError()"}, "no_group_coordinator"),
         ({"assigned_partitions": 0}, "no_partitions_assigned"),
@@ -65,3 +66,7 @@ def test_a_tripped_safety_switch_reports_its_window() -> None:
 def test_stopping_wins_over_every_other_reason() -> None:
     everything = ServiceState(stopping=True, fetch_error="f", send_error="s", coordinator_error="c")
     assert readiness(everything)[1]["reason"] == "stopping"
+
+
+def test_a_broker_answering_fetches_within_the_silence_limit_keeps_it_ready() -> None:
+    assert readiness(replace(READY, fetch_silent_seconds=FETCH_SILENCE_SECONDS - 0.1)) == (True, {})
