@@ -7,6 +7,7 @@
     │   └── TopicsMissing        a topic the service needs does not exist, or its name is invalid
     └── Failed                   exit 1: the command ran, and could not finish its work
         ├── GraceExpired         the grace period ended before in-flight work was acknowledged
+        ├── BrokerUnreachable    a burst run found no broker answering within its time
         └── EndpointUnavailable  the HTTP endpoint could not bind its address
 
 Foreign exceptions (Kafka's, the operating system's) are mapped to these at the shell's
@@ -85,6 +86,10 @@ class GraceExpired(Failed):
 
     def __init__(self, line: str = "in-flight work was not acknowledged; not committed") -> None:
         super().__init__(line)
+
+
+class BrokerUnreachable(Failed):
+    """A burst run (a batch job) found no broker answering within ``KAFKA_REQUEST_TIMEOUT_MS``."""
 
 
 class EndpointUnavailable(Failed):

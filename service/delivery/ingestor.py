@@ -27,6 +27,7 @@ from service.delivery.retry import Retries
 from service.delivery.safety_gate import SafetyGate, safety_switch
 from service.delivery.startup import start_clients, stop_quietly
 from service.errors import (
+    BrokerUnreachable,
     EndpointUnavailable,
     ExitStatus,
     GraceExpired,
@@ -160,7 +161,11 @@ class Ingestor:
                 raise EndpointUnavailable(f"cannot listen on {s.http_host}:{s.http_port}: {exc!r}") from None
             self._loop_watch.start()
             log.info("http.listening", host=s.http_host, port=self.http.port)
-        clients = await start_clients(self.kafka, self.grace, self.retries.new("connect"))
+        # A burst run is a batch job: it gives up on a broker that does not answer (a service waits).
+        give_up = s.kafka_request_timeout_ms / 1000 if s.burst else None
+        clients = await start_clients(
+            self.kafka, self.grace, self.retries.new("connect"), give_up_after=give_up
+        )
         if clients is None:
             log.info("service.stopped", messages=0, records=0, detail="stopped before the broker answered")
             return
@@ -245,5 +250,7 @@ def _log_end(exc: MarkerIngestError) -> None:
         log.error("stop.grace_expired", detail=str(exc))
     elif isinstance(exc, EndpointUnavailable):
         log.error("http.unavailable", detail=str(exc))
+    elif isinstance(exc, BrokerUnreachable):
+        log.error("broker.gave_up", detail=str(exc), exit_status=exc.exit_status)
     else:
         log.error("service.failed", detail=str(exc), exit_status=exc.exit_status)

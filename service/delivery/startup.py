@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from service.delivery.grace import Grace
 from service.delivery.retry import Retry
-from service.errors import TopicsMissing
+from service.errors import BrokerUnreachable, TopicsMissing
 from service.kafka.clients import Kafka
 from service.kafka.connection import diagnose
 from service.kafka.failures import Stage, classify, fatal_at_startup
@@ -57,11 +57,15 @@ async def check_topics(kafka: Kafka) -> None:
         raise TopicsMissing({names[t]: (t, why) for t, why in problems.items() if t in names})
 
 
-async def start_clients(kafka: Kafka, grace: Grace, retry: Retry) -> Clients | None:
+async def start_clients(
+    kafka: Kafka, grace: Grace, retry: Retry, *, give_up_after: float | None = None
+) -> Clients | None:
     """Check the topics, then start both clients, waiting with backoff while the broker is
-    unreachable. None when a stop was requested first. Raises ``Misconfigured`` (a refusal that
-    retrying cannot cure) and ``TopicsMissing``."""
+    unreachable (for at most ``give_up_after`` seconds, if given). None when a stop was requested
+    first. Raises ``Misconfigured`` (a refusal that retrying cannot cure), ``TopicsMissing`` and
+    ``BrokerUnreachable``."""
     seen: tuple[str, int] = ("", 0)
+    since = time.monotonic()
     while not grace.requested:
         stage = Stage.CONNECT
         consumer = producer = None
@@ -91,6 +95,12 @@ async def start_clients(kafka: Kafka, grace: Grace, retry: Retry) -> Clients | N
             if fatal_at_startup(failure, seen[1]):
                 raise failure.error()
         if cause is not None:
+            waited = time.monotonic() - since
+            if give_up_after is not None and waited >= give_up_after:
+                raise BrokerUnreachable(
+                    f"no broker answered within {give_up_after:g}s (KAFKA_REQUEST_TIMEOUT_MS); "
+                    f"a burst run gives up: {cause}"
+                )
             await retry.after("broker.unreachable", error=cause)
             continue
         assert consumer is not None

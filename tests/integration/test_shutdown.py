@@ -50,6 +50,26 @@ async def test_sigterm_while_the_broker_is_unreachable_stops_at_once(fleet: Flee
     assert svc.count("service.stopped") == 1, svc.tail()
 
 
+async def test_a_burst_run_gives_up_on_an_unreachable_broker_after_the_request_timeout(fleet: Fleet) -> None:
+    """A burst run is a batch job: with no broker answering it exits 1 once
+    ``KAFKA_REQUEST_TIMEOUT_MS`` has passed, with one error line (a service keeps waiting)."""
+    env = service_env(
+        f"127.0.0.1:{free_port()}",
+        Topics.unique("burst-unreachable"),
+        idempotence=False,
+        INGEST_BURST="true",
+        KAFKA_REQUEST_TIMEOUT_MS="2000",
+        INGEST_RETRY_MAX_SECONDS="1",
+    )
+    svc = fleet.start(env, "burst-unreachable")
+    assert await svc.wait_exit(within=30) == 1, svc.tail()
+    took = time.monotonic() - svc.started_at
+    assert took < 15, f"took {took:.1f}s to give up"
+    [line] = svc.events("broker.gave_up")
+    assert "KAFKA_REQUEST_TIMEOUT_MS" in line["detail"]
+    assert svc.count("broker.unreachable") >= 1
+
+
 async def test_a_broken_log_pipe_does_not_stop_sigterm(broker: BrokerHandle, tmp_path: Path) -> None:
     """``marker-ingest run 2>&1 | head -3`` against an idle topic: once ``head`` has gone, every log
     write fails (EPIPE). The service keeps running; SIGTERM still stops it, with status 0."""
