@@ -1,7 +1,8 @@
 """The service benchmark (``python scripts/bench_service.py``) as a small package. Not a test.
 
 ``cli`` reads the command line and starts or finds the broker; ``run`` holds one sitting (the
-datasets, the alternating drains, the paced latency runs, the profiled drains); ``children`` are the
+datasets, the alternating drains, the profiled drains, the paced latency runs) of the ``impls``
+under test, each run of one of them made by ``runner``; ``children`` are the
 processes it starts beside the service (the passthrough, the FastStream and confluent-kafka peers,
 the latency pacer and reader); ``measure`` samples /proc and waits on high watermarks; ``profile``
 files py-spy's samples under the per-stage headings; ``stats`` and ``report`` turn the runs into

@@ -164,7 +164,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if max(args.instances) > min(args.partitions):
         print("bench: more instances than input partitions: some instances will have none", file=sys.stderr)
     try:
-        from bench.run import parse_rates, parse_variant
+        from bench.impls import parse_variant
+        from bench.run import parse_rates
 
         parse_rates(args.latency_rate)
         for spec in args.variant or ():

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.profile import IDLE
-from bench.run import RunResult, Sitting
+from bench.run import Sitting
+from bench.runner import RunResult
 from bench.stats import INF, median, median_ratio
 
 DISTURBED_PCT = 20

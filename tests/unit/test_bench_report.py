@@ -15,7 +15,9 @@ if SCRIPTS not in sys.path:
 
 from bench import report  # noqa: E402
 from bench.data import Dataset  # noqa: E402
-from bench.run import EXACTLY_ONCE, Impl, RunResult, Sitting  # noqa: E402
+from bench.impls import EXACTLY_ONCE, Impl  # noqa: E402
+from bench.run import Sitting  # noqa: E402
+from bench.runner import RunResult  # noqa: E402
 from bench.stats import INF  # noqa: E402
 
 # msgs/s and µs of CPU per message, per implementation, per round (1 input partition).

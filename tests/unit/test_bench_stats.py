@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and option parsing (scripts/bench/stats.py, scripts/bench/run.py)."""
+"""The benchmark's arithmetic and option parsing (scripts/bench/stats.py, impls.py, run.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ SCRIPTS = str(Path(__file__).resolve().parents[2] / "scripts")
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 
-from bench.run import EXACTLY_ONCE, parse_rates, parse_variant  # noqa: E402
+from bench.impls import EXACTLY_ONCE, parse_variant  # noqa: E402
+from bench.run import parse_rates  # noqa: E402
 from bench.stats import INF, median, median_ratio, percentiles, ratio  # noqa: E402
 
 
