@@ -45,7 +45,7 @@ async def passthrough(cfg: dict[str, Any]) -> int:
     batches per output partition, aiokafka's batch API); a batch is acknowledged and committed while
     the next one is sent, as the service completes batch N while it processes batch N+1.
     """
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
     consumer_kwargs, producer_kwargs = service_api.client_configs(
         cfg["bootstrap"], cfg["group"], idempotence=cfg["idempotence"]
@@ -53,17 +53,17 @@ async def passthrough(cfg: dict[str, Any]) -> int:
     outbox_type, send_type, destination = service_api.outbox_types()
     max_request = producer_kwargs["max_request_size"]
     stop = _stop_event()
-    consumer = AIOKafkaConsumer(cfg["input"], **consumer_kwargs)
+    consumer = AIOKafkaConsumer(**consumer_kwargs)
     producer = AIOKafkaProducer(**producer_kwargs)
-    await producer.start()
-    await consumer.start()
     out = cfg["output"]
-    previous: tuple[list[Any], dict[Any, int]] | None = None
+    previous: list[tuple[list[Any], dict[Any, int]]] = []  # the batch handed over, not yet committed
+    idle = asyncio.Event()  # no batch in hand
+    idle.set()
 
-    async def complete(batch: tuple[list[Any], dict[Any, int]] | None) -> None:
-        if batch is None:
+    async def complete() -> None:
+        if not previous:
             return
-        sends, offsets = batch
+        sends, offsets = previous.pop()
         for future in {id(s.future): s.future for s in sends if s.future is not None}.values():
             await future
         failed = next((s.error for s in sends if s.error is not None), None)
@@ -71,13 +71,27 @@ async def passthrough(cfg: dict[str, Any]) -> int:
             raise failed
         await consumer.commit(offsets)
 
+    class Settle(ConsumerRebalanceListener):  # type: ignore[misc]
+        """As the service does: the batch in hand is processed and everything handed over committed
+        before partitions move away (with --instances, peers join the group while it drains)."""
+
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await idle.wait()
+            await complete()
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            pass
+
+    await producer.start()
+    await consumer.start()
+    consumer.subscribe([cfg["input"]], listener=Settle())
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=BATCH_MAX)
             if not batch:
-                await complete(previous)
-                previous = None
+                await complete()
                 continue
+            idle.clear()
             outbox = outbox_type(producer, max_request)
             sends, offsets = [], {}
             for tp, messages in batch.items():
@@ -89,8 +103,9 @@ async def passthrough(cfg: dict[str, Any]) -> int:
                     sends.append(send)
                 offsets[tp] = messages[-1].offset + 1
             await outbox.flush()
-            await complete(previous)
-            previous = (sends, offsets)
+            await complete()
+            previous.append((sends, offsets))
+            idle.set()
     finally:
         await consumer.stop()
         await producer.stop()
