@@ -67,6 +67,7 @@ LOOP = _frame("Pipeline.run", "service/delivery/pipeline.py")
 PROCESS = _frame("Pipeline._process", "service/delivery/pipeline.py")
 RUN_ONCE = _frame("BaseEventLoop._run_once", "asyncio/base_events.py")
 HANDLE = _frame("Handle._run", "asyncio/events.py")
+HANDED_OVER = _frame("AtLeastOnce.handed_over", "service/delivery/modes/at_least_once.py")
 
 
 @pytest.mark.parametrize(
@@ -85,9 +86,9 @@ HANDLE = _frame("Handle._run", "asyncio/events.py")
           _frame("BoundLoggerBase._process_event", "structlog/_base.py")], "logging"),
         ([RUN_ONCE, HANDLE, LOOP, _frame("AIOKafkaConsumer.getmany", "aiokafka/consumer/consumer.py")],
          "fetch and unpack"),
-        ([RUN_ONCE, HANDLE, LOOP, _frame("AtLeastOnce.handed_over", "service/delivery/modes/at_least_once.py")],
+        ([RUN_ONCE, HANDLE, LOOP, HANDED_OVER],
          "completion and commit"),
-        ([RUN_ONCE, HANDLE, LOOP, _frame("AtLeastOnce.handed_over", "service/delivery/modes/at_least_once.py"),
+        ([RUN_ONCE, HANDLE, LOOP, HANDED_OVER,
           _frame("Delivery._delivered", "service/delivery/modes/base.py"),
           _frame("Metrics.count_batch", "service/ops/metrics.py")], "metrics"),
         ([RUN_ONCE, _frame("EpollSelector.select", "selectors.py")], profile.IDLE),
