@@ -8,6 +8,7 @@ The cluster faults (tests/faults/test_cluster.py) kill and restart brokers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -201,3 +202,60 @@ async def test_a_request_timeout_shorter_than_a_group_join_still_joins(
     expected = expected_outcomes(sent, topics.input)
     ledger = await wait_accounted(bootstrap, topics, expected, within=30, services=[svc])
     ledger.check(expected, exactly_once=True)
+
+
+# Runs the service with an audit hook that counts connection attempts (socket.connect) and writes
+# the count to a file every 0.2 s: what a broker's accept queue would see, without a sniffer.
+_COUNTING_SERVICE = """
+import sys, threading, time
+counted, path = [0], sys.argv[1]
+def hook(event, _args):
+    if event == "socket.connect":
+        counted[0] += 1
+sys.addaudithook(hook)
+def write():
+    while True:
+        with open(path, "w") as out:
+            out.write(str(counted[0]))
+        time.sleep(0.2)
+threading.Thread(target=write, daemon=True).start()
+from service.cli import main
+sys.exit(main(["run"]))
+"""
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_a_broker_outage_is_not_met_with_a_storm_of_connections(tmp_path: Path, delivery: str) -> None:
+    """The broker is killed in the middle of a drain of four partitions; over the next 10 s the
+    service (every client of it: the consumer, its producer and, exactly once, a transactional
+    producer per partition) tries fewer than 100 connections a second. Each aiokafka client retries
+    every ``retry_backoff_ms``, flat: the transactional producers' once shortened backoff (20 ms)
+    made exactly-once mode try ~190 a second."""
+    import sys
+
+    with KafkaCluster(tmp_path / "kafka") as own:
+        bootstrap = own.bootstrap_servers
+        topics = await Topics.unique(f"storm-{delivery}").create(bootstrap, partitions=4)
+        await produce(bootstrap, topics.input, feed(20000, body_bytes=800), partitions=4)
+        counter = tmp_path / "connects"
+        env = service_env(bootstrap, topics, idempotence=True, INGEST_DELIVERY=delivery)
+        log_path = tmp_path / "service.log"
+        log = log_path.open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _COUNTING_SERVICE, str(counter), env=env, stdout=log, stderr=log
+        )
+        try:
+            await wait_until(lambda: '"event":"record"' in log_path.read_text(), within=60, interval=0.05)
+            own.nodes[0].kill()
+            await asyncio.sleep(3)
+            before, since = int(counter.read_text() or 0), time.monotonic()
+            await asyncio.sleep(10)
+            rate = (int(counter.read_text() or 0) - before) / (time.monotonic() - since)
+        finally:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
+            log.close()
+    print(f"{delivery}: {rate:.0f} connection attempts/s during the outage")
+    assert 0 < rate < 100, f"{rate:.0f} connection attempts a second"
