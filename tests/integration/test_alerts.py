@@ -121,3 +121,62 @@ async def test_a_dead_letter_flood_fires_alerts_that_resolve_after_it(
         assert await svc.wait_exit(within=40) == 0, svc.tail()
     finally:
         svc.kill()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+async def test_a_stop_that_cannot_finish_fires_an_alert_that_outlives_the_process(
+    broker: BrokerHandle, start_prometheus: StartPrometheus, tmp_path: Path
+) -> None:
+    """A broker of its own, frozen (SIGSTOP) while a backlog is worked through; then SIGTERM: the
+    stop cannot finish, the service exits 1 with ``stop.grace_expired``. Prometheus saw the stop use
+    its grace period (``marker_ingest_stop_grace_used_ratio``) before the process went, and
+    MarkerIngestStopStuck fires after it is gone; MarkerIngestDown too."""
+    from tests.kafka.cluster import KafkaCluster
+
+    grace = 8.0
+    with KafkaCluster(tmp_path / "kafka") as own:
+        bootstrap = own.bootstrap_servers
+        topics = await Topics.unique("alert-stop").create(bootstrap)
+        await produce(bootstrap, topics.input, feed(20000, body_bytes=400))
+        port = free_port()
+        env = service_env(
+            bootstrap,
+            topics,
+            idempotence=True,
+            INGEST_HTTP_PORT=str(port),
+            INGEST_HTTP_HOST="127.0.0.1",
+            INGEST_SHUTDOWN_GRACE_SECONDS=str(grace),
+            INGEST_BATCH_MAX_MESSAGES="50",
+        )
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(shortened(RULES.read_text(), 60))
+        svc = ServiceProcess(env, tmp_path / "service.log").start()
+        try:
+            since = time.time()
+            prometheus = await asyncio.to_thread(
+                start_prometheus, targets=[f"127.0.0.1:{port}"], rule_files=[rules]
+            )
+            await wait_until(lambda: svc.count("record") >= 500, within=90, interval=0.05, detail=svc.tail)
+            await wait_until(lambda: asyncio.to_thread(prometheus.targets_up), within=30, what="a scrape")
+            assert _value(prometheus, "marker_ingest_stop_grace_used_ratio") == 0, "running: no stop"
+
+            own.nodes[0].pause()
+            try:
+                svc.terminate()
+                assert await svc.wait_exit(within=grace + 15) == 1, svc.tail()
+            finally:
+                own.nodes[0].resume()
+            assert svc.count("stop.grace_expired") == 1, svc.tail()
+
+            # Down fires once the target has not answered for its window (5m / 60): by then the stop
+            # is only in the range the alert looks back on, and it still fires.
+            await _state(prometheus, "MarkerIngestDown", "firing", within=60)
+            assert _value(prometheus, "up") == 0
+            assert prometheus.alert_state("MarkerIngestStopStuck") == "firing"
+            history = prometheus.alert_history("MarkerIngestStopStuck", since)
+            assert history.get("pending"), history
+            [alert] = [a for a in prometheus.alerts() if a["labels"]["alertname"] == "MarkerIngestStopStuck"]
+            assert float(alert["value"]) > 0.5, "the largest share of the grace period a scrape saw"
+        finally:
+            svc.kill()
