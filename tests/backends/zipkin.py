@@ -2,11 +2,12 @@
 
 ``ensure_jar`` fetches ``io.zipkin:zipkin-server:<version>:exec`` (about 131 MB) with Maven once and
 keeps it in the cache the Kafka jars use (``~/.cache/marker-ingest`` or ``$MARKER_INGEST_CACHE``).
-``Zipkin`` runs it with in-memory storage on a free loopback port (answering in about 5 to 10 s,
-about 160 MB resident) and reads spans back through ``/api/v2/traces`` and ``/api/v2/trace/{id}``;
-spans arrive at ``/api/v2/spans`` (Zipkin JSON v2: the SDK's ``opentelemetry-exporter-zipkin-json``).
-Zipkin's model has no span links, and that exporter drops them: a test of a batch's links to its
-records' upstream spans reads them from the OTLP receiver or Jaeger.
+``Zipkin`` runs it with in-memory storage on a free loopback port (answering in about 5 to 10 s on
+a quiet machine, about 160 MB resident) and reads spans back through ``/api/v2/traces`` and
+``/api/v2/trace/{id}``; spans arrive at ``/api/v2/spans`` (Zipkin JSON v2: the SDK's
+``opentelemetry-exporter-zipkin-json``). Zipkin's model has no span links, and that exporter drops
+them: a test of a batch's links to its records' upstream spans reads them from the OTLP receiver or
+Jaeger.
 
 Standard library only: ``python3 -m tests.backends fetch`` (CI's install step) imports it.
 """
@@ -90,7 +91,7 @@ class Zipkin:
         """Where exporters send spans (Zipkin JSON v2)."""
         return f"{self.url}/api/v2/spans"
 
-    def start(self, within: float = 120) -> Zipkin:
+    def start(self, within: float = 180) -> Zipkin:
         """Start the server and wait until ``/health`` answers."""
         jar = ensure_jar()
         java = shutil.which("java") or "java"

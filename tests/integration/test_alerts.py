@@ -1,6 +1,7 @@
 """The shipped alerts in a real Prometheus scraping a running service: a dead-letter flood fires the
 dead-letter alert and trips the safety switch, which fires its own; SIGUSR1 and good records resolve
-both. The rules are deploy/prometheus/alerts.yml with only their ``for:`` windows shortened."""
+both. A stop that cannot finish fires the stop alert, which outlives the process. The rules are
+deploy/prometheus/alerts.yml with only their ``for:`` windows shortened."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ async def test_a_dead_letter_flood_fires_alerts_that_resolve_after_it(
 
 
 @pytest.mark.kafka
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 async def test_a_stop_that_cannot_finish_fires_an_alert_that_outlives_the_process(
     broker: BrokerHandle, start_prometheus: StartPrometheus, tmp_path: Path
 ) -> None:
