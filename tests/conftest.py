@@ -19,6 +19,9 @@ import pytest
 from service.tools.broker import EmbeddedBroker
 from tests.kafka.cluster import KafkaCluster, KafkaUnavailable
 
+# The monitoring and tracing backends' fixtures (zipkin, jaeger, otlp_receiver, start_prometheus).
+pytest_plugins = ["tests.backends.fixtures"]
+
 CHOICE = os.environ.get("MARKER_INGEST_TEST_BROKER", "auto")
 if CHOICE not in ("auto", "kafka", "tansu"):
     raise pytest.UsageError(f"MARKER_INGEST_TEST_BROKER must be auto, kafka or tansu, not {CHOICE!r}")

@@ -83,6 +83,8 @@ class Ingestor:
             assigned=lambda: len(self._assignment()),
             ready=lambda: 1.0 if self.readiness()[0] else 0.0,
             log_write_errors=lambda: float(log_write_errors()),
+            stop_remaining=self.grace.remaining,
+            grace_seconds=settings.shutdown_grace_seconds,
         )
 
     @property

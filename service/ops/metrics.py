@@ -147,6 +147,11 @@ class Metrics:
             "Log lines dropped because stderr could not be written (a broken pipe), since start-up.",
             registry=registry,
         )
+        self._stop_grace_used = Gauge(
+            "marker_ingest_stop_grace_used_ratio",
+            "Share of the grace period a stop in progress has used: 0 while running, 1 once it expired.",
+            registry=registry,
+        )
         kafka_client_lines = Counter(
             "marker_ingest_kafka_client_warnings",
             "Warnings and errors the Kafka client (aiokafka) logged, by logger, repeats held back included.",
@@ -163,8 +168,12 @@ class Metrics:
         assigned: Callable[[], float],
         ready: Callable[[], float] | None = None,
         log_write_errors: Callable[[], float] | None = None,
+        stop_remaining: Callable[[], float | None] | None = None,
+        grace_seconds: float = 0.0,
     ) -> None:
-        """Gauges read from the shell's own state when scraped, never updated on the hot path."""
+        """Gauges read from the shell's own state when scraped, never updated on the hot path.
+        ``stop_remaining`` gives the seconds left of the ``grace_seconds`` grace period once a stop
+        was requested (else None)."""
         self._in_flight.set_function(in_flight)
         self._paused.set_function(paused)
         self._assigned.set_function(assigned)
@@ -172,6 +181,11 @@ class Metrics:
             self._ready.set_function(ready)
         if log_write_errors is not None:
             self._log_write_errors.set_function(log_write_errors)
+        if stop_remaining is not None and grace_seconds > 0:
+            remaining = stop_remaining
+            self._stop_grace_used.set_function(
+                lambda: 0.0 if (left := remaining()) is None else 1.0 - left / grace_seconds
+            )
 
     def count_batch(
         self,

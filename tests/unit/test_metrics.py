@@ -98,3 +98,20 @@ def test_lag_is_per_partition_and_lost_partitions_are_dropped() -> None:
     s = _samples(m)
     assert ("marker_ingest_consumer_lag_messages", (("partition", "0"), ("topic", "in"))) not in s
     assert ("marker_ingest_consumer_lag_messages", (("partition", "1"), ("topic", "in"))) in s
+
+
+def test_the_stop_gauge_shows_how_much_of_the_grace_period_a_stop_has_used() -> None:
+    m = Metrics("1.0")
+    left: list[float | None] = [None]
+    m.watch(
+        in_flight=lambda: 0,
+        paused=lambda: 0,
+        assigned=lambda: 0,
+        stop_remaining=lambda: left[0],
+        grace_seconds=20,
+    )
+    assert _samples(m)[("marker_ingest_stop_grace_used_ratio", ())] == 0, "running: no stop in progress"
+    left[0] = 15.0
+    assert _samples(m)[("marker_ingest_stop_grace_used_ratio", ())] == 0.25
+    left[0] = -1.0
+    assert _samples(m)[("marker_ingest_stop_grace_used_ratio", ())] == 1.05, "past the deadline"
