@@ -377,10 +377,15 @@ load8(const unsigned char *p)
     return x;
 }
 
+/* SPEEDUPS_PORTABLE builds the plain C of other compilers with GCC too (to test it). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(SPEEDUPS_PORTABLE)
+#define HAVE_VECTORS 1
+#endif
+
 static inline int
 popcount64(uint64_t x)
 {
-#if defined(__GNUC__) || defined(__clang__)
+#ifdef HAVE_VECTORS
     return __builtin_popcountll(x);
 #else
     int n = 0;
@@ -393,7 +398,7 @@ popcount64(uint64_t x)
 
 /* Bytes are tested 16 at a time, with the compiler's vector extensions (SSE2 on x86-64, NEON on
  * arm64) where it has them, else 8 at a time in a uint64 (exact for "any", whatever the borrows). */
-#if defined(__GNUC__) || defined(__clang__)
+#ifdef HAVE_VECTORS
 typedef unsigned char u8x16 __attribute__((vector_size(16)));
 
 static inline u8x16
@@ -844,7 +849,8 @@ init_escapes(void)
     for (int c = 0; c < 0x20; c++) {
         ESCAPE_EXTRA[c] = 5;
     }
-    ESCAPE_EXTRA['\b'] = ESCAPE_EXTRA['\t'] = ESCAPE_EXTRA['\n'] = ESCAPE_EXTRA['\f'] = ESCAPE_EXTRA['\r'] = 1;
+    ESCAPE_EXTRA['\b'] = ESCAPE_EXTRA['\t'] = ESCAPE_EXTRA['\n'] = 1;
+    ESCAPE_EXTRA['\f'] = ESCAPE_EXTRA['\r'] = 1;
     ESCAPE_EXTRA['"'] = ESCAPE_EXTRA['\\'] = 1;
 }
 
@@ -1133,9 +1139,9 @@ check_record(Rec *r, const unsigned char *s, const Field *fields, Py_ssize_t cou
 #define J_SOURCE "\",\"source\":\""
 #define J_SUBJECT "\",\"type\":\"io.markeringest.article.ingested.v1\",\"subject\":\""
 #define J_TIME "\",\"time\":\""
-#define J_TOPIC                                                                                          \
-    "\",\"datacontenttype\":\"application/json\",\"dataschema\":\"urn:marker-ingest:schema:article-ingested:v1\"," \
-    "\"kafkatopic\":\""
+#define J_TOPIC                                                                                      \
+    "\",\"datacontenttype\":\"application/json\","                                                      \
+    "\"dataschema\":\"urn:marker-ingest:schema:article-ingested:v1\",\"kafkatopic\":\""
 #define J_PARTITION "\",\"kafkapartition\":"
 #define J_OFFSET ",\"kafkaoffset\":"
 #define J_INDEX ",\"recordindex\":"
@@ -1321,8 +1327,8 @@ event_id(PyObject *id_prefix, const char *digits, int n_digits)
 
 /* One record's Outcome: (index, event id, key, event, None, fn). */
 static PyObject *
-record_outcome(PyTypeObject *type, const unsigned char *s, const Rec *r, const Envelope *e, PyObject *id_prefix,
-               long long first_index, Py_ssize_t index, Py_ssize_t event_len)
+record_outcome(PyTypeObject *type, const unsigned char *s, const Rec *r, const Envelope *e,
+               PyObject *id_prefix, long long first_index, Py_ssize_t index, Py_ssize_t event_len)
 {
     char id_digits[24], index_digits[24];
     int id_len = format_int(id_digits, first_index + index);
@@ -1393,11 +1399,12 @@ event_length(const Envelope *e, const Rec *r, long long first_index, Py_ssize_t 
            r->text_json + LIT_LEN(J_EXTRA) + r->extra_json + LIT_LEN(J_SHA256) + 64 + LIT_LEN(J_TAIL);
 }
 
-/* An int argument as a long long; 0 with *ok = 0 when it is not an int that fits (not for me). */
+/* An int argument as a long long; 0 with *ok = 0 when it is not an int that fits (not for me).
+ * Exactly int: orjson writes a bool as true, an int subclass as it may. */
 static long long
 int_arg(PyObject *obj, int *ok)
 {
-    if (!PyLong_Check(obj)) {
+    if (!PyLong_CheckExact(obj)) {
         *ok = 0;
         return 0;
     }
@@ -1472,7 +1479,8 @@ articles(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Rec *recs = NULL;
     Envelope env = {{NULL, 0, 0}, 0, 0, 0};
     PyObject *list = NULL;
-    int clean = scan_payload(&sc, s, n, max_records > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)max_records);
+    Py_ssize_t record_limit = max_records > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)max_records;
+    int clean = scan_payload(&sc, s, n, record_limit);
     if (clean <= 0) {
         goto end; /* -1: the error set is raised; 0: not clean, not for me */
     }
