@@ -202,7 +202,7 @@ def process_payload(
     """
     if traceparent is not None:
         traceparent = valid_traceparent(traceparent)
-    if _compiled is not None and value is not None and len(value) <= limits.max_payload_bytes:
+    if _compiled is not None and value is not None:
         outcomes = _compiled_outcomes(_compiled, value, source, limits, now, traceparent)
         if outcomes is not None:
             return outcomes
@@ -213,9 +213,9 @@ def compiled_articles(
     value: bytes, source: Source, limits: Limits, *, now: dt.datetime, traceparent: str | None = None
 ) -> list[Outcome] | None:
     """The compiled record path alone: the article outcomes of a clean payload of valid records
-    within ``max_payload_bytes``, else None (also where the C speedups were not built).
+    (within ``max_payload_bytes``), else None, also where the C speedups were not built.
 
-    ``traceparent`` must be valid (``valid_traceparent``).
+    ``traceparent`` must be valid or None (``valid_traceparent``).
     """
     if _compiled is None:
         return None
@@ -230,6 +230,8 @@ def _compiled_outcomes(
     now: dt.datetime,
     traceparent: str | None,
 ) -> list[Outcome] | None:
+    if len(value) > limits.max_payload_bytes:
+        return None
     # The per-message values, computed once: the event id of record i is the prefix followed by
     # first + i (as Source.event_id makes it; the differential tests hold the two together), the
     # time, the source URI, the size limit of an article event.
