@@ -1,8 +1,9 @@
 """Build configuration beyond pyproject.toml: the optional C speedups of the core.
 
-``service.core._speedups`` is built when a C compiler and the Python headers are present. Without them
-the build goes on (``optional=True``) and ``service.core.parser`` uses its pure-Python scanner, which
-gives the same results, about 40 % slower end to end (see README, Performance).
+``service.core._speedups`` (the scanner of clean payloads and the compiled record path) is built when
+a C compiler and the Python headers are present. Without them the build goes on (``optional=True``)
+and the core takes its Python path, which gives the same results byte for byte, slower (see
+docs/performance.md).
 """
 
 from setuptools import Extension, setup

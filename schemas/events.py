@@ -9,9 +9,10 @@ validates against them.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.errors import ErrorCode
 
@@ -36,6 +37,11 @@ MAX_FN = 10**18 - 1
 """FN is at most 18 decimal digits, so it fits a signed 64-bit integer in every consumer."""
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """An optional attribute that is absent, never null: no ``"default": null`` in its schema."""
+    schema.pop("default", None)
 
 
 class _Contract(BaseModel):
@@ -84,7 +90,25 @@ class ArticleIngested(_Contract):
     kafkapartition: Annotated[int, Field(ge=0, description="Extension: input partition.")]
     kafkaoffset: Annotated[int, Field(ge=0, description="Extension: input offset.")]
     recordindex: Annotated[int, Field(ge=0, description="Extension: index of the record in its payload.")]
+    # Absent rather than null when the message had none: the schema shows the string alone.
+    traceparent: Annotated[
+        str | SkipJsonSchema[None],
+        Field(
+            pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            description="Extension (CloudEvents distributed tracing): the W3C Trace Context traceparent "
+            "of the input message, when it carried a valid one; absent otherwise.",
+            json_schema_extra=_no_default,
+        ),
+    ] = None
     data: ArticleData
+
+    @model_serializer(mode="wrap")
+    def _absent_traceparent(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # No return annotation on purpose: pydantic then keeps the model's own serialization schema.
+        dumped = handler(self)
+        if dumped.get("traceparent", 0) is None:
+            del dumped["traceparent"]
+        return dumped
 
 
 class SourceCoordinates(_Contract):

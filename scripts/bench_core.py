@@ -2,9 +2,12 @@
 
 Measures, in one run and on the same records:
 
-* ``full``: decode, scan, validate (pydantic ``ArticleData``), build and serialize the CloudEvent,
-  one record per payload, as the service does for each Kafka message;
-* ``multi``: the same path with several records per payload;
+* ``full``: ``process_payload``, one record per payload, as the service does for each Kafka message:
+  the compiled record path (scan, checks, SHA-256 and the event's JSON in C) where it was built;
+* ``full-ref``: the same payloads through ``process_payload_reference``, the Python path (decode,
+  scan, validate with pydantic ``ArticleData``, build and serialize with orjson): the compiled path
+  forced off, in the same run;
+* ``multi`` and ``multi-ref``: the same two with several records per payload;
 * ``baseline``: a naive parser, four non-greedy regexes (FN, DATE, TITLE, TEXT) and a pydantic
   model validate, with no envelope, id, hash or serialization;
 * ``floor``: only the library calls every record needs, back to back in one flat function: decode,
@@ -16,11 +19,11 @@ Records are the seed fixture and generated variants of the same size with distin
 the seed unless ``--unicode-share`` gives a share with non-ASCII typography (curly quotes, dashes).
 Each variant is timed ``--repeat`` times, with the garbage collector on as in the service; the best
 and median of the repetitions are reported. ``--components`` adds the cost of the parts every
-record must pay whatever the parser (decode, SHA-256, pydantic, orjson, the Outcome), measured on
-the seed record. Usage::
+record must pay whatever the parser (decode, SHA-256, pydantic, orjson, the Outcome), and of the
+compiled record path's C call alone, measured on the seed record. Usage::
 
     python scripts/bench_core.py [--records N] [--repeat R] [--per-payload K] [--unicode-share F]
-                                 [--components] [--json]
+                                 [--components] [--clock wall|cpu] [--json]
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ import pydantic
 from pydantic import BaseModel, Field
 
 from schemas.events import ArticleData
-from service.core.events import Outcome, Source, _new_outcome, process_payload
+from service.core import events
+from service.core.events import Outcome, Source, _new_outcome, process_payload, process_payload_reference
 from service.core.limits import Limits
 from service.core.parser import SPEEDUPS, scan_clean
 from service.core.validation import content_digest
@@ -142,15 +146,19 @@ def pin_to_one_core() -> str:
     return f"pinned to CPU {cpu} (of {len(cpus)} allowed)"
 
 
+CLOCK = time.perf_counter
+"""Wall time; ``--clock cpu`` makes it this process's CPU time (steadier on a shared machine)."""
+
+
 def time_runs(run: Callable[[], object], repeat: int) -> list[float]:
-    """Wall time of ``repeat`` calls of ``run``, after one untimed warm-up call."""
+    """Time of ``repeat`` calls of ``run`` by ``CLOCK``, after one untimed warm-up call."""
     run()
     times = []
     for _ in range(repeat):
         gc.collect()
-        start = time.perf_counter()
+        start = CLOCK()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return times
 
 
@@ -173,13 +181,18 @@ def summarize(name: str, what: str, times: list[float], records: int, size: int)
     }
 
 
-def run_full(payloads: Sequence[bytes], sources: Sequence[Source], expected: int) -> Callable[[], None]:
+def run_full(
+    payloads: Sequence[bytes],
+    sources: Sequence[Source],
+    expected: int,
+    process: Callable[..., list[Outcome]] = process_payload,
+) -> Callable[[], None]:
     limits = Limits()
 
     def run() -> None:
         articles = 0
         for value, source in zip(payloads, sources, strict=True):
-            for outcome in process_payload(value, source, limits, now=NOW, version=VERSION):
+            for outcome in process(value, source, limits, now=NOW, version=VERSION):
                 articles += outcome.error is None
         if articles != expected:
             raise SystemExit(f"bench: expected {expected} article events, got {articles}")
@@ -252,6 +265,8 @@ def run_floor(payloads: Sequence[bytes]) -> Callable[[], None]:
 
 # --- the fixed parts -----------------------------------------------------------------------------
 
+_COMPILED_PART = "the compiled record path alone (C call)"
+
 
 def time_components(repeat: int) -> list[dict[str, Any]]:
     """Per-record cost of what every record pays whatever the parser, on the seed record.
@@ -286,6 +301,12 @@ def time_components(repeat: int) -> list[dict[str, Any]]:
             lambda: _new_outcome(Outcome, (0, event["id"], b"2433", outcome.value, None, data["fn"])),
         ),
     ]
+    compiled = events._compiled
+    if compiled is not None:
+        uri = f"urn:marker-ingest:topic:{TOPIC}"
+        args: tuple[object, ...] = (Outcome, value, f"{TOPIC}:0:0:", 0, uri, event["time"], TOPIC, 0, 0, None)
+        args += (10_000, 1_000, 500_000, 999_744)
+        parts.append((_COMPILED_PART, lambda: compiled(*args)))
     n = 2000
     results = []
     for name, call in parts:
@@ -324,6 +345,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=2433, help="random seed for the variants")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="time by the wall clock (default) or by this process's CPU time, steadier when other "
+        "work shares the machine",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args = parser.parse_args(argv)
     if args.records < 1 or args.repeat < 1 or args.per_payload < 1:
@@ -333,6 +361,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     pinning = "not pinned (--no-pin)" if args.no_pin else pin_to_one_core()
     records = make_records(args.records, args.unicode_share, random.Random(args.seed))
     singles = [r.encode() for r in records]
@@ -344,18 +374,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     multi_sources = [Source(TOPIC, 1, i, 1_714_564_800_000 + i, None) for i in range(len(multis))]
 
     n = len(singles)
+    path = "compiled" if events.COMPILED else "Python"
     results = [
         summarize(
             "full",
-            "process_payload, 1 record/payload",
+            f"process_payload ({path}), 1 record/payload",
             time_runs(run_full(singles, single_sources, n), args.repeat),
             n,
             size,
         ),
         summarize(
+            "full-ref",
+            "Python path (reference), 1 record/payload",
+            time_runs(run_full(singles, single_sources, n, process_payload_reference), args.repeat),
+            n,
+            size,
+        ),
+        summarize(
             "multi",
-            f"process_payload, {k} records/payload",
+            f"process_payload ({path}), {k} records/payload",
             time_runs(run_full(multis, multi_sources, n), args.repeat),
+            n,
+            size,
+        ),
+        summarize(
+            "multi-ref",
+            f"Python path (reference), {k} records/payload",
+            time_runs(run_full(multis, multi_sources, n, process_payload_reference), args.repeat),
             n,
             size,
         ),
@@ -380,8 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "best": by_name[name]["records_per_s_best"] / by_name[other]["records_per_s_best"],
             "median": by_name[name]["records_per_s_median"] / by_name[other]["records_per_s_median"],
         }
-        for other in ("baseline", "floor")
-        for name in ("full", "multi")
+        for name, other in [
+            ("full", "full-ref"),
+            ("multi", "multi-ref"),
+            *((name, other) for other in ("baseline", "floor") for name in ("full", "multi")),
+        ]
     }
     info = {
         "python": platform.python_version(),
@@ -389,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pydantic": pydantic.VERSION,
         "orjson": orjson.__version__,
         "scanner": "C (service.core._speedups)" if SPEEDUPS else "Python (service.core._speedups not built)",
+        "record_path": "compiled (service.core._speedups.articles)" if events.COMPILED else "Python",
         "machine": platform.machine(),
         "cpu_pinning": pinning,
         "records": n,
@@ -396,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "non_ascii_records": sum(not r.isascii() for r in records),
         "per_payload": k,
         "repeat": args.repeat,
+        "clock": args.clock,
     }
 
     components = time_components(args.repeat) if args.components else None
@@ -409,19 +459,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"marker-ingest core benchmark: Python {info['python']}, pydantic {info['pydantic']}, ", end="")
     print(f"orjson {info['orjson']}, {info['machine']}")
-    print(f"CPU: {pinning}; scanner: {info['scanner']}")
+    print(f"CPU: {pinning}; scanner: {info['scanner']}; record path: {info['record_path']}")
+    print(f"clock: {args.clock} time")
     print(
         f"records: {n} ({info['non_ascii_records']} non-ASCII), mean {info['mean_record_bytes']:.0f} bytes, "
         f"{size / 1e6:.1f} MB per pass; {args.repeat} timed passes after a warm-up"
     )
     print()
-    header = f"{'variant':<10} {'what':<36} {'records/s best':>15} {'median':>10} {'MB/s best':>10} "
+    header = f"{'variant':<10} {'what':<44} {'records/s best':>15} {'median':>10} {'MB/s best':>10} "
     header += f"{'median':>8} {'us/rec best':>12}"
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['name']:<10} {r['what']:<36} {r['records_per_s_best']:>15,.0f} "
+            f"{r['name']:<10} {r['what']:<44} {r['records_per_s_best']:>15,.0f} "
             f"{r['records_per_s_median']:>10,.0f} {r['mb_per_s_best']:>10.1f} {r['mb_per_s_median']:>8.1f} "
             f"{r['us_per_record_best']:>12.2f}"
         )
@@ -431,11 +482,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if components is not None:
         print()
         print("fixed parts of one record (seed record, best of the repetitions):")
-        for part in components:
+        fixed_parts = [part for part in components if part["part"] != _COMPILED_PART]
+        for part in fixed_parts:
             print(f"  {part['part']:<40} {part['us_per_record']:7.2f} us")
-        fixed = sum(part["us_per_record"] for part in components)
+        fixed = sum(part["us_per_record"] for part in fixed_parts)
         ceiling = f"at most {1e6 / fixed:,.0f} records/s with no checks and no glue"
         print(f"  {'sum':<40} {fixed:7.2f} us  ({ceiling})")
+        for part in components:
+            if part["part"] == _COMPILED_PART:
+                print(f"  {part['part']:<40} {part['us_per_record']:7.2f} us  (checks and glue included)")
     return 0
 
 

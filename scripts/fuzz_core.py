@@ -13,7 +13,9 @@ Every generated input (payload bytes, source coordinates, limits) must satisfy t
 * no event is larger than ``max_event_bytes`` (JSON escaping and quoted marker names included);
 * it is deterministic: the same input gives byte-identical events (redelivery keeps ids and bodies);
 * the C scanner (``service/core/_speedups.c``, where built) returns exactly what its Python reference
-  ``_scan_clean_py`` returns on the decoded text, for several record limits.
+  ``_scan_clean_py`` returns on the decoded text, for several record limits;
+* ``process_payload`` (the compiled record path first, where built) returns exactly what the Python
+  path, ``process_payload_reference``, returns (``scripts/fuzz_compiled.py`` does this at length).
 
 Engines: ``hypothesis`` (the default: arbitrary bytes, mostly-UTF-8 bytes, marker soup, generated
 records, byte-level mutations of records, long repetitions) or ``atheris`` (coverage-guided
@@ -49,8 +51,9 @@ from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
+from service.core import events as core_events
 from service.core import parser as core_parser
-from service.core.events import Outcome, Source, process_payload, strip_bom
+from service.core.events import Outcome, Source, process_payload, process_payload_reference, strip_bom
 from service.core.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +135,22 @@ def check(payload: bytes | None, source: Source, limits: Limits, stats: Counter[
         _check_outcome(o, source, limits)
         stats["article" if o.error is None else o.error.value] += 1
     _check_speedups(payload, limits, stats)
+    _check_compiled(payload, source, limits, outcomes, stats)
+
+
+def _check_compiled(
+    payload: bytes | None, source: Source, limits: Limits, outcomes: list[Outcome], stats: Counter[str]
+) -> None:
+    """Where the compiled record path took the payload, its outcomes are the Python path's (where it
+    declined, ``process_payload`` ran the Python path itself)."""
+    if not core_events.COMPILED or payload is None or len(payload) > limits.max_payload_bytes:
+        return
+    if core_events.compiled_articles(payload, source, limits, now=NOW) is None:
+        stats[_COMPILED_DECLINED] += 1
+        return
+    reference = process_payload_reference(payload, source, limits, now=NOW, version=VERSION)
+    _require(outcomes == reference, "the compiled path's outcomes differ from the Python path's")
+    stats[_COMPILED_TAKEN] += 1
 
 
 def _check_speedups(payload: bytes | None, limits: Limits, stats: Counter[str]) -> None:
@@ -150,6 +169,8 @@ def _check_speedups(payload: bytes | None, limits: Limits, stats: Counter[str]) 
 
 
 _SPEEDUPS_CHECKED = "C scanner checked"
+_COMPILED_TAKEN = "compiled path took"
+_COMPILED_DECLINED = "compiled path declined"
 
 
 def _check_outcome(o: Outcome, source: Source, limits: Limits) -> None:
@@ -213,9 +234,12 @@ class Figures:
         print(f"failures          {self.failures}")
         print(f"largest payload   {self.largest_payload} bytes")
         checked = self.outcomes.pop(_SPEEDUPS_CHECKED, 0)
+        taken = self.outcomes.pop(_COMPILED_TAKEN, 0)
+        declined = self.outcomes.pop(_COMPILED_DECLINED, 0)
         kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.outcomes.items()))
         print(f"outcomes          {sum(self.outcomes.values())} ({kinds})")
         print(f"C scanner         {checked} texts checked against the Python reference")
+        print(f"compiled path     took {taken} payloads (equal to the Python path), declined {declined}")
         for report in self.failure_reports:
             print(report)
 
@@ -540,6 +564,8 @@ def _reimport_instrumented(atheris: Any) -> None:
         Outcome=service.core.events.Outcome,
         Source=service.core.events.Source,
         process_payload=service.core.events.process_payload,
+        process_payload_reference=service.core.events.process_payload_reference,
+        core_events=service.core.events,
         strip_bom=service.core.events.strip_bom,
         core_parser=service.core.parser,
         Limits=service.core.limits.Limits,

@@ -3,6 +3,11 @@
 ``process_payload`` is the whole functional core: decode, scan, validate, build and serialize.
 It never raises on any input; data errors become dead-letter outcomes here and nowhere else.
 Pure: the clock and the service version are passed in.
+
+A clean payload of valid records takes the compiled record path (``articles`` in
+``service/core/_speedups.c``: scan, checks, SHA-256 and the event's JSON in C) where it was built;
+everything else takes the Python path, ``process_payload_reference``, which gives the same outcomes
+byte for byte (tests/unit/test_compiled_path.py, scripts/fuzz_compiled.py).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import base64
 import datetime as dt
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -151,10 +156,132 @@ def _utc_second(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds").removesuffix("+00:00")
 
 
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str | None) -> str | None:
+    """``value`` if it is a W3C traceparent (version 00's form: version, trace id, parent id and
+    flags in lower-case hex; not version ff, nor an all-zero id), else None: W3C Trace Context has a
+    receiver ignore a traceparent it cannot parse."""
+    if (
+        value is None
+        or len(value) != 55
+        or _TRACEPARENT.fullmatch(value) is None
+        or value.startswith("ff")
+        or value[3:35] == "0" * 32
+        or value[36:52] == "0" * 16
+    ):
+        return None
+    return value
+
+
+try:
+    from service.core import _speedups
+except ImportError:  # built without a C compiler
+    _speedups = None  # type: ignore[assignment]
+
+_compiled: Callable[..., list[Outcome] | None] | None = getattr(_speedups, "articles", None)
+"""The compiled record path, None where it was not built (or an older build lacks it)."""
+COMPILED = _compiled is not None
+"""True when clean payloads of valid records take the compiled record path."""
+
+
 def process_payload(
-    value: bytes | None, source: Source, limits: Limits, *, now: dt.datetime, version: str
+    value: bytes | None,
+    source: Source,
+    limits: Limits,
+    *,
+    now: dt.datetime,
+    version: str,
+    traceparent: str | None = None,
 ) -> list[Outcome]:
-    """Turn one message's bytes into exactly one outcome per record (one for a payload failure)."""
+    """Turn one message's bytes into exactly one outcome per record (one for a payload failure).
+
+    ``traceparent``, the message's W3C traceparent, goes into each article event as the CloudEvents
+    distributed-tracing extension; an invalid one is ignored (``valid_traceparent``).
+    """
+    if traceparent is not None:
+        traceparent = valid_traceparent(traceparent)
+    if _compiled is not None and value is not None:
+        outcomes = _compiled_outcomes(_compiled, value, source, limits, now, traceparent)
+        if outcomes is not None:
+            return outcomes
+    return _process(value, source, limits, now, version, traceparent)
+
+
+def compiled_articles(
+    value: bytes, source: Source, limits: Limits, *, now: dt.datetime, traceparent: str | None = None
+) -> list[Outcome] | None:
+    """The compiled record path alone: the article outcomes of a clean payload of valid records
+    (within ``max_payload_bytes``), else None, also where the C speedups were not built.
+
+    ``traceparent`` must be valid or None (``valid_traceparent``).
+    """
+    if _compiled is None:
+        return None
+    return _compiled_outcomes(_compiled, value, source, limits, now, traceparent)
+
+
+def _compiled_outcomes(
+    compiled: Callable[..., list[Outcome] | None],
+    value: bytes,
+    src: Source,
+    limits: Limits,
+    now: dt.datetime,
+    traceparent: str | None,
+) -> list[Outcome] | None:
+    if len(value) > limits.max_payload_bytes:
+        return None
+    # The per-message values, computed once: the event id of record i is the prefix followed by
+    # first + i (as Source.event_id makes it; the differential tests hold the two together), the
+    # time, the source URI, the size limit of an article event.
+    origin = src.origin
+    if origin is None:
+        prefix, first = f"{src.topic}:{src.partition}:{src.offset}:", 0
+    else:
+        prefix, first = f"{origin.message}:", origin.record_index
+    return compiled(
+        Outcome,
+        value,
+        prefix,
+        first,
+        _source_uri(src.topic),
+        _event_time(src, now),
+        src.topic,
+        src.partition,
+        src.offset,
+        traceparent,
+        limits.max_records_per_payload,
+        limits.max_title_chars,
+        limits.max_text_chars,
+        limits.max_event_bytes - ARTICLE_RECORD_RESERVE,
+    )
+
+
+def process_payload_reference(
+    value: bytes | None,
+    source: Source,
+    limits: Limits,
+    *,
+    now: dt.datetime,
+    version: str,
+    traceparent: str | None = None,
+) -> list[Outcome]:
+    """``process_payload`` in Python alone: the reference the compiled record path is held to, and
+    the path of every payload that is not for it."""
+    if traceparent is not None:
+        traceparent = valid_traceparent(traceparent)
+    return _process(value, source, limits, now, version, traceparent)
+
+
+def _process(
+    value: bytes | None,
+    source: Source,
+    limits: Limits,
+    now: dt.datetime,
+    version: str,
+    traceparent: str | None,
+) -> list[Outcome]:
     if value is None:
         problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the message value is null")
         return _payload_failure(problem, None, source, limits, now, version)
@@ -178,11 +305,12 @@ def process_payload(
     if not text or text.isspace():
         problem = Problem(ErrorCode.EMPTY_PAYLOAD, "the payload is empty")
         return _payload_failure(problem, value, source, limits, now, version)
-    # The hot path: a clean payload of valid records. Anything else takes the full path below,
-    # which finds the precise problem; both give the same outcomes for a clean, valid payload.
+    # The hot path of the Python path: a clean payload of valid records. Anything else takes the
+    # full path below, which finds the precise problem; both give the same outcomes for a clean,
+    # valid payload.
     clean = scan_clean(text, limits.max_records_per_payload)
     if clean is not None:
-        outcomes = _articles(clean, source, limits, now)
+        outcomes = _articles(clean, source, limits, now, traceparent)
         if outcomes is not None:
             return outcomes
         records = scanned(text, clean)  # what scan_markers would find, without scanning again
@@ -191,7 +319,7 @@ def process_payload(
         if isinstance(found, Problem):
             return _payload_failure(found, value, source, limits, now, version)
         records = found
-    builder = _Builder(source, limits, now, version)
+    builder = _Builder(source, limits, now, version, traceparent)
     return [builder.record(i, rec, text) for i, rec in enumerate(records)]
 
 
@@ -203,7 +331,11 @@ def _payload_failure(
 
 
 def _articles(
-    records: list[CleanRecord], src: Source, limits: Limits, now: dt.datetime
+    records: list[CleanRecord],
+    src: Source,
+    limits: Limits,
+    now: dt.datetime,
+    traceparent: str | None = None,
 ) -> list[Outcome] | None:
     """The article events of a clean payload's records, or None if any record is invalid or too big.
 
@@ -219,7 +351,9 @@ def _articles(
         if article is None:
             return None
         # The DATE value passed validation, so it already is article.date.isoformat().
-        outcome = _article(src, source_uri, time, index, article, values["date"], _article_limit(limits))
+        outcome = _article(
+            src, source_uri, time, index, article, values["date"], _article_limit(limits), traceparent
+        )
         if outcome is None:
             return None
         outcomes.append(outcome)
@@ -227,39 +361,47 @@ def _articles(
 
 
 def _article(
-    src: Source, source_uri: str, time: str, index: int, article: ArticleData, date: str, max_bytes: int
+    src: Source,
+    source_uri: str,
+    time: str,
+    index: int,
+    article: ArticleData,
+    date: str,
+    max_bytes: int,
+    traceparent: str | None = None,
 ) -> Outcome | None:
     """The article event of a valid record, or None when it would be over ``max_bytes``."""
     event_id = src.event_id(index)
     fn = article.fn
     subject = str(fn)
-    event = orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": source_uri,
-            "type": ARTICLE_EVENT_TYPE,
-            "subject": subject,
-            "time": time,
-            "datacontenttype": "application/json",
-            "dataschema": ARTICLE_DATASCHEMA,
-            "kafkatopic": src.topic,
-            "kafkapartition": src.partition,
-            "kafkaoffset": src.offset,
-            "recordindex": index,
-            "data": {
-                "fn": fn,
-                "date": date,
-                "title": article.title,
-                "text": article.text,
-                "extra": article.extra,
-                "sha256": article.sha256,
-            },
-        }
-    )
-    if len(event) > max_bytes:
+    event: dict[str, object] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source_uri,
+        "type": ARTICLE_EVENT_TYPE,
+        "subject": subject,
+        "time": time,
+        "datacontenttype": "application/json",
+        "dataschema": ARTICLE_DATASCHEMA,
+        "kafkatopic": src.topic,
+        "kafkapartition": src.partition,
+        "kafkaoffset": src.offset,
+        "recordindex": index,
+    }
+    if traceparent is not None:
+        event["traceparent"] = traceparent
+    event["data"] = {
+        "fn": fn,
+        "date": date,
+        "title": article.title,
+        "text": article.text,
+        "extra": article.extra,
+        "sha256": article.sha256,
+    }
+    value = orjson.dumps(event)
+    if len(value) > max_bytes:
         return None
-    return _new_outcome(Outcome, (index, event_id, subject.encode(), event, None, fn))
+    return _new_outcome(Outcome, (index, event_id, subject.encode(), value, None, fn))
 
 
 ARTICLE_RECORD_RESERVE = 256
@@ -286,13 +428,16 @@ def _source_uri(topic: str) -> str:
 class _Builder:
     """Serializes outcomes for one message; holds what its records share."""
 
-    __slots__ = ("_limits", "_now", "_source", "_source_uri", "_version")
+    __slots__ = ("_limits", "_now", "_source", "_source_uri", "_traceparent", "_version")
 
-    def __init__(self, source: Source, limits: Limits, now: dt.datetime, version: str) -> None:
+    def __init__(
+        self, source: Source, limits: Limits, now: dt.datetime, version: str, traceparent: str | None = None
+    ) -> None:
         self._source = source
         self._limits = limits
         self._now = now
         self._version = version
+        self._traceparent = traceparent
         self._source_uri = _source_uri(source.topic)
 
     def record(self, index: int, rec: ScannedRecord, text: str) -> Outcome:
@@ -301,7 +446,14 @@ class _Builder:
             time = _event_time(self._source, self._now)
             date = checked.date.isoformat()
             outcome = _article(
-                self._source, self._source_uri, time, index, checked, date, _article_limit(self._limits)
+                self._source,
+                self._source_uri,
+                time,
+                index,
+                checked,
+                date,
+                _article_limit(self._limits),
+                self._traceparent,
             )
             if outcome is not None:
                 return outcome
