@@ -414,17 +414,34 @@ def test_a_file_that_is_not_a_ca_bundle_is_named(
 
 @pytest.mark.parametrize(
     "address",
-    ["kafka:9092", "kafka", "10.0.0.1:19092", "[::1]:9092", "[::1]", "::1", "broker-1.example.com:1"],
+    ["kafka:9092", "10.0.0.1:19092", "[::1]:9092", "[fe80::1]:65535", "broker-1.example.com:1"],
 )
 def test_broker_addresses_the_client_accepts(address: str) -> None:
     assert broker_address_problem(address) is None
 
 
 @pytest.mark.parametrize(
-    "address", ["", ":9092", "kafka:", "kafka:0", "kafka:65536", "[::1", "[nope]:1", "a b:1"]
+    "address", ["", ":9092", "kafka:", "kafka:0", "kafka:65536", "[::1", "[nope]:1", "a b:1", "[::1]x"]
 )
 def test_broker_addresses_the_client_refuses(address: str) -> None:
     assert broker_address_problem(address) is not None
+
+
+@pytest.mark.parametrize(
+    ("address", "line"),
+    [
+        ("127.0.0.1", "'127.0.0.1' has no port (expected HOST:PORT)"),
+        ("kafka", "'kafka' has no port (expected HOST:PORT)"),
+        ("[::1]", "'[::1]' has no port (expected HOST:PORT)"),
+        ("::1", "'::1' has no port (expected [IPv6]:PORT for an IPv6 address)"),
+    ],
+)
+def test_a_broker_address_without_a_port_is_refused_not_taken_as_9092(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], address: str, line: str
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"k1:9092,{address}")
+    assert main(["parse", str(SEED)]) == 2
+    assert capsys.readouterr().err == f"marker-ingest: invalid setting KAFKA_BOOTSTRAP_SERVERS: {line}\n"
 
 
 def test_bad_settings_in_a_process_exit_2_without_a_traceback(tmp_path: Path) -> None:
