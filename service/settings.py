@@ -139,8 +139,8 @@ class Settings(BaseSettings):
 
     # Operations
     http_port: int = Field(0, ge=0, le=65535)
-    # 0.0.0.0: the probes and the scraper come from outside the container.
-    http_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    # Loopback unless told otherwise: the endpoint has no authentication. Containers set 0.0.0.0.
+    http_host: str = Field("127.0.0.1", min_length=1)
     log_format: LogFormat = "auto"
     log_level: LogLevel = "INFO"
 
