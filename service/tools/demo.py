@@ -23,7 +23,7 @@ from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.tools.broker import EmbeddedBroker
 from service.tools.command import EXIT_USAGE, describe_kafka_error, display_name
-from service.tools.produce import NothingToPush, collect_files, produce_files
+from service.tools.produce import BadPath, NothingToPush, collect_files, produce_files, shown
 
 SAMPLE_FEED = Path(__file__).parent.parent / "samples" / "feed"
 EXIT_FAILED = 1
@@ -67,7 +67,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     report = await produce_files(settings, files)
     _say(f"pushed {report.files} file(s), {report.bytes} bytes, to {settings.input_topic}")
     for path, why in report.refused + report.failed:
-        _say(f"  not pushed: {display_name(path)}: {why}")
+        _say(f"  not pushed: {shown(path)}: {why}")
     _say("running marker-ingest until the input is drained...")
     status = await Ingestor(settings).run()
     kwargs = settings.kafka_client_kwargs()
@@ -88,7 +88,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
         ev = orjson.loads(rec.value)
         err = ev["error"]
         where = "".join(f" {k}={err[k]}" for k in ("field", "position") if err[k] is not None)
-        key = rec.key.decode(errors="replace") if rec.key else "-"
+        key = rec.key.decode(errors="replace").removeprefix(f"{SAMPLE_FEED}/") if rec.key else "-"
         _say(f"  {err['code']:<19}{where:<28} file={key}: {err['message']}")
     _say()
     _say("one event per record; see docs/contracts.md for the contracts of both topics.")
@@ -105,8 +105,9 @@ def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> 
     configure_logging("auto", "INFO" if verbose else "WARNING")
     try:
         files = collect_files(paths or [SAMPLE_FEED])
-    except FileNotFoundError as exc:
-        _fail(f"no such file or directory: {display_name(str(exc))}")
+    except BadPath as exc:
+        path, why = exc.args
+        _fail(f"cannot read {display_name(path)}: {why}")
         return EXIT_USAGE
     except NothingToPush as exc:
         _fail(f"nothing to push under {display_name(str(exc))} (no files; hidden ones are skipped)")
