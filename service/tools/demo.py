@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,10 +100,28 @@ def _fail(line: str) -> None:
     sys.stderr.write(f"marker-ingest demo: {line}\n")
 
 
+@contextlib.contextmanager
+def _quiet_kafka_client(quiet: bool) -> Iterator[None]:
+    """Without ``--verbose``, the Kafka client's own lines are not shown: a failure is said once, in
+    the demo's own line (an unreachable broker was a JSON line, then the same error again)."""
+    client = logging.getLogger("aiokafka")
+    level = client.level
+    if quiet:
+        client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(level)
+
+
 def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> int:
     """Run the demo; returns the exit status (2 for a bad path, 1 when the broker fails it)."""
-
     configure_logging("auto", "INFO" if verbose else "WARNING")
+    with _quiet_kafka_client(not verbose):
+        return _run_demo(paths, bootstrap_servers)
+
+
+def _run_demo(paths: list[str], bootstrap_servers: str | None) -> int:
     try:
         files = collect_files(paths or [SAMPLE_FEED])
     except BadPath as exc:
