@@ -330,17 +330,23 @@ class HttpEndpoint:
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if slots.locked():
-                await asyncio.sleep(evictions.take(loop.time()))
-                self._evict_oldest()
-            await slots.acquire()
             handler = connection()
             try:
+                if slots.locked():
+                    await asyncio.sleep(evictions.take(loop.time()))
+                    self._evict_oldest()
+                await slots.acquire()
+            except BaseException:  # stopped while waiting for a slot: the socket is not served
+                conn.close()
+                raise
+            try:
                 await loop.connect_accepted_socket(_made(handler), conn)
-            except OSError as exc:  # the client hung up at once
+            except BaseException as exc:  # the client hung up at once, or the endpoint stops
                 conn.close()
                 if not handler.opened:  # else its connection_lost frees the slot
                     slots.release()
+                if not isinstance(exc, OSError):
+                    raise
                 self._log("warning", "http.accept_failed", error=repr(exc))
 
     def _evict_oldest(self) -> None:
@@ -361,7 +367,8 @@ class HttpEndpoint:
 
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         budget = self._probes if request.path in PROBE_PATHS else self._others
-        await asyncio.sleep(budget.take(asyncio.get_running_loop().time()))
+        if wait := budget.take(asyncio.get_running_loop().time()):
+            await asyncio.sleep(wait)
         try:
             response = route_request(request.method, request.path, self.routes)
         except Exception as exc:
