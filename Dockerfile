@@ -16,6 +16,8 @@ RUN /opt/marker-ingest/bin/pip install .
 
 FROM python:3.11-slim
 ENV PATH=/opt/marker-ingest/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The probes and the scraper come from outside the container; the service's own default is loopback.
+ENV INGEST_HTTP_HOST=0.0.0.0
 RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin ingest
 COPY --from=build /opt/marker-ingest /opt/marker-ingest

@@ -56,7 +56,7 @@ async def _flood(args: argparse.Namespace) -> Counter[str]:
     await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
     for task in (*clients, stopped):
         task.cancel()
-    await asyncio.gather(*clients, stopped, return_exceptions=True)
+    await asyncio.gather(finished, stopped, return_exceptions=True)  # retrieves every outcome
     return statuses
 
 

@@ -8,7 +8,9 @@ statuses, connection flags, settings) is in ``service.tools.command``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from typing import IO
 
 from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload
+from service.core.limits import Limits
 from service.errors import MarkerIngestError
 from service.tools.command import (
     CONFIGURATION_EPILOG,
@@ -43,19 +46,63 @@ def _write(stream: IO[str], line: str) -> None:
     stream.write(line + "\n")
 
 
+class _CannotWrite(Exception):
+    """An output of ``parse`` failed: ``str()`` names it and says why."""
+
+
+class _Output:
+    """A binary output of ``parse`` whose failures say which output it was."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.stream, self.name = stream, name
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+        except OSError as exc:
+            raise _CannotWrite(self, exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise _CannotWrite(self, exc) from exc
+
+
 def cmd_parse(args: argparse.Namespace) -> int:
-    """Run the core over files; article events to stdout, dead letters to a file or a summary."""
+    """Run the core over files; article events to stdout, dead letters to a file or a summary.
+
+    An output that cannot be written (a missing folder, a directory, a full disk) ends it with one
+    line and status 2; stdout closed by its reader (``| head``) ends it quietly, also with 2.
+    """
     settings = build_settings(args)
-    limits = settings.limits
-    paths: list[str] = args.files
     dead_out: IO[bytes] | None = None
+    if args.dead_letters:
+        try:
+            dead_out = open(args.dead_letters, "wb")  # noqa: SIM115 - closed in _parse_to
+        except OSError as exc:
+            name = display_name(args.dead_letters)
+            _write(sys.stderr, f"marker-ingest parse: cannot write {name}: {exc.strerror}")
+            return EXIT_USAGE
     try:
-        if args.dead_letters:
-            dead_out = open(args.dead_letters, "wb")  # noqa: SIM115 - closed in finally
-        codes: Counter[str] = Counter()
-        articles = 0
-        out = sys.stdout.buffer
-        now = dt.datetime.now(dt.UTC)
+        return _parse_to(args.files, settings.limits, dead_out)
+    except _CannotWrite as exc:
+        output, error = exc.args
+        if output.stream is sys.stdout.buffer:
+            # The interpreter flushes stdout again at exit: let that go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not isinstance(error, BrokenPipeError):
+            _write(sys.stderr, f"marker-ingest parse: cannot write {output.name}: {error.strerror}")
+        return EXIT_USAGE
+
+
+def _parse_to(paths: list[str], limits: Limits, dead_file: IO[bytes] | None) -> int:
+    out = _Output(sys.stdout.buffer, "stdout")
+    dead_out = None if dead_file is None else _Output(dead_file, display_name(dead_file.name))
+    codes: Counter[str] = Counter()
+    articles = 0
+    now = dt.datetime.now(dt.UTC)
+    try:
         for index, path in enumerate(paths):
             try:
                 payload = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -78,9 +125,12 @@ def cmd_parse(args: argparse.Namespace) -> int:
                         f"{name}: record {outcome.record_index}: {describe_dead_letter(outcome.value)}",
                     )
         out.flush()
-    finally:
         if dead_out is not None:
-            dead_out.close()
+            dead_out.flush()
+    finally:
+        if dead_file is not None:
+            with contextlib.suppress(OSError):  # a failed flush was reported above
+                dead_file.close()
     dead = sum(codes.values())
     by_code = ", ".join(f"{code}={n}" for code, n in sorted(codes.items()))
     _write(
@@ -118,7 +168,8 @@ def make_parser() -> argparse.ArgumentParser:
         help="run the parser over files, offline (lint a feed)",
         description="Parse marker-text files offline, as the service would: article events as JSON "
         "Lines on stdout, dead letters described on stderr (or written to --dead-letters). Exit 0 "
-        "when every record is good, 1 when any was dead-lettered, 2 on usage errors.",
+        "when every record is good, 1 when any was dead-lettered, 2 on usage errors and when an "
+        "input cannot be read or an output written.",
         epilog="The INGEST_MAX_* environment variables set the limits, as for the service.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="marker-text files; - reads stdin")

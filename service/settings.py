@@ -5,7 +5,8 @@ fields from ``KAFKA_*``, the others from ``INGEST_*`` (``input_topic`` from ``IN
 matched case-sensitively; no other name counts. In Python a field is given by its name
 (``Settings(input_topic=...)``). Every variable is documented in docs/configuration.md with its default.
 Invalid values and combinations fail here, at start-up, as a ``SettingsError`` whose one line names
-the variables; secrets are ``SecretStr`` and never logged or echoed.
+the variables; every number has a documented range (finite: no ``inf`` or ``nan``); secrets are
+``SecretStr`` and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 """The fields that are a choice, accepted in any case."""
 
 _CORE = Limits()
+_MAX_RECORD_BYTES = 100 * 1024 * 1024
+"""The largest record worth configuring for: Apache Kafka's default ``socket.request.max.bytes``
+refuses any request larger, so no broker left at its defaults takes or serves such a record."""
 
 
 def variable_name(field: str) -> str:
@@ -100,7 +104,7 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = True
     kafka_enable_idempotence: bool = True
     kafka_client_id: str = Field(contract.CLIENT_ID.value, min_length=1)
-    kafka_request_timeout_ms: int = Field(30_000, ge=1_000)
+    kafka_request_timeout_ms: int = Field(30_000, ge=1_000, le=600_000)
     kafka_compression_type: CompressionType = "none"
 
     # Topics and group
@@ -116,36 +120,36 @@ class Settings(BaseSettings):
     transactional_id_prefix: str | None = Field(None, min_length=1, max_length=200)
 
     # Core limits (their defaults are the core's)
-    max_payload_bytes: int = Field(_CORE.max_payload_bytes, ge=1)
-    max_records_per_payload: int = Field(_CORE.max_records_per_payload, ge=1)
-    max_title_chars: int = Field(_CORE.max_title_chars, ge=1)
-    max_text_chars: int = Field(_CORE.max_text_chars, ge=1)
-    max_dead_letter_raw_bytes: int = Field(_CORE.max_dead_letter_raw_bytes, ge=1024)
-    max_event_bytes: int = Field(_CORE.max_event_bytes, ge=64 * 1024)
+    max_payload_bytes: int = Field(_CORE.max_payload_bytes, ge=1, le=_MAX_RECORD_BYTES)
+    max_records_per_payload: int = Field(_CORE.max_records_per_payload, ge=1, le=1_000_000)
+    max_title_chars: int = Field(_CORE.max_title_chars, ge=1, le=_MAX_RECORD_BYTES)
+    max_text_chars: int = Field(_CORE.max_text_chars, ge=1, le=_MAX_RECORD_BYTES)
+    max_dead_letter_raw_bytes: int = Field(_CORE.max_dead_letter_raw_bytes, ge=1024, le=_MAX_RECORD_BYTES)
+    max_event_bytes: int = Field(_CORE.max_event_bytes, ge=64 * 1024, le=_MAX_RECORD_BYTES)
 
     # Batching, memory, timing
-    batch_max_messages: int = Field(500, ge=1)
-    batch_timeout_ms: int = Field(200, ge=0)
-    max_bytes_in_flight: int = Field(64 * 1024 * 1024, ge=1024)
-    shutdown_grace_seconds: float = Field(20.0, gt=0)
-    retry_initial_seconds: float = Field(0.2, gt=0)
-    retry_max_seconds: float = Field(10.0, gt=0)
-    max_messages: int | None = Field(None, ge=1)
+    batch_max_messages: int = Field(500, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(200, ge=0, le=60_000)
+    max_bytes_in_flight: int = Field(64 * 1024 * 1024, ge=1024, le=16 * 1024**3)
+    shutdown_grace_seconds: float = Field(20.0, gt=0, le=600, allow_inf_nan=False)
+    retry_initial_seconds: float = Field(0.2, gt=0, le=60, allow_inf_nan=False)
+    retry_max_seconds: float = Field(10.0, gt=0, le=600, allow_inf_nan=False)
+    max_messages: int | None = Field(None, ge=1, le=10**12)
     burst: bool = False
-    burst_idle_seconds: float = Field(3.0, gt=0)
+    burst_idle_seconds: float = Field(3.0, gt=0, le=3600, allow_inf_nan=False)
 
     # Operations
     http_port: int = Field(0, ge=0, le=65535)
-    # 0.0.0.0: the probes and the scraper come from outside the container.
-    http_host: str = Field("0.0.0.0", min_length=1)  # noqa: S104
+    # Loopback unless told otherwise: the endpoint has no authentication. Containers set 0.0.0.0.
+    http_host: str = Field("127.0.0.1", min_length=1)
     log_format: LogFormat = "auto"
     log_level: LogLevel = "INFO"
 
     # Safety switch
-    safety_dlq_ratio: float | None = Field(None, gt=0, le=1)
-    safety_window_records: int = Field(1000, ge=1)
-    safety_min_records: int = Field(100, ge=1)
-    safety_cooldown_seconds: float = Field(300.0, ge=0)
+    safety_dlq_ratio: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    safety_window_records: int = Field(1000, ge=1, le=1_000_000)
+    safety_min_records: int = Field(100, ge=1, le=1_000_000)
+    safety_cooldown_seconds: float = Field(300.0, ge=0, le=86_400, allow_inf_nan=False)
 
     @classmethod
     def settings_customise_sources(

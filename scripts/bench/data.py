@@ -2,7 +2,7 @@
 
 A dataset is one input topic: bench_core's records (the seed and variants of it, distinct FNs), every
 ``round(1 / share)``-th with an impossible date when it has dead letters. Sizes follow the service's
-clients (``service/delivery/clients.py``) so that the loaders and the probes fit its largest events.
+clients (``service/kafka/clients.py``) so that the loaders and the probes fit its largest events.
 """
 
 from __future__ import annotations

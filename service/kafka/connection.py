@@ -38,10 +38,8 @@ class ProbeResult:
 def _addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
     out = []
     for address in bootstrap_servers.split(","):
-        address = address.strip()
-        host, _, port = address.rpartition(":") if not address.endswith("]") else (address, "", "")
-        if not host or not port.isdigit():
-            host, port = address, "9092"
+        # The settings refuse an address that is not HOST:PORT or [IPv6]:PORT: no default port.
+        host, _, port = address.strip().rpartition(":")
         out.append((host.strip("[]"), int(port)))
     return out
 

@@ -5,10 +5,12 @@ connection (``Connection: close``), bodies never read. Routes are plain callable
 ``Response``; the endpoint knows nothing about Kafka.
 
 Scrape and probe traffic must not slow ingestion, so the endpoint runs its own event loop in a
-daemon thread, and its cost is bounded whatever its clients do: at most ``max_connections``
-connections are open at a time (the others wait in the kernel's listen backlog, which costs the
-process nothing), at most ``accepts_per_second`` connections are accepted per second, and a
-connection lasts at most ``connection_seconds`` (slowloris). A request line longer than
+daemon thread, and its cost is bounded whatever its clients do: each connection is accepted at
+once (a probe never queues behind connections that send nothing), at most ``max_connections`` are
+open at a time (one more closes the oldest, at most ``evictions_per_second`` a second), requests are
+answered at most ``requests_per_second`` a second for the probes (``/healthz``, ``/readyz``) and as
+many again for the other paths (a ``/metrics`` flood does not delay the probes), and a connection
+lasts at most ``connection_seconds`` (slowloris). A request line longer than
 ``MAX_REQUEST_LINE`` is answered 414, a header field longer than ``MAX_HEADER_FIELD`` 431. Routes
 run on that thread: they must only read state the service keeps (prometheus-client is thread-safe)
 and never log directly; the endpoint hands its log lines to the service's loop.
@@ -38,12 +40,14 @@ log = structlog.get_logger("marker_ingest")
 
 MAX_REQUEST_LINE = 4 * 1024
 MAX_HEADER_FIELD = 8 * 1024
-MAX_CONNECTIONS = 16
-ACCEPTS_PER_SECOND = 50.0
-ACCEPT_BURST = 10
+MAX_CONNECTIONS = 512
+EVICTIONS_PER_SECOND = 50.0
+REQUESTS_PER_SECOND = 50.0
+BURST = 10
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 CONNECTION_SECONDS = 5.0
 LINGER_SECONDS = 2.0
-LISTEN_BACKLOG = 32
+LISTEN_BACKLOG = 512
 STOP_SECONDS = 3.0
 
 
@@ -64,8 +68,8 @@ def refusal(status: int, exc: BaseException | None) -> Response:
 
 
 @dataclass(slots=True)
-class AcceptBudget:
-    """A token bucket for accepts: ``rate`` per second on average, ``burst`` at once."""
+class Budget:
+    """A token bucket: ``rate`` per second on average, ``burst`` at once."""
 
     rate: float
     burst: float
@@ -76,7 +80,7 @@ class AcceptBudget:
         self.tokens = self.burst
 
     def take(self, now: float) -> float:
-        """Take one accept at ``now``; returns the seconds to wait before it (0 when one is at hand)."""
+        """Take one token at ``now``; returns the seconds to wait before using it (0 when one is at hand)."""
         if self.at is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
@@ -217,19 +221,22 @@ class HttpEndpoint:
         routes: Mapping[str, Route],
         *,
         max_connections: int = MAX_CONNECTIONS,
-        accepts_per_second: float = ACCEPTS_PER_SECOND,
+        evictions_per_second: float = EVICTIONS_PER_SECOND,
+        requests_per_second: float = REQUESTS_PER_SECOND,
         connection_seconds: float = CONNECTION_SECONDS,
     ) -> None:
         self.host, self.requested_port, self.routes = host, port, routes
         self.max_connections = max_connections
-        self.accepts_per_second = accepts_per_second
+        self.evictions_per_second = evictions_per_second
         self.connection_seconds = connection_seconds
+        self._probes = Budget(requests_per_second, BURST)
+        self._others = Budget(requests_per_second, BURST)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._open: set[GracefulClose] = set()
+        self._open: dict[GracefulClose, None] = {}  # oldest first
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -290,7 +297,7 @@ class HttpEndpoint:
                     loop,
                     logger,
                     seconds=self.connection_seconds,
-                    opened=self._open.add,
+                    opened=self._opened,
                     closed=self._closed,
                 ),
             )
@@ -310,30 +317,58 @@ class HttpEndpoint:
             await asyncio.sleep(0)
 
     async def _accept(self, sock: socket.socket, connection: Callable[[], _Connection]) -> None:
+        """Accept each connection at once; over the cap, close the oldest to make room (paced, so
+        that clients reconnecting as fast as they are closed cannot spin this thread)."""
         loop = asyncio.get_running_loop()
-        budget = AcceptBudget(self.accepts_per_second, ACCEPT_BURST)
+        evictions = Budget(self.evictions_per_second, BURST)
         slots = self._slots
         assert slots is not None
         while True:
-            await slots.acquire()
-            await asyncio.sleep(budget.take(loop.time()))
-            handler = connection()
             try:
                 conn, _ = await loop.sock_accept(sock)
-                await loop.connect_accepted_socket(_made(handler), conn)
-            except OSError as exc:  # out of file descriptors, or the client hung up at once
-                if not handler.opened:  # else its connection_lost frees the slot
-                    slots.release()
+            except OSError as exc:  # out of file descriptors
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
+                continue
+            handler = connection()
+            try:
+                if slots.locked():
+                    await asyncio.sleep(evictions.take(loop.time()))
+                    self._evict_oldest()
+                await slots.acquire()
+            except BaseException:  # stopped while waiting for a slot: the socket is not served
+                conn.close()
+                raise
+            try:
+                await loop.connect_accepted_socket(_made(handler), conn)
+            except BaseException as exc:  # the client hung up at once, or the endpoint stops
+                conn.close()
+                if not handler.opened:  # else its connection_lost frees the slot
+                    slots.release()
+                if not isinstance(exc, OSError):
+                    raise
+                self._log("warning", "http.accept_failed", error=repr(exc))
+
+    def _evict_oldest(self) -> None:
+        """Close the connection open the longest: an idle or dawdling client, most likely, since an
+        answer takes milliseconds."""
+        oldest = next(iter(self._open), None)
+        if oldest is not None:
+            oldest.wire.abort()
+
+    def _opened(self, graceful: GracefulClose) -> None:
+        self._open[graceful] = None
 
     def _closed(self, graceful: GracefulClose) -> None:
         if graceful in self._open:
-            self._open.discard(graceful)
+            del self._open[graceful]
             assert self._slots is not None
             self._slots.release()
 
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        budget = self._probes if request.path in PROBE_PATHS else self._others
+        if wait := budget.take(asyncio.get_running_loop().time()):
+            await asyncio.sleep(wait)
         try:
             response = route_request(request.method, request.path, self.routes)
         except Exception as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.tools.broker import EmbeddedBroker
 from service.tools.command import EXIT_USAGE, describe_kafka_error, display_name
-from service.tools.produce import NothingToPush, collect_files, produce_files
+from service.tools.produce import BadPath, NothingToPush, collect_files, produce_files, shown
 
 SAMPLE_FEED = Path(__file__).parent.parent / "samples" / "feed"
 EXIT_FAILED = 1
@@ -69,7 +70,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     report = await produce_files(settings, files)
     _say(f"pushed {report.files} file(s), {report.bytes} bytes, to {settings.input_topic}")
     for path, why in report.refused + report.failed:
-        _say(f"  not pushed: {display_name(path)}: {why}")
+        _say(f"  not pushed: {shown(path)}: {why}")
     _say("running marker-ingest until the input is drained...")
     status = await Ingestor(settings).run()
     kwargs = settings.kafka_client_kwargs()
@@ -90,7 +91,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
         ev = orjson.loads(rec.value)
         err = ev["error"]
         where = "".join(f" {k}={err[k]}" for k in ("field", "position") if err[k] is not None)
-        key = rec.key.decode(errors="replace") if rec.key else "-"
+        key = rec.key.decode(errors="replace").removeprefix(f"{SAMPLE_FEED}/") if rec.key else "-"
         _say(f"  {err['code']:<19}{where:<28} file={key}: {err['message']}")
     _say()
     _say("one event per record; see docs/contracts.md for the contracts of both topics.")
@@ -101,14 +102,33 @@ def _fail(line: str) -> None:
     sys.stderr.write(f"marker-ingest demo: {line}\n")
 
 
+@contextlib.contextmanager
+def _quiet_kafka_client(quiet: bool) -> Iterator[None]:
+    """Without ``--verbose``, the Kafka client's own lines are not shown: a failure is said once, in
+    the demo's own line (an unreachable broker was a JSON line, then the same error again)."""
+    client = logging.getLogger("aiokafka")
+    level = client.level
+    if quiet:
+        client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(level)
+
+
 def run_demo(paths: list[str], bootstrap_servers: str | None, verbose: bool) -> int:
     """Run the demo; returns the exit status (2 for a bad path, 1 when the broker fails it)."""
-
     configure_logging("auto", "INFO" if verbose else "WARNING")
+    with _quiet_kafka_client(not verbose):
+        return _run_demo(paths, bootstrap_servers)
+
+
+def _run_demo(paths: list[str], bootstrap_servers: str | None) -> int:
     try:
         files = collect_files(paths or [SAMPLE_FEED])
-    except FileNotFoundError as exc:
-        _fail(f"no such file or directory: {display_name(str(exc))}")
+    except BadPath as exc:
+        path, why = exc.args
+        _fail(f"cannot read {display_name(path)}: {why}")
         return EXIT_USAGE
     except NothingToPush as exc:
         _fail(f"nothing to push under {display_name(str(exc))} (no files; hidden ones are skipped)")

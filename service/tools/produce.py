@@ -1,7 +1,8 @@
 """Pushing marker-text files to the input topic: ``marker-ingest produce``, and what the demo uses.
 
-One message per file (key = the file name), or with ``--per-record`` one per record as the core's
-scanner splits it (key = the record's FN). ``--lint`` runs the core over every message first and
+One message per file (key = the file's path as named: ``d1/a.txt`` and ``d2/a.txt`` differ; stdin,
+``-``, has no key), or with ``--per-record`` one per record as the core's scanner splits it (key =
+the record's FN). ``--lint`` runs the core over every message first and
 refuses a file whose messages it would dead-letter. A progress bar is drawn on a terminal.
 """
 
@@ -11,8 +12,10 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,35 +54,73 @@ Message = tuple[bytes | None, bytes]
 """A (key, value) pair to send."""
 
 
+STDIN = Path("/dev/stdin")
+"""What ``-`` stands for among the paths: read from ``sys.stdin``, sent without a key."""
+
+
 class NothingToPush(Exception):
     """A directory named on the command line holds no file to push (hidden ones are skipped)."""
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, and the files under directories named (sorted).
+class BadPath(Exception):
+    """A path named on the command line cannot be pushed: ``args`` are the path and why not."""
 
-    Below a named directory, hidden files and directories (a name starting with a dot) are
-    skipped; the path of the named directory itself may have any name (``../feed``,
-    ``~/.cache/feed``). Raises ``FileNotFoundError`` for a path that does not exist and
-    ``NothingToPush`` for a directory without a file to push.
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, and the files under directories named (sorted); ``-`` is stdin (``STDIN``).
+
+    A path named is read whatever it is but a directory (a regular file, a FIFO, ``/dev/null``,
+    ``<(command)``); below a named directory only regular files are taken, and hidden files and
+    directories (a name starting with a dot) are skipped; the path of the named directory itself
+    may have any name (``../feed``, ``~/.cache/feed``). Raises ``BadPath`` for a path that cannot be
+    read (missing, a symbolic link loop, no permission; stdin named twice) and ``NothingToPush``
+    for a directory without a file to push.
     """
     files: list[Path] = []
     for raw in paths:
+        if str(raw) == "-":
+            if STDIN in files:
+                raise BadPath("-", "stdin is named more than once")
+            files.append(STDIN)
+            continue
         path = Path(raw)
-        if path.is_dir():
-            found = [
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
-            ]
-            if not found:
-                raise NothingToPush(str(path))
-            files.extend(found)
-        elif path.is_file():
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise BadPath(str(path), _why_not(path, exc)) from None
+        if not stat.S_ISDIR(mode):
             files.append(path)
-        else:
-            raise FileNotFoundError(str(path))
+            continue
+        found = [
+            p
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+        ]
+        if not found:
+            raise NothingToPush(str(path))
+        files.extend(found)
     return files
+
+
+def _why_not(path: Path, exc: OSError) -> str:
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return f"{why} (a symbolic link to a missing file)"
+    return why
+
+
+def key_of(path: Path) -> str | None:
+    """The key a file's message gets: its path as named (stdin has none)."""
+    return None if path == STDIN else str(path)
+
+
+def shown(path: Path) -> str:
+    """A file as messages name it: ``stdin``, or its path as printable text."""
+    return "stdin" if path == STDIN else display_name(path)
+
+
+def _read(path: Path) -> bytes:
+    return sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
 
 
 @dataclass
@@ -104,14 +145,15 @@ class PushReport:
 # --------------------------------------------------------------------------------------- the core
 
 
-def split_records(data: bytes, name: str) -> list[Message]:
-    """One message per record of ``data``, keyed by its FN (else by ``name``).
+def split_records(data: bytes, name: str | None) -> list[Message]:
+    """One message per record of ``data``, keyed by its FN (else by ``name``, if any).
 
     Records are split by the core's scanner (``rec.start..rec.end``, trimmed). A file the scanner
     cannot split (not UTF-8, no markers) stays one message keyed by ``name``, so the service
     dead-letters it with the precise reason.
     """
-    whole: list[Message] = [(os.fsencode(name), data)]
+    fallback = None if name is None else os.fsencode(name)
+    whole: list[Message] = [(fallback, data)]
     try:
         text = strip_bom(data).decode("utf-8")
     except UnicodeDecodeError:
@@ -123,14 +165,16 @@ def split_records(data: bytes, name: str) -> list[Message]:
     for rec in records:
         chunk = text[rec.start : rec.end].strip()
         fn = rec.fields.get("fn")
-        key = fn.value.encode() if fn is not None and fn.value else os.fsencode(name)
+        key = fn.value.encode() if fn is not None and fn.value else fallback
         messages.append((key, chunk.encode()))
     return messages or whole
 
 
-def file_messages(data: bytes, name: str, *, per_record: bool) -> list[Message]:
-    """The messages a file becomes."""
-    return split_records(data, name) if per_record else [(os.fsencode(name), data)]
+def file_messages(data: bytes, name: str | None, *, per_record: bool) -> list[Message]:
+    """The messages a file becomes; ``name`` is its key (None: no key)."""
+    if per_record:
+        return split_records(data, name)
+    return [(None if name is None else os.fsencode(name), data)]
 
 
 def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> str | None:
@@ -258,12 +302,12 @@ async def produce_files(
             sendings: list[_Sending] = []
             for number, path in enumerate(files):
                 try:
-                    data = path.read_bytes()
+                    data = await asyncio.to_thread(_read, path)  # a FIFO or stdin may keep it waiting
                 except OSError as exc:
                     report.refused.append((path, f"cannot read: {exc.strerror}"))
                     continue
-                batch = file_messages(data, path.name, per_record=per_record)
-                problem = first_problem(batch, limits, name=display_name(path)) if lint else None
+                batch = file_messages(data, key_of(path), per_record=per_record)
+                problem = first_problem(batch, limits, name=shown(path)) if lint else None
                 if progress is not None:
                     progress.file_done(len(data))
                 if problem is not None:
@@ -314,12 +358,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "produce",
         help="push marker-text files or directories to the input topic",
-        description="Push files (directories: every file under them) to the input topic, one message "
-        "per file keyed by its name, or one per record keyed by its FN. Exit 0 when everything was "
-        "pushed, 1 when a file was refused by --lint or a send failed, 2 on usage errors.",
+        description="Push files (directories: every file under them; - reads stdin) to the input "
+        "topic, one message per file keyed by its path as named, or one per record keyed by its FN. "
+        "Exit 0 when everything was pushed, 1 when a file was refused by --lint or a send failed, 2 "
+        "on usage errors.",
     )
     add_connection_flags(p)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories of marker text")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files or directories of marker text; - reads stdin"
+    )
     p.add_argument("--topic", type=topic_name, metavar="TOPIC", help="push here instead of the input topic")
     p.add_argument(
         "--per-record", action="store_true", help="one message per record (key = its FN) instead of per file"
@@ -348,8 +395,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         files = collect_files(args.paths)
-    except FileNotFoundError as exc:
-        sys.stderr.write(f"marker-ingest produce: no such file or directory: {display_name(str(exc))}\n")
+    except BadPath as exc:
+        path, why = exc.args
+        sys.stderr.write(f"marker-ingest produce: cannot read {display_name(path)}: {why}\n")
         return EXIT_USAGE
     except NothingToPush as exc:
         sys.stderr.write(
@@ -360,7 +408,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     total = 0
     for path in files:
         with contextlib.suppress(OSError):
-            total += path.stat().st_size
+            if path != STDIN and stat.S_ISREG((info := path.stat()).st_mode):
+                total += info.st_size
     with tool_logging(settings):
         if (failure := preflight(Kafka.of(settings))) is not None:
             sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
@@ -387,9 +436,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
             sys.stderr.write(f"marker-ingest produce: send failed: {describe_kafka_error(exc)}\n")
             return EXIT_REFUSED
     for path, why in report.refused:
-        sys.stderr.write(f"refused {display_name(path)}: {why}\n")
+        sys.stderr.write(f"refused {shown(path)}: {why}\n")
     for path, why in report.failed:
-        sys.stderr.write(f"failed {display_name(path)}: {why}\n")
+        sys.stderr.write(f"failed {shown(path)}: {why}\n")
     sys.stdout.write(render_summary(report, topic))
     sys.stdout.flush()
     return EXIT_REFUSED if report.refused or report.failed else EXIT_OK

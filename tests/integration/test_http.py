@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -68,19 +69,80 @@ async def test_a_100_kb_header_line_is_answered_431(endpoint: HttpEndpoint) -> N
     assert status_of(answer) == 431
 
 
-async def test_connections_over_the_cap_wait_until_one_ends(endpoint: HttpEndpoint) -> None:
+async def test_a_connection_over_the_cap_closes_the_oldest_and_is_answered_at_once(
+    endpoint: HttpEndpoint,
+) -> None:
     idle = [await asyncio.open_connection("127.0.0.1", endpoint.port) for _ in range(2)]
     try:
-        waiting = asyncio.create_task(exchange(endpoint.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
-        await asyncio.sleep(0.5)
-        assert not waiting.done(), "a third connection is not served while two are open"
+        await asyncio.sleep(0.2)  # both accepted: the first is the oldest
         started = time.monotonic()
-        idle[0][1].close()
-        assert status_of(await waiting) == 200
-        assert time.monotonic() - started < 0.5, "served as soon as a slot is free"
+        answer = await exchange(endpoint.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(answer) == 200
+        assert time.monotonic() - started < 0.5, "served without waiting for a slot"
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(idle[0][0].read(), 0.5) == b"", "the oldest was closed"
+        assert not idle[1][0].at_eof(), "the younger one is still open"
     finally:
         for _, writer in idle:
             writer.close()
+
+
+async def _hold(port: int, count: int, stop: asyncio.Event, opened: list[int]) -> None:
+    """Keep ``count`` silent connections open to ``port``, reopening each as soon as it is closed."""
+
+    async def one() -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            opened.append(1)
+            try:
+                reading = asyncio.create_task(reader.read())
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (reading, stopping):
+                    task.cancel()
+                await asyncio.gather(reading, stopping, return_exceptions=True)
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("held", [20, 60, 120])
+async def test_probes_answer_fast_while_silent_connections_are_held(held: int) -> None:
+    # Issue 16, bug 7: with 16 slots of 5 s, 20 held connections failed 14 of 22 one-second probes.
+    http = HttpEndpoint("127.0.0.1", 0, {"/healthz": lambda: Response.json(200, {"status": "ok"})})
+    await http.start()
+    stop, opened = asyncio.Event(), []
+    holder = asyncio.create_task(_hold(http.port, held, stop, opened))
+    try:
+        deadline = time.monotonic() + 30
+        while len(opened) < held:
+            assert time.monotonic() < deadline, f"{len(opened)} of {held} connections opened in 30 s"
+            await asyncio.sleep(0.05)
+        latencies = []
+        until = time.monotonic() + 12  # more than two 5 s connection deadlines: the holders reconnect
+        while time.monotonic() < until:
+            started = time.monotonic()
+            answer = await exchange(http.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", within=1)
+            latencies.append(time.monotonic() - started)
+            assert status_of(answer) == 200
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(holder, 10)
+        await http.stop()
+    assert len(opened) > held, "the held connections were closed at their deadline and reopened"
+    latencies.sort()
+    print(
+        f"{held} held: {len(latencies)} probes, median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        f"p95 {latencies[int(len(latencies) * 0.95)] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+    )
+    assert latencies[int(len(latencies) * 0.95)] < 0.1, f"p95 over 100 ms: {latencies}"
+    assert latencies[-1] < 1.0, "every probe within Kubernetes' default timeout"
 
 
 async def test_a_slow_client_is_cut_off_at_the_connection_deadline(endpoint: HttpEndpoint) -> None:
@@ -105,6 +167,37 @@ async def test_a_slow_client_is_cut_off_at_the_connection_deadline(endpoint: Htt
     assert time.monotonic() - started < 2.5, "closed at the 1 s deadline, not after the 4 s dawdle"
     answer = await exchange(endpoint.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status_of(answer) == 200, "the slot is free again"
+
+
+async def test_a_metrics_flood_does_not_delay_the_probes() -> None:
+    routes = {
+        "/healthz": lambda: Response.json(200, {"status": "ok"}),
+        "/metrics": lambda: Response(200, b"# a metric\n" * 1000),
+    }
+    http = HttpEndpoint("127.0.0.1", 0, routes)
+    await http.start()
+    flooder = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(FLOOD), "--port", str(http.port), "--clients", "20", "--seconds", "60"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(1)  # the flood has used up the burst: /metrics answers wait their turn
+        latencies = []
+        for _ in range(40):
+            started = time.monotonic()
+            answer = await exchange(http.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", within=1)
+            latencies.append(time.monotonic() - started)
+            assert status_of(answer) == 200
+            await asyncio.sleep(0.1)
+    finally:
+        flooder.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(flooder.communicate(), 30)
+        await http.stop()
+    statuses = orjson.loads(out)
+    assert statuses.get("200", 0) >= 100, f"the flood was served: {statuses}"
+    latencies.sort()
+    assert latencies[int(len(latencies) * 0.95)] < 0.1, f"p95 over 100 ms: {latencies}"
+    assert latencies[-1] < 1.0
 
 
 async def test_get_and_head_keep_their_content_types_and_length(endpoint: HttpEndpoint) -> None:

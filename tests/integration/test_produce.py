@@ -53,8 +53,8 @@ def feed_dir(tmp_path: Path) -> Path:
 
 
 def _files(root: Path) -> list[tuple[bytes, bytes]]:
-    """(file name, contents) of the marker-text files under ``root``, sorted."""
-    return sorted((p.name.encode(), p.read_bytes()) for p in root.rglob("*.txt"))
+    """(key: the path, contents) of the marker-text files under ``root``, sorted."""
+    return sorted((os.fsencode(p), p.read_bytes()) for p in root.rglob("*.txt"))
 
 
 async def _ingest_and_check(broker: BrokerHandle, topics: Topics) -> list[Any]:
@@ -130,7 +130,8 @@ async def test_lint_refuses_a_bad_file_and_pushes_the_rest(
     argv = ["produce", "--lint", "--topic", topics.input, str(feed_dir), str(words)]
     assert await asyncio.to_thread(main, argv) == 1
     out, err = capsys.readouterr()
-    multi, bad_at = feed_dir / "02-multi.txt", dict(_files(feed_dir))[b"02-multi.txt"].index(b"2024-02-30")
+    multi = feed_dir / "02-multi.txt"
+    bad_at = multi.read_bytes().index(b"2024-02-30")
     refused = err.splitlines()
     assert len(refused) == 2, err
     assert refused[0].startswith(f"refused {multi}: message 0 record 1: invalid_field at {bad_at}: ")
@@ -139,7 +140,10 @@ async def test_lint_refuses_a_bad_file_and_pushes_the_rest(
     assert out.endswith("; refused 2 file(s)\n")
 
     inputs = await read_all(broker.bootstrap_servers, topics.input)
-    assert sorted(r.key for r in inputs) == [b"01-one.txt", b"03-bom.txt"]
+    assert sorted(r.key for r in inputs) == [
+        os.fsencode(feed_dir / "01-one.txt"),
+        os.fsencode(feed_dir / "more" / "03-bom.txt"),
+    ]
 
 
 async def test_a_file_too_large_to_send_is_reported_and_the_next_files_are_pushed(
@@ -177,7 +181,9 @@ async def test_a_file_too_large_to_send_is_reported_and_the_next_files_are_pushe
             assert failed[1].startswith(f"failed {per_record}: {per_record.stat().st_size} bytes, too large")
 
     inputs = await read_all(broker.bootstrap_servers, topics.input)
-    assert sorted(r.key for r in inputs) == [b"1", b"1.txt", b"3", b"3.txt", b"4"]
+    assert sorted(r.key for r in inputs) == sorted(
+        [b"1", os.fsencode(feed / "1.txt"), b"3", os.fsencode(feed / "3.txt"), b"4"]
+    )
 
 
 async def test_a_file_name_that_is_not_utf8_is_pushed_with_its_name_as_the_key(
@@ -198,7 +204,7 @@ async def test_a_file_name_that_is_not_utf8_is_pushed_with_its_name_as_the_key(
     refused = f"refused {feed}/words\\xfe.txt: message 0 record 0: no_markers: "
     assert any(line.startswith(refused) for line in err.splitlines()), err
     [pushed] = await read_all(broker.bootstrap_servers, topics.input)
-    assert pushed.key == b"bad\xffname.txt"
+    assert pushed.key == os.fsencode(feed) + b"/bad\xffname.txt"
 
 
 async def test_a_folder_below_a_hidden_one_is_pushed(
@@ -215,4 +221,64 @@ async def test_a_folder_below_a_hidden_one_is_pushed(
     assert await asyncio.to_thread(main, ["produce", "../feed"]) == 0
     assert capsys.readouterr().out.startswith("pushed 1 file(s) as 1 message(s), ")
     [pushed] = await read_all(broker.bootstrap_servers, topics.input)
-    assert pushed.key == b"1.txt"
+    assert pushed.key == b"../feed/1.txt"
+
+
+async def _produce_process(
+    env: dict[str, str], *argv: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "produce", *argv],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+async def test_stdin_a_fifo_and_dev_null_are_pushed_like_files(broker: BrokerHandle, tmp_path: Path) -> None:
+    topics = await Topics.unique("produce-special").create(broker.bootstrap_servers)
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write_fifo() -> None:
+        with open(fifo, "wb") as writer:  # blocks until produce opens it for reading
+            writer.write(record(2).encode())
+
+    writer = asyncio.create_task(asyncio.to_thread(write_fifo))
+    proc = await _produce_process(env, "-", str(fifo), "/dev/null", stdin=record(1).encode())
+    await asyncio.wait_for(writer, 10)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().startswith(f"pushed 3 file(s) as 3 message(s), {2 * len(record(1))} bytes")
+
+    inputs = {r.key: r.value for r in await read_all(broker.bootstrap_servers, topics.input)}
+    assert inputs == {None: record(1).encode(), os.fsencode(fifo): record(2).encode(), b"/dev/null": b""}
+
+
+async def test_per_record_from_stdin_keys_each_record_by_its_fn(broker: BrokerHandle) -> None:
+    topics = await Topics.unique("produce-stdin").create(broker.bootstrap_servers)
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+    proc = await _produce_process(env, "--per-record", "-", stdin=f"{record(1)} {record(2)}".encode())
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert sorted(r.key for r in await read_all(broker.bootstrap_servers, topics.input)) == [b"1", b"2"]
+
+
+async def test_files_of_one_name_in_two_folders_are_two_keys(broker: BrokerHandle, tmp_path: Path) -> None:
+    topics = await Topics.unique("produce-keys").create(broker.bootstrap_servers)
+    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence)
+    for n, folder in enumerate(("d1", "d2"), start=1):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_text(record(n), encoding="utf-8")
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "produce", "d1", "d2/a.txt"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    inputs = {r.key: r.value for r in await read_all(broker.bootstrap_servers, topics.input)}
+    assert inputs == {b"d1/a.txt": record(1).encode(), b"d2/a.txt": record(2).encode()}

@@ -249,3 +249,56 @@ def test_python_dash_m_service_parse(tmp_path: Path) -> None:
     assert done.stdout == b""
     dead = RecordDeadLettered.model_validate_json(dead_path.read_bytes())
     assert (dead.error.code, dead.id) == ("no_markers", "stdin:0:0:0")
+
+
+# --- outputs that cannot be written: one line, exit 2, no traceback -----------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing folder", "directory"])
+def test_a_dead_letters_path_that_cannot_be_written_exits_2_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    path = tmp_path / "nonexistent" / "x" if where == "missing folder" else tmp_path
+    reason = "No such file or directory" if where == "missing folder" else "Is a directory"
+    assert main(["parse", "--dead-letters", str(path), str(SEED)]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"marker-ingest parse: cannot write {path}: {reason}\n"
+
+
+def _parse_process(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "KAFKA_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "service", "parse", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line_and_exit_2() -> None:
+    with open("/dev/full", "wb") as full:
+        done = _parse_process([str(SEED)], stdout=full)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr == b"marker-ingest parse: cannot write stdout: No space left on device\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_dead_letters_on_a_full_disk_are_one_line_and_exit_2(mixed: Path) -> None:
+    done = _parse_process(["--dead-letters", "/dev/full", str(mixed)], stdout=subprocess.DEVNULL)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr == b"marker-ingest parse: cannot write /dev/full: No space left on device\n"
+
+
+def test_stdout_closed_by_its_reader_ends_quietly_with_exit_2() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as after `| head -0`
+    try:
+        done = _parse_process([str(SEED)], stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr == b""

@@ -59,6 +59,18 @@ def test_the_ingest_environment_makes_valid_settings() -> None:
     assert settings.kafka_bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
 
 
+def test_the_endpoint_listens_beyond_loopback_where_the_probes_come_from_outside() -> None:
+    # The service's own default is loopback; the compose healthcheck is inside the container, but
+    # Prometheus is not, and the image serves Kubernetes too.
+    assert Settings().http_host == "127.0.0.1"
+    env = _environment(_services()["ingest"])
+    assert env["INGEST_HTTP_PORT"]
+    assert env["INGEST_HTTP_HOST"] == "0.0.0.0"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    assert "\nENV INGEST_HTTP_HOST=0.0.0.0\n" in runtime, "the image's own stage sets it"
+
+
 def test_the_topics_service_creates_the_topics_ingest_uses() -> None:
     services = _services()
     env = _environment(services["ingest"])

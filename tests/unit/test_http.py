@@ -8,7 +8,7 @@ import orjson
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from service.ops.http import MAX_HEADER_FIELD, MAX_REQUEST_LINE, AcceptBudget, GracefulClose, refusal
+from service.ops.http import MAX_HEADER_FIELD, MAX_REQUEST_LINE, Budget, GracefulClose, refusal
 from service.ops.routes import Response, cached, route_request
 
 
@@ -61,8 +61,8 @@ def test_a_cached_route_renders_at_most_once_per_interval() -> None:
     assert renders == [100.0, 101.0]
 
 
-def test_the_accept_budget_allows_a_burst_then_paces_at_its_rate() -> None:
-    budget = AcceptBudget(rate=10.0, burst=3)
+def test_the_budget_allows_a_burst_then_paces_at_its_rate() -> None:
+    budget = Budget(rate=10.0, burst=3)
     assert [budget.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert budget.take(0.0) == pytest.approx(0.1)
     assert budget.take(0.1) == pytest.approx(0.1), "the one waited for is spent; the next waits too"

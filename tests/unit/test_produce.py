@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from service.core.limits import Limits
 from service.settings import Settings
 from service.tools.command import display_name
 from service.tools.produce import (
+    STDIN,
+    BadPath,
     NothingToPush,
     PushReport,
     collect_files,
@@ -256,7 +259,7 @@ async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
     sends = fake.send
 
     async def send(topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
-        if key == b"2.txt":
+        if key is not None and key.endswith(b"/2.txt"):
             raise KafkaTimeoutError()
         return await sends(topic, value, key)
 
@@ -266,7 +269,7 @@ async def test_a_fault_that_is_no_one_files_stops_the_push_and_is_reported(
     for path in files:
         path.write_text("x")
     report = await service.tools.produce.produce_files(Settings(), files)
-    assert (report.files, fake.sent) == (1, [b"1.txt"])
+    assert (report.files, fake.sent) == (1, [os.fsencode(files[0])])
     assert report.failed == [(p, "not sent, the push stopped: KafkaTimeoutError") for p in files[1:]]
 
 
@@ -304,7 +307,7 @@ def test_collect_files_walks_directories_and_skips_hidden_files(tmp_path: Path) 
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_text("x")
     assert collect_files([tmp_path]) == [tmp_path / "1.txt", tmp_path / "b" / "2.txt"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(BadPath):
         collect_files([tmp_path / "missing"])
 
 
@@ -352,7 +355,82 @@ def test_a_missing_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (tmp_path / "ok.txt").write_text(record(fn="1"))
     argv = ["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path), str(tmp_path / "missing.txt")]
     assert main(argv) == EXIT_USAGE
-    assert f"no such file or directory: {tmp_path / 'missing.txt'}" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"marker-ingest produce: cannot read {tmp_path / 'missing.txt'}: No such file or directory\n"
+    )
+
+
+# --- what a path is: stdin, devices, FIFOs, links; keys that tell files apart ----------------------
+
+
+def test_a_path_that_cannot_be_read_says_precisely_why(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.txt")
+    cases = {
+        tmp_path / "loop": "Too many levels of symbolic links",
+        tmp_path / "dangling": "No such file or directory (a symbolic link to a missing file)",
+        tmp_path / "missing.txt": "No such file or directory",
+    }
+    for path, why in cases.items():
+        with pytest.raises(BadPath) as info:
+            collect_files([path])
+        assert info.value.args == (str(path), why)
+    with pytest.raises(BadPath) as info:
+        collect_files(["-", "-"])
+    assert info.value.args == ("-", "stdin is named more than once")
+
+
+def test_a_symlink_loop_exits_2_naming_the_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert main(["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path / "loop")]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"marker-ingest produce: cannot read {tmp_path / 'loop'}: Too many levels of symbolic links\n"
+    )
+
+
+def test_a_named_fifo_device_or_stdin_is_read_like_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert collect_files([fifo, "/dev/null", "-"]) == [fifo, Path("/dev/null"), STDIN]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_text("x")
+    assert collect_files(["./-"]) == [Path("-")], "a file named '-' is still reachable"
+
+
+def test_below_a_directory_only_regular_files_are_taken(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")  # reading it would wait for a writer forever
+    (tmp_path / "1.txt").write_text("x")
+    assert collect_files([tmp_path]) == [tmp_path / "1.txt"]
+
+
+async def test_files_of_the_same_name_in_two_folders_get_different_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.tools.produce
+
+    fake = _FakeProducer(client_limit=5000, broker_limit=5000)
+    monkeypatch.setattr(service.tools.produce, "producer_for", lambda _settings: fake)
+    monkeypatch.chdir(tmp_path)
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_text(record(fn="1"))
+    report = await service.tools.produce.produce_files(Settings(), collect_files(["d1", "d2/a.txt"]))
+    assert report.files == 2
+    assert fake.sent == [b"d1/a.txt", b"d2/a.txt"]
+
+
+async def test_stdin_is_pushed_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.tools.produce
+
+    fake = _FakeProducer(client_limit=5000, broker_limit=5000)
+    monkeypatch.setattr(service.tools.produce, "producer_for", lambda _settings: fake)
+    data = f"{record(fn='7')} {record(fn='')}".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    report = await service.tools.produce.produce_files(Settings(), [STDIN], per_record=True)
+    assert (report.files, report.messages, report.bytes) == (1, 2, len(data) - 1)
+    assert fake.sent == [b"7", None], "per record: by FN, else no key"
 
 
 def test_no_path_is_a_usage_error() -> None:

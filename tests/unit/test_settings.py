@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import annotated_types
 import pytest
 from markertext import FIXTURES
 from pydantic import ValidationError
@@ -15,7 +17,7 @@ from structlog.testing import capture_logs
 
 from service.cli import main, make_parser
 from service.core.kafka_names import broker_address_problem
-from service.settings import VARIABLES, Settings, unknown_variables
+from service.settings import VARIABLES, Settings, unknown_variables, variable_name
 
 CONFIGURATION = Path(__file__).parents[2] / "docs" / "configuration.md"
 SEED = FIXTURES / "seed_2433.txt"
@@ -107,6 +109,115 @@ def test_every_setting_is_documented() -> None:
     text = CONFIGURATION.read_text()
     missing = [a for a in _aliases() if f"`{a}`" not in text]
     assert not missing, f"undocumented settings: {missing}"
+
+
+# --- every number is bounded and finite --------------------------------------------------------------
+
+
+def _numeric_fields() -> list[str]:
+    return [
+        name
+        for name, info in Settings.model_fields.items()
+        if {int, float} & {info.annotation, *getattr(info.annotation, "__args__", ())}
+    ]
+
+
+def _bounds(field: str) -> tuple[float, float, bool]:
+    """(lowest, highest, whether the lowest itself is refused) of a numeric field."""
+    low, high, open_low = None, None, False
+    for rule in Settings.model_fields[field].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = rule.ge
+        elif isinstance(rule, annotated_types.Gt):
+            low, open_low = rule.gt, True
+        elif isinstance(rule, annotated_types.Le):
+            high = rule.le
+    assert low is not None, f"{variable_name(field)} has no lower bound"
+    assert high is not None, f"{variable_name(field)} has no upper bound"
+    return float(low), float(high), open_low  # type: ignore[arg-type]
+
+
+def _documented_range(field: str) -> str:
+    low, high, open_low = _bounds(field)
+    return f"range: over {low:g}, at most {high:g}" if open_low else f"range: {low:.0f} to {high:.0f}"
+
+
+@pytest.mark.parametrize("field", _numeric_fields())
+def test_every_number_is_bounded_and_its_range_is_documented(field: str) -> None:
+    row = next(
+        line
+        for line in CONFIGURATION.read_text().splitlines()
+        if line.startswith(f"| `{variable_name(field)}` |")
+    )
+    assert _documented_range(field) in row
+
+
+_COMPANIONS: dict[str, Callable[[float], dict[str, str]]] = {
+    # Settings that must move with a value for the combination checks to pass.
+    "safety_min_records": lambda v: {"INGEST_SAFETY_WINDOW_RECORDS": str(int(min(max(v, 1000), 1_000_000)))},
+    "safety_window_records": lambda v: {"INGEST_SAFETY_MIN_RECORDS": str(int(max(min(v, 100), 1)))},
+    "retry_initial_seconds": lambda v: {"INGEST_RETRY_MAX_SECONDS": repr(min(max(v, 10.0), 600.0))},
+    "retry_max_seconds": lambda v: {"INGEST_RETRY_INITIAL_SECONDS": repr(max(min(v, 0.2), 0.001))},
+    "max_payload_bytes": lambda v: {"INGEST_MAX_BYTES_IN_FLIGHT": str(int(max(v, 64 * 1024 * 1024)))},
+    "max_bytes_in_flight": lambda v: {"INGEST_MAX_PAYLOAD_BYTES": str(int(max(min(v, 1_000_000), 1)))},
+}
+
+
+@pytest.mark.parametrize("field", _numeric_fields())
+def test_one_past_each_end_of_a_range_is_refused_and_each_end_accepted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], field: str
+) -> None:
+    low, high, open_low = _bounds(field)
+    is_int = Settings.model_fields[field].annotation in (int, int | None)
+    step = 1 if is_int else 0.001
+    cases = [(high, True), (high + step, False), (low + step, True) if open_low else (low, True)]
+    cases.append((low, False) if open_low else (low - step, False))
+    for value, ok in cases:
+        companions = _COMPANIONS[field](value) if field in _COMPANIONS else {}
+        for name, companion in companions.items():
+            monkeypatch.setenv(name, companion)
+        monkeypatch.setenv(variable_name(field), str(int(value)) if is_int else repr(value))
+        if ok:
+            assert getattr(Settings(), field) == value
+        else:
+            assert main(["parse", str(SEED)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"marker-ingest: invalid setting {variable_name(field)}: should be "), err
+            assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "field", [f for f in _numeric_fields() if "float" in str(Settings.model_fields[f].annotation)]
+)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "1e400"])
+def test_a_duration_or_ratio_that_is_not_finite_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], field: str, value: str
+) -> None:
+    monkeypatch.setenv(variable_name(field), value)
+    assert main(["parse", str(SEED)]) == 2
+    assert capsys.readouterr().err == (
+        f"marker-ingest: invalid setting {variable_name(field)}: should be a finite number, got {value!r}\n"
+    )
+
+
+def test_an_integer_too_large_for_the_core_is_refused_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before the bound, the C scanner raised OverflowError (a traceback) on every payload.
+    monkeypatch.setenv("INGEST_MAX_RECORDS_PER_PAYLOAD", "99999999999999999999")
+    monkeypatch.setenv("INGEST_BATCH_MAX_MESSAGES", "99999999999999999999")
+    assert main(["parse", str(SEED)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "INGEST_MAX_RECORDS_PER_PAYLOAD: should be less than or equal to 1000000" in err
+    assert "INGEST_BATCH_MAX_MESSAGES: should be less than or equal to 100000" in err
+
+
+def test_a_huge_max_messages_flag_is_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--max-messages", "99999999999999999999"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "marker-ingest: invalid setting --max-messages: should be less than or equal to 1000000000000"
+    )
 
 
 # --- which variables count ----------------------------------------------------------------------
@@ -303,17 +414,34 @@ def test_a_file_that_is_not_a_ca_bundle_is_named(
 
 @pytest.mark.parametrize(
     "address",
-    ["kafka:9092", "kafka", "10.0.0.1:19092", "[::1]:9092", "[::1]", "::1", "broker-1.example.com:1"],
+    ["kafka:9092", "10.0.0.1:19092", "[::1]:9092", "[fe80::1]:65535", "broker-1.example.com:1"],
 )
 def test_broker_addresses_the_client_accepts(address: str) -> None:
     assert broker_address_problem(address) is None
 
 
 @pytest.mark.parametrize(
-    "address", ["", ":9092", "kafka:", "kafka:0", "kafka:65536", "[::1", "[nope]:1", "a b:1"]
+    "address", ["", ":9092", "kafka:", "kafka:0", "kafka:65536", "[::1", "[nope]:1", "a b:1", "[::1]x"]
 )
 def test_broker_addresses_the_client_refuses(address: str) -> None:
     assert broker_address_problem(address) is not None
+
+
+@pytest.mark.parametrize(
+    ("address", "line"),
+    [
+        ("127.0.0.1", "'127.0.0.1' has no port (expected HOST:PORT)"),
+        ("kafka", "'kafka' has no port (expected HOST:PORT)"),
+        ("[::1]", "'[::1]' has no port (expected HOST:PORT)"),
+        ("::1", "'::1' has no port (expected [IPv6]:PORT for an IPv6 address)"),
+    ],
+)
+def test_a_broker_address_without_a_port_is_refused_not_taken_as_9092(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], address: str, line: str
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"k1:9092,{address}")
+    assert main(["parse", str(SEED)]) == 2
+    assert capsys.readouterr().err == f"marker-ingest: invalid setting KAFKA_BOOTSTRAP_SERVERS: {line}\n"
 
 
 def test_bad_settings_in_a_process_exit_2_without_a_traceback(tmp_path: Path) -> None:
