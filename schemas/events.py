@@ -26,7 +26,11 @@ REDRIVE_COUNT_HEADER = "marker-ingest-redrive-count"
 """How many times a message was redriven; dead letters keep it, ``redrive`` increments it."""
 ORIGIN_HEADER = "marker-ingest-origin-id"
 """Set by ``redrive``: the id of the record a redriven message was made from. The service gives the
-message's records the ids that follow it, so a record redriven twice keeps one id."""
+message's records the ids that follow it, so a record redriven twice keeps one id; only when
+``marker-ingest-origin-tag`` proves that ``redrive`` set it (no other message chooses its ids)."""
+ORIGIN_TAG_HEADER = "marker-ingest-origin-tag"
+"""Set by ``redrive`` beside the origin: HMAC-SHA256 keyed with ``INGEST_REDRIVE_KEY`` over the
+origin and the message value, as 64 lower-case hex digits. Without it, or wrong, the origin is ignored."""
 DROPPED_HEADER = "marker-ingest-dropped"
 """On a dead letter whose input key or headers were too large to copy: ``key``, ``headers`` or both."""
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
@@ -71,7 +75,8 @@ class ArticleIngested(_Contract):
         Field(
             description="Deterministic from the source coordinates: "
             "'<topic>:<partition>:<offset>:<record index>'. A redelivered message yields the same id; "
-            "a redriven one the ids of the records it was made from (marker-ingest-origin-id)."
+            "a redriven one the ids of the records it was made from (marker-ingest-origin-id, "
+            "honoured only with a valid marker-ingest-origin-tag)."
         ),
     ]
     source: Annotated[str, Field(description="'urn:marker-ingest:topic:<input topic>'.")]

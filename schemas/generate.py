@@ -37,6 +37,7 @@ from schemas.events import (
     DROPPED_HEADER,
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
     ArticleIngested,
     RecordDeadLettered,
@@ -190,7 +191,17 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "Set by redrive: the id of the record (or, for a whole "
                                 "payload, its first record) the message was made from. The message's "
                                 "events take the ids that follow it (record i: the origin's record index "
-                                "+ i), so a record redriven twice keeps one id. Ignored when malformed.",
+                                "+ i), so a record redriven twice keeps one id. Honoured only with a "
+                                f"valid {ORIGIN_TAG_HEADER}; ignored (the records keep their own "
+                                "coordinates as ids) when malformed, untagged or wrongly tagged.",
+                            },
+                            ORIGIN_TAG_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9a-f]{64}$",
+                                "description": "Set by redrive: HMAC-SHA256, keyed with the secret "
+                                "INGEST_REDRIVE_KEY that the service and redrive share, over the origin "
+                                "and the message value (docs/contracts.md, Who chooses an event id). It "
+                                "proves that redrive set the origin for exactly this value.",
                             },
                             REDRIVE_COUNT_HEADER: {
                                 "type": "string",

@@ -274,7 +274,7 @@ class Ingestor:
                     # this batch is still being processed, instead of all of it at the end.
                     await asyncio.sleep(0)
                 headers = msg.headers
-                origin = origin_of(headers) if headers else None
+                origin = origin_of(headers, msg.value, s.redrive_key) if headers else None
                 source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
                 outcomes = process_payload(msg.value, source, limits, now=now, version=__version__)
                 size = len(msg.value or b"")

@@ -4,8 +4,9 @@ The dead-letter topic is read to its end without joining a consumer group; the s
 are turned back into the input they came from (the record's text for a record-level dead letter, the
 whole payload, byte for byte, for a payload-level one) and published with the original key and
 headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id`` (the dead letter's id,
-which the service gives the redriven records' events back). ``--dry-run`` re-parses instead of
-publishing and reports how many would now succeed.
+which the service gives the redriven records' events back when ``marker-ingest-origin-tag``, made
+with ``INGEST_REDRIVE_KEY``, proves it). ``--dry-run`` re-parses instead of publishing and reports
+how many would now succeed; it alone runs without the key.
 
 Functional core, imperative shell: ``redrive_plan`` and ``redrive_report`` decide and never do
 I/O; ``redrive`` reads the topic and publishes; ``cmd_redrive`` translates arguments.
@@ -48,6 +49,11 @@ from service.tools.redrive_report import (
     build_report,
     render_json,
     render_text,
+)
+
+NO_KEY = (
+    "INGEST_REDRIVE_KEY is not set: redriven messages must carry an origin tag that the service, "
+    "given the same key, can verify (--dry-run needs none)"
 )
 
 # --------------------------------------------------------------------------------------- the shell
@@ -108,7 +114,12 @@ async def publish(
 async def redrive(settings: Settings, options: RedriveOptions) -> Report:
     """Read the dead-letter topic, then publish (or, in a dry run, re-parse) the selected input."""
     target = options.target_topic or settings.input_topic
-    plan = plan_redrive(await read_dead_letters(settings), options.filters, max_redrives=options.max_redrives)
+    plan = plan_redrive(
+        await read_dead_letters(settings),
+        options.filters,
+        max_redrives=options.max_redrives,
+        key=settings.redrive_key,
+    )
     failed: set[str] = set()
     succeeding: set[str] = set()
     if options.dry_run:
@@ -163,7 +174,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="re-publish dead-lettered input to the input topic",
         description="Re-publish the input of dead letters (read from INGEST_DLQ_TOPIC without a "
         "consumer group) to the input topic, with the original key and headers and "
-        f"{REDRIVE_COUNT_HEADER} incremented. Exit 0 when every selected dead letter was redriven "
+        f"{REDRIVE_COUNT_HEADER} incremented and an origin tagged with INGEST_REDRIVE_KEY (the "
+        "service's key; --dry-run needs none). Exit 0 when every selected dead letter was redriven "
         "(or, with --dry-run, would be), 1 when some could not be, 2 on usage errors.",
     )
     add_connection_flags(p)
@@ -240,6 +252,9 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     if options.target_topic in (settings.output_topic, settings.dlq_topic):
         sys.stderr.write("marker-ingest redrive: --to-topic must not be the output or dead-letter topic\n")
         return EXIT_USAGE
+    if settings.redrive_key is None and not options.dry_run:
+        sys.stderr.write(f"marker-ingest redrive: {NO_KEY}\n")
+        return EXIT_MISCONFIGURED
     with tool_logging(settings):
         if (failure := preflight(settings)) is not None:
             sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")

@@ -2,8 +2,9 @@
 
 A dead letter is turned back into the input it came from (the record's text for a record-level
 dead letter, the whole payload, byte for byte, for a payload-level one) with the original key and
-headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id``; ``plan_redrive``
-selects, ranks and skips (with the reason), ``would_succeed`` re-parses for a dry run.
+headers, plus ``marker-ingest-redrive-count``, ``marker-ingest-origin-id`` and the
+``marker-ingest-origin-tag`` that proves the origin to the service; ``plan_redrive`` selects, ranks
+and skips (with the reason), ``would_succeed`` re-parses for a dry run.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from schemas.errors import ErrorCode
 from schemas.events import (
     DROPPED_HEADER,
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
     RecordDeadLettered,
 )
 from service import __version__
-from service.core.events import Source, process_payload
+from service.core.events import Source, origin_tag, process_payload
 from service.core.limits import Limits
 from service.tools.command import (
     EXIT_DEAD_LETTERS,
@@ -187,17 +189,21 @@ def original_key(event: RecordDeadLettered) -> bytes | None:
     return None if key is None else base64.b64decode(key)
 
 
-_NOT_CARRIED = frozenset({ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, DROPPED_HEADER})
+_NOT_CARRIED = frozenset(
+    {ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, ORIGIN_TAG_HEADER, DROPPED_HEADER}
+)
 
 
 def redriven_headers(
-    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None
+    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None, tag: str | None = None
 ) -> tuple[tuple[str, bytes], ...]:
     """The input's headers as the dead letter carried them, with the redrive count set to ``count``
-    and, when given, ``marker-ingest-origin-id`` set to ``origin_id``."""
+    and, when given, ``marker-ingest-origin-id`` set to ``origin_id`` with its ``tag``."""
     kept = [(k, v) for k, v in headers if k not in _NOT_CARRIED]
     if origin_id is not None:
         kept.append((ORIGIN_HEADER, origin_id.encode()))
+        if tag is not None:
+            kept.append((ORIGIN_TAG_HEADER, tag.encode()))
     kept.append((REDRIVE_COUNT_HEADER, str(count).encode()))
     return tuple(kept)
 
@@ -226,7 +232,11 @@ def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
 
 
 def plan_redrive(
-    records: Iterable[DeadLetterRecord], filters: Filters, *, max_redrives: int = DEFAULT_MAX_REDRIVES
+    records: Iterable[DeadLetterRecord],
+    filters: Filters,
+    *,
+    max_redrives: int = DEFAULT_MAX_REDRIVES,
+    key: SecretStr | None = None,
 ) -> Plan:
     """Select the dead letters to redrive and decide, for each, its message or why it is skipped.
 
@@ -234,6 +244,8 @@ def plan_redrive(
     selected once, as the copy with the highest redrive count, so that ``--max-redrives`` holds;
     the rest count as duplicates. ``filters.limit`` bounds the number selected (reading stops
     there). Records that are not dead-letter events are counted as unreadable and never selected.
+    Each message's origin is tagged with ``key`` (``INGEST_REDRIVE_KEY``); without one (a dry run)
+    the messages carry the origin untagged, which the service ignores.
     """
     plan = Plan()
     seen: dict[tuple[bool, str], int] = {}
@@ -248,7 +260,7 @@ def plan_redrive(
         if not filters.matches(event):
             continue
         identity = _identity(event)
-        decision = _decide(rec, event, max_redrives)
+        decision = _decide(rec, event, max_redrives, key)
         position = seen.get(identity)
         if position is None:
             seen[identity] = len(plan.decisions)
@@ -260,7 +272,9 @@ def plan_redrive(
     return plan
 
 
-def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int) -> Decision:
+def _decide(
+    rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int, key: SecretStr | None
+) -> Decision:
     count = redrive_count(rec.headers)
     null = was_null(event)
     data = None if null else original_bytes(event)
@@ -275,8 +289,9 @@ def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int)
     message = None
     if skip is None and count is not None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
-        key = original_key(event) if event.source.key_base64 is not None else rec.key
-        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1, event.id))
+        input_key = original_key(event) if event.source.key_base64 is not None else rec.key
+        tag = None if key is None else origin_tag(key, event.id, data)
+        message = RedriveMessage(input_key, data, redriven_headers(rec.headers, count + 1, event.id, tag))
     return Decision(
         dead_letter_id=event.id,
         dlq_partition=rec.partition,

@@ -12,15 +12,19 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
-from schemas.events import ERROR_CODE_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
+from schemas.events import ERROR_CODE_HEADER, ORIGIN_HEADER, ORIGIN_TAG_HEADER, REDRIVE_COUNT_HEADER
 from service.cli import main
+from service.core.events import origin_tag
 from service.delivery.ingestor import Ingestor
 from service.delivery.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Topics, produce, read_all, record, service_env, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+REDRIVE_KEY = "integration-tests-redrive-key-0123456789"
 
 BAD_DATE = record(7, date="2024-02-30").encode()
 NO_MARKERS = b"just some words without any field markers"
@@ -35,7 +39,13 @@ def _use_env(
     monkeypatch: pytest.MonkeyPatch, broker: BrokerHandle, topics: Topics, **extra: str
 ) -> dict[str, str]:
     """Point the in-process command at the test's broker and topics, as the environment would."""
-    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence, **extra)
+    env = service_env(
+        broker.bootstrap_servers,
+        topics,
+        idempotence=broker.idempotence,
+        INGEST_REDRIVE_KEY=REDRIVE_KEY,
+        **extra,
+    )
     for name in list(os.environ):
         if name.startswith(("INGEST_", "KAFKA_")):
             monkeypatch.delenv(name)
@@ -56,6 +66,7 @@ async def _redrive(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int,
 
 async def _ingest(broker: BrokerHandle, topics: Topics, **overrides: Any) -> None:
     """Run the service over the input until it is drained."""
+    overrides.setdefault("redrive_key", REDRIVE_KEY)
     settings = settings_for(
         broker.bootstrap_servers, topics, idempotence=broker.idempotence, burst=True, **overrides
     )
@@ -129,8 +140,10 @@ async def test_redrive_selects_by_code_time_partition_offset_and_limit(
     for rec in redriven:
         assert rec.value == MISSING_TITLE
         headers = dict(rec.headers)
-        origins.add(headers.pop(ORIGIN_HEADER).decode())
-        assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1"}
+        origin = headers.pop(ORIGIN_HEADER).decode()
+        origins.add(origin)
+        tag = origin_tag(SecretStr(REDRIVE_KEY), origin, MISSING_TITLE)
+        assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1", ORIGIN_TAG_HEADER: tag.encode()}
         assert ERROR_CODE_HEADER not in headers
     assert origins == {f"{topics.input}:{s.partition}:{s.offset}:0" for s in sent if s.value == MISSING_TITLE}
 
@@ -218,7 +231,7 @@ async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerH
     assert event["error"]["code"] == "invalid_encoding"
     assert base64.b64decode(event["raw"]["base64"]) == payload
 
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence)
+    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_REDRIVE_KEY=REDRIVE_KEY)
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "service", "redrive", "--code", "invalid_encoding"],
@@ -353,3 +366,35 @@ async def test_in_exactly_once_only_committed_dead_letters_are_redriven(
     assert len(await read_all(bootstrap, topics.input)) == 2
     dead = await read_all(bootstrap, topics.dlq, committed=True)
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1"]
+
+
+async def test_an_input_cannot_choose_its_event_id_only_a_redrive_can(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with a forged ``marker-ingest-origin-id`` (another record's id, untagged or with a
+    made-up tag) gets its own coordinates as its id; the copy ``redrive`` tags gets its origin's."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-forged").create(bootstrap)
+    await produce(bootstrap, topics.input, [record(50).encode()])
+    victim = f"{topics.input}:0:0:0"
+    await produce(bootstrap, topics.input, [record(51).encode()], headers=[(ORIGIN_HEADER, victim.encode())])
+    forged_tag = [(ORIGIN_HEADER, victim.encode()), (ORIGIN_TAG_HEADER, b"0" * 64)]
+    await produce(bootstrap, topics.input, [record(52).encode()], headers=forged_tag)
+    await produce(bootstrap, topics.input, [BAD_DATE])
+    await _ingest(broker, topics)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert [(a["data"]["fn"], a["id"]) for a in articles] == [
+        (50, victim),
+        (51, f"{topics.input}:0:1:0"),
+        (52, f"{topics.input}:0:2:0"),
+    ], "one id per article: no input named another's"
+
+    _use_env(monkeypatch, broker, topics)
+    code, report = await _redrive(capsys)
+    assert (code, report["redriven"]) == (0, 1), report
+    await _ingest(broker, topics, max_payload_bytes=100_000)
+    *_, redriven = await read_all(bootstrap, topics.input)
+    assert dict(redriven.headers)[ORIGIN_HEADER] == f"{topics.input}:0:3:0".encode()
+    [dead, again] = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
+    assert again["id"] == dead["id"] == f"{topics.input}:0:3:0", "the tagged copy keeps its origin's id"
+    assert again["source"]["offset"] == 4

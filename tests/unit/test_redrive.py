@@ -10,6 +10,7 @@ import os
 import orjson
 import pytest
 from markertext import NOW, VERSION, record
+from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
@@ -35,6 +36,7 @@ from service.tools.redrive_report import build_report, render_json, render_text
 
 INPUT = "news.raw"
 ERROR_HEADER = "marker-ingest-error-code"
+KEY = SecretStr("the-redrive-key-of-these-tests-0123")
 
 
 @pytest.fixture(autouse=True)
@@ -554,7 +556,7 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
 
 def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
     """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
-    source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers))
+    source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers, msg.value, KEY))
     added = []
     for outcome in process_payload(msg.value, source, Limits(), now=NOW, version=VERSION):
         if outcome.error is None:
@@ -569,7 +571,7 @@ def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> l
 def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> None:
     q = DLQ()
     [original] = q.add("oops " + record(fn="9"), offset=15071)
-    [(first, msg1)] = plan_redrive(q.records, Filters()).messages
+    [(first, msg1)] = plan_redrive(q.records, Filters(), key=KEY).messages
     assert first.dead_letter_id == f"{INPUT}:0:15071:0"
     assert dict(msg1.headers)[ORIGIN_HEADER] == f"{INPUT}:0:15071:0".encode()
     # The service reads it again at 15073 and dead-letters it again (nothing was fixed).
@@ -577,7 +579,7 @@ def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> Non
     assert _event(again).id == _event(original).id == f"{INPUT}:0:15071:0"
     assert _event(again).source.offset == 15073
 
-    plan = plan_redrive(q.records, Filters(codes=frozenset({ErrorCode.STRAY_TEXT})))
+    plan = plan_redrive(q.records, Filters(codes=frozenset({ErrorCode.STRAY_TEXT})), key=KEY)
     assert plan.duplicates == 1, "the first redrive's own dead letter is a copy of the original"
     [(second, msg2)] = plan.messages
     assert (second.redrive_count, second.dlq_offset) == (1, again.offset), "the most redriven copy"
@@ -587,7 +589,7 @@ def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> Non
     # Once fixed (here: read as an article), both redriven copies give one id, which dedup catches.
     for msg, offset in ((msg1, 15073), (msg2, 15075)):
         fixed = msg.value.replace(b"oops ", b"") if msg.value else b""
-        source = Source(INPUT, 0, offset, None, msg.key, origin_of(msg.headers))
+        source = Source(INPUT, 0, offset, None, msg.key, origin_of(msg.headers, msg.value, KEY))
         [article] = process_payload(fixed, source, Limits(), now=NOW, version=VERSION)
         assert article.is_article
         assert article.event_id == f"{INPUT}:0:15071:0"
