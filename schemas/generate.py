@@ -205,12 +205,15 @@ def asyncapi() -> dict[str, Any]:
                             },
                             REDRIVE_COUNT_HEADER: {
                                 "type": "string",
-                                "pattern": "^[0-9]+$",
-                                "description": "Set by redrive: how many times the message was redriven.",
+                                "pattern": "^[0-9]{1,9}$",
+                                "description": "Set by redrive: how many times the message was redriven. "
+                                "Copied onto the message's dead letters; a malformed one is not, and "
+                                "counts as 0.",
                             },
                         },
                         "additionalProperties": {
-                            "description": "Not read; copied onto the message's dead letters, if any."
+                            "description": "Not read; copied onto the message's dead letters, if any, "
+                            "except content-type, ce_* and the service's own marker-ingest-* headers."
                         },
                     },
                     "payload": {"type": "string", "description": "Marker text."},
@@ -270,8 +273,10 @@ def asyncapi() -> dict[str, Any]:
                     "description": (
                         "error.code is a stable public code (listed with its meaning in the schema); "
                         "raw holds the failing input so that it can be fixed and redriven. Not a "
-                        "CloudEvent: plain JSON, with no content-type header of its own (the headers "
-                        "are the input's). The whole record (key, headers, value) is at most "
+                        "CloudEvent: plain JSON, with no content-type header (the headers are the "
+                        "input's, but for content-type, ce_* and marker-ingest-*, which could make it "
+                        "pass for a CloudEvent or forge the service's own). The whole record (key, "
+                        "headers, value) is at most "
                         "INGEST_MAX_EVENT_BYTES: the raw copy is cut first; input headers, then the "
                         f"key, are left out only when the event does not fit otherwise. Schema: "
                         f"{DEAD_LETTER_SCHEMA} (JSON Schema draft 2020-12)."
@@ -292,8 +297,17 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "Present when the input's key or headers were too large "
                                 "to copy within INGEST_MAX_EVENT_BYTES (redrive then skips it as truncated).",
                             },
+                            REDRIVE_COUNT_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9]{1,9}$",
+                                "description": "The input's last redrive count, when it had a well-formed "
+                                "one; redrive stops at --max-redrives.",
+                            },
                         },
-                        "additionalProperties": {"description": "The input message's headers, copied."},
+                        "additionalProperties": {
+                            "description": "The input message's other headers, copied (not content-type, "
+                            "ce_* or any other marker-ingest-* header)."
+                        },
                     },
                     "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},
                     "bindings": {

@@ -21,7 +21,6 @@ from pydantic import SecretStr, ValidationError
 from schemas.errors import ErrorCode
 from schemas.events import (
     DROPPED_HEADER,
-    ERROR_CODE_HEADER,
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
@@ -30,6 +29,7 @@ from schemas.events import (
 from service import __version__
 from service.core.events import Source, origin_tag, process_payload
 from service.core.limits import Limits
+from service.delivery.routing import SERVICE_HEADER_PREFIX, redrive_count
 from service.tools.command import (
     EXIT_DEAD_LETTERS,
 )
@@ -46,8 +46,6 @@ class SkipReason(StrEnum):
     """The raw copy is truncated, or the input's key or headers were dropped: the original is gone."""
     MAX_REDRIVES = "max_redrives"
     """Its redrive count is already at ``--max-redrives``."""
-    INVALID_REDRIVE_COUNT = "invalid_redrive_count"
-    """Its ``marker-ingest-redrive-count`` header is not a decimal count."""
     PUBLISH_FAILED = "publish_failed"
     """The broker did not acknowledge the redriven message."""
 
@@ -114,7 +112,7 @@ class Decision:
     dlq_offset: int
     code: ErrorCode
     scope: str
-    redrive_count: int | None
+    redrive_count: int
     message: RedriveMessage | None
     skip: SkipReason | None = None
 
@@ -132,18 +130,6 @@ class Plan:
     def messages(self) -> list[tuple[Decision, RedriveMessage]]:
         """The decisions that publish something, with their message."""
         return [(d, d.message) for d in self.decisions if d.message is not None]
-
-
-def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int | None:
-    """The ``marker-ingest-redrive-count`` of a dead letter (0 without the header); None if malformed."""
-    value: bytes | None = None
-    for name, raw in headers:
-        if name == REDRIVE_COUNT_HEADER:
-            value = raw
-    if value is None:
-        return 0
-    text = value.decode("ascii", errors="replace")
-    return int(text) if text.isdecimal() and text.isascii() else None
 
 
 _BOM = "\ufeff".encode()
@@ -189,17 +175,13 @@ def original_key(event: RecordDeadLettered) -> bytes | None:
     return None if key is None else base64.b64decode(key)
 
 
-_NOT_CARRIED = frozenset(
-    {ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, ORIGIN_TAG_HEADER, DROPPED_HEADER}
-)
-
-
 def redriven_headers(
     headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None, tag: str | None = None
 ) -> tuple[tuple[str, bytes], ...]:
-    """The input's headers as the dead letter carried them, with the redrive count set to ``count``
-    and, when given, ``marker-ingest-origin-id`` set to ``origin_id`` with its ``tag``."""
-    kept = [(k, v) for k, v in headers if k not in _NOT_CARRIED]
+    """The input's headers as the dead letter carried them, without the service's own
+    (``marker-ingest-*``), with the redrive count set to ``count`` and, when given,
+    ``marker-ingest-origin-id`` set to ``origin_id`` with its ``tag``."""
+    kept = [(k, v) for k, v in headers if not k.lower().startswith(SERVICE_HEADER_PREFIX)]
     if origin_id is not None:
         kept.append((ORIGIN_HEADER, origin_id.encode()))
         if tag is not None:
@@ -214,11 +196,6 @@ def _identity(event: RecordDeadLettered) -> tuple[bool, str]:
     The dead letters of a redelivered message, and those of the same input redriven again, share it.
     """
     return (event.scope == "payload", event.id)
-
-
-def _rank(count: int | None) -> float:
-    """Which copy of one input to redrive: the most redriven; a malformed count first (it is skipped)."""
-    return float("inf") if count is None else count
 
 
 def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
@@ -267,7 +244,7 @@ def plan_redrive(
             plan.decisions.append(decision)
             continue
         plan.duplicates += 1
-        if _rank(decision.redrive_count) > _rank(plan.decisions[position].redrive_count):
+        if decision.redrive_count > plan.decisions[position].redrive_count:
             plan.decisions[position] = decision
     return plan
 
@@ -280,14 +257,12 @@ def _decide(
     data = None if null else original_bytes(event)
     dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
     skip: SkipReason | None = None
-    if count is None:
-        skip = SkipReason.INVALID_REDRIVE_COUNT
-    elif count >= max_redrives:
+    if count >= max_redrives:
         skip = SkipReason.MAX_REDRIVES
     elif (data is None and not null) or dropped:
         skip = SkipReason.TRUNCATED
     message = None
-    if skip is None and count is not None:
+    if skip is None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
         input_key = original_key(event) if event.source.key_base64 is not None else rec.key
         tag = None if key is None else origin_tag(key, event.id, data)

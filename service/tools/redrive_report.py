@@ -10,9 +10,6 @@ from typing import Any
 
 import orjson
 
-from schemas.events import (
-    REDRIVE_COUNT_HEADER,
-)
 from service.tools.command import (
     EXIT_OK,
 )
@@ -144,7 +141,6 @@ _SKIPPED_SHOWN = 20
 _REASON_TEXT = {
     SkipReason.TRUNCATED.value: "truncated raw copy, cannot be redriven faithfully",
     SkipReason.MAX_REDRIVES.value: "redrive limit reached",
-    SkipReason.INVALID_REDRIVE_COUNT.value: f"malformed {REDRIVE_COUNT_HEADER} header",
     SkipReason.PUBLISH_FAILED.value: "publish failed",
 }
 
@@ -183,10 +179,10 @@ def render_text(report: Report) -> str:
     if r.skipped_dead_letters:
         lines.append("skipped dead letters:")
         for item in r.skipped_dead_letters[:_SKIPPED_SHOWN]:
-            count = "" if item["redrive_count"] is None else f", redrive count {item['redrive_count']}"
             lines.append(
                 f"  {item['id']} ({item['code']}, dead-letter partition {item['dlq_partition']} "
-                f"offset {item['dlq_offset']}{count}): {_REASON_TEXT[item['reason']]}"
+                f"offset {item['dlq_offset']}, redrive count {item['redrive_count']}): "
+                f"{_REASON_TEXT[item['reason']]}"
             )
         if len(r.skipped_dead_letters) > _SKIPPED_SHOWN:
             lines.append(f"  ... and {len(r.skipped_dead_letters) - _SKIPPED_SHOWN} more (see --json)")

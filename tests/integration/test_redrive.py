@@ -398,3 +398,34 @@ async def test_an_input_cannot_choose_its_event_id_only_a_redrive_can(
     [dead, again] = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
     assert again["id"] == dead["id"] == f"{topics.input}:0:3:0", "the tagged copy keeps its origin's id"
     assert again["source"]["offset"] == 4
+
+
+async def test_a_dead_letter_keeps_no_cloudevents_header_and_a_forged_count_does_no_harm(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-headers").create(bootstrap)
+    headers = [
+        ("content-type", b"application/cloudevents+json"),
+        ("ce_specversion", b"1.0"),
+        (REDRIVE_COUNT_HEADER, b"abc"),
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("feed", b"bbc"),
+    ]
+    await produce(bootstrap, topics.input, [NO_MARKERS], headers=headers)
+    await _ingest(broker, topics)
+    [dead] = await read_all(bootstrap, topics.dlq)
+    assert list(dead.headers) == [
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("feed", b"bbc"),
+        (ERROR_CODE_HEADER, b"no_markers"),
+    ]
+
+    _use_env(monkeypatch, broker, topics)
+    code, report = await _redrive(capsys)
+    assert (code, report["redriven"], report["skipped"]) == (0, 1, {}), report
+    *_, redriven = await read_all(bootstrap, topics.input)
+    assert [(k, v) for k, v in redriven.headers if k in ("feed", REDRIVE_COUNT_HEADER, "content-type")] == [
+        ("feed", b"bbc"),
+        (REDRIVE_COUNT_HEADER, b"1"),
+    ]

@@ -17,7 +17,7 @@ from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
 from service.cli import EXIT_USAGE, main
 from service.core.events import Source, origin_of, process_payload
 from service.core.limits import Limits
-from service.delivery.routing import Routes, route
+from service.delivery.routing import Routes, redrive_count, route
 from service.tools import redrive as rd
 from service.tools import redrive_plan as plan
 from service.tools.redrive import parse_time
@@ -28,7 +28,6 @@ from service.tools.redrive_plan import (
     original_bytes,
     parse_dead_letter,
     plan_redrive,
-    redrive_count,
     redriven_headers,
     would_succeed,
 )
@@ -159,25 +158,35 @@ def test_the_original_key_comes_from_key_base64() -> None:
         ([("trace", b"t")], 0),
         ([(REDRIVE_COUNT_HEADER, b"2")], 2),
         ([(REDRIVE_COUNT_HEADER, b"1"), (REDRIVE_COUNT_HEADER, b"3")], 3),
-        ([(REDRIVE_COUNT_HEADER, b"two")], None),
-        ([(REDRIVE_COUNT_HEADER, b"-1")], None),
-        ([(REDRIVE_COUNT_HEADER, b"")], None),
-        ([(REDRIVE_COUNT_HEADER, "٣".encode())], None),
+        ([(REDRIVE_COUNT_HEADER, b"3"), (REDRIVE_COUNT_HEADER, b"abc")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"two")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"-1")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"")], 0),
+        ([(REDRIVE_COUNT_HEADER, "٣".encode())], 0),
+        ([(REDRIVE_COUNT_HEADER, b"1234567890")], 0),
+        ([("Marker-Ingest-Redrive-Count", b"2")], 0),
     ],
 )
-def test_redrive_count_is_read_from_the_headers(headers: list[tuple[str, bytes]], count: int | None) -> None:
+def test_redrive_count_is_read_from_the_headers(headers: list[tuple[str, bytes]], count: int) -> None:
+    """A malformed count is no count: it must not make a dead letter unredrivable."""
     assert redrive_count(headers) == count
 
 
 def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
-    headers = [("trace", b"t-1"), (ERROR_HEADER, b"no_markers"), (REDRIVE_COUNT_HEADER, b"1"), ("b", b"")]
+    headers = [
+        ("trace", b"t-1"),
+        (ERROR_HEADER, b"no_markers"),
+        (REDRIVE_COUNT_HEADER, b"1"),
+        ("b", b""),
+        ("Marker-Ingest-Anything", b"x"),
+    ]
     assert redriven_headers(headers, 2) == (("trace", b"t-1"), ("b", b""), (REDRIVE_COUNT_HEADER, b"2"))
 
 
 def test_the_error_code_header_is_the_services() -> None:
     from schemas.events import ERROR_CODE_HEADER
 
-    assert plan.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
+    assert ERROR_CODE_HEADER == ERROR_HEADER
 
 
 # --- selection ------------------------------------------------------------------------------------
@@ -329,13 +338,16 @@ def test_a_dead_letter_at_the_redrive_limit_is_skipped(
     assert (decision.message is None) == (skip is not None)
 
 
-def test_truncated_and_malformed_count_dead_letters_are_skipped() -> None:
+def test_a_truncated_dead_letter_is_skipped_and_a_malformed_count_counts_as_none() -> None:
+    """A dead letter written before the service dropped malformed counts still carries one (the
+    issue's forged ``abc``): it is redriven as a first redrive, not skipped."""
     q = DLQ()
     q.add("y" * 3000, limits=Limits(max_dead_letter_raw_bytes=1024))
-    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"many"),))
+    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"abc"),))
     plan = plan_redrive(q.records, Filters())
-    assert [d.skip for d in plan.decisions] == [SkipReason.TRUNCATED, SkipReason.INVALID_REDRIVE_COUNT]
-    assert plan.messages == []
+    assert [(d.skip, d.redrive_count) for d in plan.decisions] == [(SkipReason.TRUNCATED, 0), (None, 0)]
+    [(_, msg)] = plan.messages
+    assert dict(msg.headers)[REDRIVE_COUNT_HEADER] == b"1"
 
 
 # --- dry run --------------------------------------------------------------------------------------
