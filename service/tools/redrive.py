@@ -2,7 +2,8 @@
 
 The dead-letter topic is read to its end without joining a consumer group; the selected dead letters
 are turned back into the input they came from (the record's text for a record-level dead letter, the
-whole payload, byte for byte, for a payload-level one) and published with the original key and
+whole payload, byte for byte, for a payload-level one; read back from the input topic when the dead
+letter's copy is incomplete, ``read_inputs``) and published with the original key and
 headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id`` (the dead letter's id,
 which the service gives the redriven records' events back when ``marker-ingest-origin-tag``, made
 with ``INGEST_REDRIVE_KEY``, proves it). ``--dry-run`` re-parses instead of publishing and reports
@@ -18,7 +19,7 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,11 @@ from service.tools.redrive_plan import (
     DeadLetterRecord,
     Decision,
     Filters,
+    InputRecord,
+    InputRef,
     RedriveMessage,
     plan_redrive,
+    recover,
     would_succeed,
 )
 from service.tools.redrive_report import (
@@ -82,6 +86,79 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetterRecord]:
     return [DeadLetterRecord(r.partition, r.offset, r.key, r.value, tuple(r.headers or ())) for r in records]
 
 
+INPUT_QUIET_SECONDS = 6.0
+"""How long a partition may answer no fetch with records or a watermark before reading it stops."""
+
+
+async def read_inputs(settings: Settings, wanted: Iterable[InputRef]) -> dict[InputRef, InputRecord]:
+    """The input messages at ``wanted`` (topic, partition, offset), read back without a consumer
+    group, as a read_committed consumer sees them; one that is gone (a topic or partition that does
+    not exist, an offset retention deleted or compaction removed) is missing from the result."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import OffsetOutOfRangeError
+
+    from service.delivery.clients import max_request_size
+    from service.delivery.topics import started
+
+    by_partition: dict[tuple[str, int], set[int]] = {}
+    for topic, partition, offset in wanted:
+        by_partition.setdefault((topic, partition), set()).add(offset)
+    found: dict[InputRef, InputRecord] = {}
+    if not by_partition:
+        return found
+    consumer = AIOKafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="none",  # an offset out of range is gone: say so, never read elsewhere
+        max_partition_fetch_bytes=max(1024 * 1024, max_request_size(settings)),
+        **settings.kafka_client_kwargs(),
+    )
+    loop = asyncio.get_running_loop()
+    async with started(consumer):
+        for (topic, partition), offsets in sorted(by_partition.items()):
+            if partition not in await _partitions(consumer, topic):
+                continue
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            for offset in sorted(offsets):
+                if (topic, partition, offset) in found:
+                    continue
+                consumer.seek(tp, offset)
+                quiet_since = loop.time()
+                while loop.time() - quiet_since < INPUT_QUIET_SECONDS:
+                    try:
+                        batch = await consumer.getmany(tp, timeout_ms=200)
+                    except OffsetOutOfRangeError:
+                        break
+                    records = batch.get(tp, [])
+                    for r in records:
+                        if r.offset in offsets:
+                            found[(topic, partition, r.offset)] = InputRecord(
+                                r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
+                            )
+                    if records and records[-1].offset >= offset:
+                        break
+                    if records:
+                        quiet_since = loop.time()
+                        continue
+                    end = consumer.last_stable_offset(tp)
+                    if end is not None and await consumer.position(tp) >= end:
+                        break
+    return found
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    """The partitions of ``topic``; none when the cluster's metadata does not name it within 2 s."""
+    for _ in range(20):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    return set()
+
+
 async def publish(
     settings: Settings, topic: str, messages: Sequence[tuple[Decision, RedriveMessage]]
 ) -> set[str]:
@@ -120,6 +197,9 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
         max_redrives=options.max_redrives,
         key=settings.redrive_key,
     )
+    if wanted := plan.inputs_wanted:
+        found = await read_inputs(settings, wanted)
+        recover(plan, found, max_redrives=options.max_redrives, key=settings.redrive_key)
     failed: set[str] = set()
     succeeding: set[str] = set()
     if options.dry_run:

@@ -4,15 +4,17 @@ A dead letter is turned back into the input it came from (the record's text for 
 dead letter, the whole payload, byte for byte, for a payload-level one) with the original key and
 headers, plus ``marker-ingest-redrive-count``, ``marker-ingest-origin-id`` and the
 ``marker-ingest-origin-tag`` that proves the origin to the service; ``plan_redrive`` selects, ranks
-and skips (with the reason), ``would_succeed`` re-parses for a dry run.
+and skips (with the reason), ``recover`` decides the dead letters whose copy is incomplete once their
+input was read back, ``would_succeed`` re-parses for a dry run.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -27,9 +29,10 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
-from service.core.events import Source, origin_tag, process_payload
+from service.core.events import Source, origin_tag, process_payload, strip_bom
 from service.core.limits import Limits
-from service.delivery.routing import SERVICE_HEADER_PREFIX, redrive_count
+from service.core.parser import Problem, scan_markers
+from service.delivery.routing import SERVICE_HEADER_PREFIX, carried_headers, redrive_count
 from service.tools.command import (
     EXIT_DEAD_LETTERS,
 )
@@ -43,7 +46,8 @@ class SkipReason(StrEnum):
     """Why a selected dead letter was not (or would not be) redriven."""
 
     TRUNCATED = "truncated"
-    """The raw copy is truncated, or the input's key or headers were dropped: the original is gone."""
+    """The raw copy is truncated, or the input's key or headers were dropped, and the input could not
+    be read back from its topic (gone with retention, or not the same message): the original is gone."""
     MAX_REDRIVES = "max_redrives"
     """Its redrive count is already at ``--max-redrives``."""
     PUBLISH_FAILED = "publish_failed"
@@ -115,6 +119,37 @@ class Decision:
     redrive_count: int
     message: RedriveMessage | None
     skip: SkipReason | None = None
+    recovery: Recovery | None = None
+    """Set while the message must still be read back from the input topic (``recover``)."""
+
+
+InputRef = tuple[str, int, int]
+"""Where an input message was read: topic, partition, offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A dead letter whose copy of its input is incomplete, waiting for the input to be read back."""
+
+    event: RecordDeadLettered
+
+    @property
+    def ref(self) -> InputRef:
+        """Where its input was read."""
+        src = self.event.source
+        return (src.topic, src.partition, src.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """An input message as read back from its topic."""
+
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -130,6 +165,11 @@ class Plan:
     def messages(self) -> list[tuple[Decision, RedriveMessage]]:
         """The decisions that publish something, with their message."""
         return [(d, d.message) for d in self.decisions if d.message is not None]
+
+    @property
+    def inputs_wanted(self) -> set[InputRef]:
+        """The input messages to read back before ``recover`` can decide the rest."""
+        return {d.recovery.ref for d in self.decisions if d.recovery is not None}
 
 
 _BOM = "\ufeff".encode()
@@ -257,12 +297,13 @@ def _decide(
     data = None if null else original_bytes(event)
     dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
     skip: SkipReason | None = None
+    recovery = None
     if count >= max_redrives:
         skip = SkipReason.MAX_REDRIVES
     elif (data is None and not null) or dropped:
-        skip = SkipReason.TRUNCATED
+        recovery = Recovery(event)
     message = None
-    if skip is None:
+    if skip is None and recovery is None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
         input_key = original_key(event) if event.source.key_base64 is not None else rec.key
         tag = None if key is None else origin_tag(key, event.id, data)
@@ -276,7 +317,89 @@ def _decide(
         redrive_count=count,
         message=message,
         skip=skip,
+        recovery=recovery,
     )
+
+
+def recover(
+    plan: Plan,
+    inputs: Mapping[InputRef, InputRecord],
+    *,
+    max_redrives: int = DEFAULT_MAX_REDRIVES,
+    key: SecretStr | None = None,
+) -> None:
+    """Decide the dead letters whose copy was incomplete, given the ``inputs`` read back.
+
+    A dead letter whose input is the message read back (``recovered_bytes``) is redriven from it:
+    its value (or, record-level, its record's text), key, and the headers a dead letter keeps, with
+    the count that message carried. One whose input is missing from ``inputs``, or another message
+    than the one it names, is skipped as ``truncated``.
+    """
+    for i, decision in enumerate(plan.decisions):
+        if decision.recovery is None:
+            continue
+        event = decision.recovery.event
+        got = inputs.get(decision.recovery.ref)
+        data = None if got is None else recovered_bytes(event, got)
+        if got is None or data is None:
+            plan.decisions[i] = dataclasses.replace(decision, recovery=None, skip=SkipReason.TRUNCATED)
+            continue
+        count = redrive_count(got.headers)
+        if count >= max_redrives:
+            plan.decisions[i] = dataclasses.replace(
+                decision, recovery=None, redrive_count=count, skip=SkipReason.MAX_REDRIVES
+            )
+            continue
+        tag = None if key is None else origin_tag(key, event.id, data)
+        headers = redriven_headers(carried_headers(got.headers), count + 1, event.id, tag)
+        message = RedriveMessage(got.key, data, headers)
+        plan.decisions[i] = dataclasses.replace(decision, recovery=None, redrive_count=count, message=message)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+def recovered_bytes(event: RecordDeadLettered, got: InputRecord) -> bytes | None:
+    """What the dead letter was made from, taken from ``got``, the input message read back from
+    where the dead letter says it was read; None unless ``got`` is that very message.
+
+    It must have the dead letter's partition, offset, timestamp and key (where the dead letter has
+    them), and the bytes it gives (the payload, or the record's text) must have the size the dead
+    letter records and begin with its raw copy.
+    """
+    src, raw = event.source, event.raw
+    if (got.partition, got.offset) != (src.partition, src.offset):
+        return None
+    if src.timestamp is not None and got.timestamp != (src.timestamp - _EPOCH) // _MILLISECOND:
+        return None
+    if src.key_base64 is not None and base64.b64decode(src.key_base64) != got.key:
+        return None
+    data = got.value if event.scope == "payload" else _record_text(got.value, src.record_index)
+    if data is None or len(data) != raw.size_bytes:
+        return None
+    try:
+        copied = base64.b64decode(raw.base64, validate=True) if raw.base64 is not None else b""
+    except binascii.Error:
+        return None
+    if not data.startswith(raw.text.encode("utf-8") if raw.text is not None else copied):
+        return None
+    if event.scope == "record" and data.startswith(_BOM):
+        return _BOM + data
+    return data
+
+
+def _record_text(value: bytes | None, index: int) -> bytes | None:
+    """The text of record ``index`` of a payload, as the core cuts it for a record's dead letter."""
+    try:
+        text = strip_bom(value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    records = scan_markers(text, len(text) + 1)
+    if isinstance(records, Problem) or index >= len(records):
+        return None
+    rec = records[index]
+    return text[rec.start : rec.end].strip().encode("utf-8")
 
 
 def would_succeed(message: RedriveMessage, limits: Limits, *, topic: str, now: dt.datetime) -> bool:

@@ -99,6 +99,8 @@ def build_report(
         counts = by_code.setdefault(d.code.value, CodeCounts())
         counts.selected += 1
         reason = d.skip
+        if reason is None and d.recovery is not None:
+            reason = SkipReason.TRUNCATED  # its input was never read back
         if reason is None and d.dead_letter_id in failed_ids:
             reason = SkipReason.PUBLISH_FAILED
         if reason is not None:

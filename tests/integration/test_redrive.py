@@ -254,7 +254,20 @@ async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerH
     assert second["source"]["offset"] == 1
 
 
-async def test_a_truncated_dead_letter_is_skipped_and_reported(
+async def _delete_records_before(bootstrap: str, topic: str, offset: int) -> None:
+    """What retention does: the partition's records before ``offset`` are gone."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=offset)})
+    finally:
+        await admin.close()
+
+
+async def test_a_truncated_dead_letter_is_read_back_from_its_input_or_skipped_and_reported(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bootstrap = broker.bootstrap_servers
@@ -265,6 +278,9 @@ async def test_a_truncated_dead_letter_is_skipped_and_reported(
     await _ingest(broker, topics, max_dead_letter_raw_bytes=1024)
     _use_env(monkeypatch, broker, topics)
 
+    code, dry = await _redrive(capsys, "--dry-run")
+    assert (code, dry["redriven"], dry["skipped"]) == (0, 2, {}), "the cut copy's input is on its topic"
+    await _delete_records_before(bootstrap, topics.input, 1)
     code, report = await _redrive(capsys, "--to-topic", side)
     assert code == 1
     assert (report["selected"], report["redriven"], report["skipped"]) == (2, 1, {"truncated": 1})
@@ -277,7 +293,7 @@ async def test_a_truncated_dead_letter_is_skipped_and_reported(
     assert report["target_topic"] == side
     [rec] = await read_all(bootstrap, side)
     assert rec.value == NO_MARKERS
-    assert len(await read_all(bootstrap, topics.input)) == 2
+    assert len(await read_all(bootstrap, topics.input)) == 1
 
 
 async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_stays_null(
@@ -428,4 +444,39 @@ async def test_a_dead_letter_keeps_no_cloudevents_header_and_a_forged_count_does
     assert [(k, v) for k, v in redriven.headers if k in ("feed", REDRIVE_COUNT_HEADER, "content-type")] == [
         ("feed", b"bbc"),
         (REDRIVE_COUNT_HEADER, b"1"),
+    ]
+
+
+async def test_the_documented_payload_too_large_example_works_with_the_default_limits(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/tools.md: ``INGEST_MAX_PAYLOAD_BYTES=4000000 marker-ingest redrive --code
+    payload_too_large``. Such a payload's copy is always cut (it is over 256 KiB): the payload is
+    read back from the input topic."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-large").create(
+        bootstrap, input_configs={"max.message.bytes": "5000000"}
+    )
+    big = b" ".join(record(60 + i, text="w" * 400_000).encode() for i in range(3))
+    await produce(bootstrap, topics.input, [big])
+    await _ingest(broker, topics)
+    [dead] = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
+    assert (dead["error"]["code"], dead["raw"]["truncated"], dead["raw"]["size_bytes"]) == (
+        "payload_too_large",
+        True,
+        len(big),
+    )
+
+    _use_env(monkeypatch, broker, topics, INGEST_MAX_PAYLOAD_BYTES="4000000")
+    code, dry = await _redrive(capsys, "--code", "payload_too_large", "--dry-run")
+    assert (code, dry["would_succeed"], dry["skipped"]) == (0, 1, {}), dry
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"], report["skipped"]) == (0, 1, {}), report
+    original, redriven = await read_all(bootstrap, topics.input)
+    assert (redriven.value, redriven.key) == (big, original.key)
+
+    await _ingest(broker, topics, max_payload_bytes=4_000_000)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert [(a["id"], a["data"]["fn"]) for a in articles] == [
+        (f"{topics.input}:0:0:{i}", 60 + i) for i in range(3)
     ]

@@ -28,6 +28,7 @@ from service.tools.redrive_plan import (
     original_bytes,
     parse_dead_letter,
     plan_redrive,
+    recover,
     redriven_headers,
     would_succeed,
 )
@@ -345,6 +346,7 @@ def test_a_truncated_dead_letter_is_skipped_and_a_malformed_count_counts_as_none
     q.add("y" * 3000, limits=Limits(max_dead_letter_raw_bytes=1024))
     q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"abc"),))
     plan = plan_redrive(q.records, Filters())
+    recover(plan, {})
     assert [(d.skip, d.redrive_count) for d in plan.decisions] == [(SkipReason.TRUNCATED, 0), (None, 0)]
     [(_, msg)] = plan.messages
     assert dict(msg.headers)[REDRIVE_COUNT_HEADER] == b"1"
@@ -645,7 +647,10 @@ def test_a_dead_letter_whose_input_key_or_headers_were_dropped_is_not_redriven()
     q = DLQ()
     [rec] = q.add(NO_MARKERS)
     q.records[0] = DeadLetterRecord(0, 0, None, rec.value, (*rec.headers, (DROPPED_HEADER, b"key")))
-    [decision] = plan_redrive(q.records, Filters()).decisions
+    plan = plan_redrive(q.records, Filters())
+    assert plan.inputs_wanted == {(INPUT, 0, 0)}, "unless its input can be read back"
+    recover(plan, {})
+    [decision] = plan.decisions
     assert decision.skip is SkipReason.TRUNCATED
 
 
