@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
+from schemas.events import REDRIVEN_HEADER
 from service.delivery.connection import explain
 from service.delivery.failures import EXIT_MISCONFIGURED, Stage
 from service.delivery.ingestor import Ingestor
@@ -73,7 +74,11 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     kwargs = settings.kafka_client_kwargs()
     bootstrap = kwargs.pop("bootstrap_servers")
     articles = await read_topic(bootstrap, settings.output_topic, client_kwargs=kwargs)
-    dead = await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
+    dead = [
+        r  # redrive markers share the topic: they are not dead letters
+        for r in await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
+        if not any(name == REDRIVEN_HEADER for name, _ in r.headers or ())
+    ]
     _say()
     _say(f"{len(articles)} article event(s) on {settings.output_topic}:")
     for rec in sorted(articles, key=lambda r: orjson.loads(r.value)["id"]):

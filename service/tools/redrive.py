@@ -6,8 +6,12 @@ whole payload, byte for byte, for a payload-level one; read back from the input 
 letter's copy is incomplete, ``read_inputs``) and published with the original key and
 headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id`` (the dead letter's id,
 which the service gives the redriven records' events back when ``marker-ingest-origin-tag``, made
-with ``INGEST_REDRIVE_KEY``, proves it). ``--dry-run`` re-parses instead of publishing and reports
-how many would now succeed; it alone runs without the key.
+with ``INGEST_REDRIVE_KEY``, proves it). Each published dead letter gets a redrive marker on the
+dead-letter topic, and marked ones are not selected again: with ``INGEST_DELIVERY=exactly-once``
+input and marker commit in one transaction of a producer that fences earlier runs first
+(``publish_in_transactions``); otherwise the markers follow the acknowledgements (``publish``).
+``--dry-run`` re-parses instead of publishing and reports how many would now succeed; it alone runs
+without the key.
 
 Functional core, imperative shell: ``redrive_plan`` and ``redrive_report`` decide and never do
 I/O; ``redrive`` reads the topic and publishes; ``cmd_redrive`` translates arguments.
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from schemas.errors import ErrorCode
 from schemas.events import (
@@ -43,9 +50,13 @@ from service.tools.redrive_plan import (
     Filters,
     InputRecord,
     InputRef,
+    MarkerMessage,
+    Plan,
     RedriveMessage,
     plan_redrive,
     recover,
+    redrive_marker,
+    skip_too_large,
     would_succeed,
 )
 from service.tools.redrive_report import (
@@ -59,6 +70,11 @@ NO_KEY = (
     "INGEST_REDRIVE_KEY is not set: redriven messages must carry an origin tag that the service, "
     "given the same key, can verify (--dry-run needs none)"
 )
+
+if TYPE_CHECKING:
+    from service.delivery.failures import Stage
+
+log = structlog.get_logger("marker_ingest")
 
 # --------------------------------------------------------------------------------------- the shell
 
@@ -148,6 +164,32 @@ async def read_inputs(settings: Settings, wanted: Iterable[InputRef]) -> dict[In
     return found
 
 
+async def record_limits(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker enforces it; a topic whose configuration
+    cannot be read (no DESCRIBE_CONFIGS, a broker without DescribeConfigs) is left out."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
+
+    wanted = [
+        ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in sorted(set(topics))
+    ]
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    limits: dict[str, int] = {}
+    try:
+        await admin.start()
+        for response in await admin.describe_configs(wanted):
+            for error, _, _, name, entries, *_ in response.resources:
+                values = [entry[1] for entry in entries if entry[0] == "max.message.bytes"]
+                if error == 0 and values and str(values[0]).isdigit():
+                    limits[name] = int(values[0])
+    except KafkaError:
+        return {}
+    finally:
+        await admin.close()
+    return limits
+
+
 async def _partitions(consumer: Any, topic: str) -> set[int]:
     """The partitions of ``topic``; none when the cluster's metadata does not name it within 2 s."""
     for _ in range(20):
@@ -159,57 +201,231 @@ async def _partitions(consumer: Any, topic: str) -> set[int]:
     return set()
 
 
+class Refused(Exception):
+    """The broker refused what ``redrive`` must do (an ACL, or no transactions): for ``explain``."""
+
+    def __init__(self, error: BaseException, stage: Stage, resource: str) -> None:
+        super().__init__(str(error))
+        self.error, self.stage, self.resource = error, stage, resource
+
+
+def _refusal(error: BaseException) -> bool:
+    """True for an error no retry cures that the operator must hear about (a missing ACL)."""
+    from aiokafka import errors as ke
+
+    return isinstance(
+        error,
+        ke.TopicAuthorizationFailedError
+        | ke.TransactionalIdAuthorizationFailed
+        | ke.ClusterAuthorizationFailedError,
+    )
+
+
+async def _send(producer: Any, topic: str, msg: RedriveMessage | MarkerMessage) -> asyncio.Future[Any]:
+    partition = msg.partition if isinstance(msg, MarkerMessage) else None
+    future: asyncio.Future[Any] = await producer.send(
+        topic, msg.value, key=msg.key, headers=list(msg.headers), partition=partition
+    )
+    return future
+
+
+async def _outcomes(futures: Sequence[asyncio.Future[Any]]) -> list[BaseException | None]:
+    """Each future's exception, or None once it was acknowledged."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    return [r if isinstance(r, BaseException) else None for r in results]
+
+
+def _producer_config(settings: Settings, limits: dict[str, int]) -> dict[str, Any]:
+    """The tools' producer, its batches no larger than any topic it writes to accepts: the broker
+    refuses a whole batch over ``max.message.bytes``, and aiokafka neither splits it nor recovers
+    the partition's idempotent sequence after it."""
+    from service.delivery.clients import producer_config
+
+    config = producer_config(settings, linger_ms=5)
+    config["max_batch_size"] = min([config["max_batch_size"], *limits.values()])
+    return config
+
+
 async def publish(
-    settings: Settings, topic: str, messages: Sequence[tuple[Decision, RedriveMessage]]
-) -> set[str]:
-    """Publish every message and wait for the acknowledgements; return the ids that failed."""
+    settings: Settings,
+    topic: str,
+    messages: Sequence[tuple[Decision, RedriveMessage]],
+    *,
+    now: dt.datetime,
+    limits: dict[str, int],
+) -> tuple[set[str], int]:
+    """At-least-once: publish every message and wait for the acknowledgements, then write the marker
+    of each one acknowledged (never before: a marker must not claim a redrive that failed). Returns
+    the ids that failed and how many were published but left without a marker."""
+    from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
+    from service.delivery.failures import Stage
     from service.delivery.topics import started
-    from service.tools.produce import producer_for
 
     failed: set[str] = set()
     if not messages:
-        return failed
-    async with started(producer_for(settings)) as producer:
-        pending: list[tuple[str, asyncio.Future[Any]]] = []
+        return failed, 0
+    async with started(AIOKafkaProducer(**_producer_config(settings, limits))) as producer:
+        sent: list[tuple[Decision, RedriveMessage, asyncio.Future[Any]]] = []
         for decision, msg in messages:
             try:
-                future = await producer.send(topic, msg.value, key=msg.key, headers=list(msg.headers))
+                sent.append((decision, msg, await _send(producer, topic, msg)))
             except KafkaError:
                 failed.add(decision.dead_letter_id)
-                continue
-            pending.append((decision.dead_letter_id, future))
-        for dead_letter_id, future in pending:
+        done = []
+        for (decision, _, _), error in zip(sent, await _outcomes([f for *_, f in sent]), strict=True):
+            if error is None:
+                done.append(decision)
+            elif _refusal(error):
+                raise Refused(error, Stage.SEND, topic)
+            else:
+                failed.add(decision.dead_letter_id)
+        markers = []
+        for decision in done:
             try:
-                await future
+                markers.append(await _send(producer, settings.dlq_topic, _marker(decision, topic, now)))
             except KafkaError:
-                failed.add(dead_letter_id)
+                continue
+        errors = await _outcomes(markers)
+        if refused := next((e for e in errors if e is not None and _refusal(e)), None):
+            raise Refused(refused, Stage.SEND, settings.dlq_topic)
+        return failed, len(done) - errors.count(None)
+
+
+def _marker(decision: Decision, topic: str, now: dt.datetime) -> MarkerMessage:
+    return redrive_marker(decision, target_topic=topic, now=now)
+
+
+TRANSACTION_SIZE = 500
+"""Dead letters redriven per transaction: a failure costs at most this many a retry."""
+
+
+def redrive_transactional_id(settings: Settings) -> str:
+    """The one transactional id of every ``redrive`` over a dead-letter topic (exactly-once): a run
+    fences the last one, finished, crashed or still running, before it reads."""
+    prefix = settings.transactional_id_prefix or settings.group_id
+    return f"{prefix}.redrive.{settings.dlq_topic}"
+
+
+async def publish_in_transactions(
+    producer: Any,
+    dlq_topic: str,
+    topic: str,
+    messages: Sequence[tuple[Decision, RedriveMessage]],
+    *,
+    now: dt.datetime,
+) -> set[str]:
+    """Exactly-once: publish the messages, each with its marker, in transactions of at most
+    ``TRANSACTION_SIZE``; return the ids that were not committed. A fenced producer (a later run
+    took over) commits nothing more."""
+    from aiokafka.errors import KafkaError, ProducerFenced
+
+    from service.delivery.failures import Stage
+
+    failed: set[str] = set()
+    for first in range(0, len(messages), TRANSACTION_SIZE):
+        chunk = messages[first : first + TRANSACTION_SIZE]
+        try:
+            failed |= await _transaction(producer, dlq_topic, topic, chunk, now)
+        except KafkaError as exc:
+            left = {d.dead_letter_id for d, _ in messages[first:]}
+            if isinstance(exc, ProducerFenced):
+                # A later run started the same transactional id: it redrives what this one did not.
+                log.warning("redrive.fenced", not_committed=len(left))
+            else:
+                await _abort(producer)
+                if _refusal(exc):
+                    raise Refused(exc, Stage.SEND, topic) from exc
+                log.warning("redrive.transaction_failed", error=repr(exc), not_committed=len(left))
+            failed |= left
+            break
     return failed
 
 
-async def redrive(settings: Settings, options: RedriveOptions) -> Report:
-    """Read the dead-letter topic, then publish (or, in a dry run, re-parse) the selected input."""
-    target = options.target_topic or settings.input_topic
+async def _transaction(
+    producer: Any,
+    dlq_topic: str,
+    topic: str,
+    chunk: Sequence[tuple[Decision, RedriveMessage]],
+    now: dt.datetime,
+) -> set[str]:
+    """One transaction of messages and their markers; the ids of the messages the producer refused
+    (too large for a request), which are left out. Raises ``KafkaError`` when anything sent fails:
+    the caller aborts, and commits nothing more (aiokafka's idempotent producer does not recover
+    the partition's sequence after a batch the broker refused)."""
+    from aiokafka.errors import KafkaError, ProducerFenced
+
+    await producer.begin_transaction()
+    failed: set[str] = set()
+    futures: list[asyncio.Future[Any]] = []
+    for decision, msg in chunk:
+        try:
+            sent = await _send(producer, topic, msg)
+        except KafkaError:  # refused before it was sent: nothing of it is in the transaction
+            failed.add(decision.dead_letter_id)
+            continue
+        futures += [sent, await _send(producer, dlq_topic, _marker(decision, topic, now))]
+    errors = [e for e in await _outcomes(futures) if e is not None]
+    if errors:
+        raise next((e for e in errors if isinstance(e, ProducerFenced) or _refusal(e)), errors[0])
+    await producer.commit_transaction()
+    return failed
+
+
+async def _abort(producer: Any) -> None:
+    """Abort the open transaction, if the producer still can (a fenced one cannot, and need not)."""
+    with contextlib.suppress(Exception):
+        await producer.abort_transaction()
+
+
+async def _plan(settings: Settings, options: RedriveOptions, target: str, limits: dict[str, int]) -> Plan:
+    """Read the dead-letter topic, select, complete what must be read back from the input, and skip
+    what the target topic would refuse (``limits``: ``record_limits``)."""
     plan = plan_redrive(
         await read_dead_letters(settings),
         options.filters,
         max_redrives=options.max_redrives,
         key=settings.redrive_key,
+        target_topic=target,
     )
     if wanted := plan.inputs_wanted:
         found = await read_inputs(settings, wanted)
         recover(plan, found, max_redrives=options.max_redrives, key=settings.redrive_key)
+    if target in limits:
+        skip_too_large(plan, limits[target])
+    return plan
+
+
+async def redrive(settings: Settings, options: RedriveOptions) -> Report:
+    """Read the dead-letter topic, then publish (or, in a dry run, re-parse) the selected input.
+
+    With ``INGEST_DELIVERY=exactly-once`` the transactional producer starts first, fencing any
+    earlier run, and each input is committed with its marker; otherwise markers follow the acks.
+    Raises ``Refused`` when the broker refuses the producer or a write for good.
+    """
+    asyncio.get_running_loop().set_exception_handler(_unless_fenced)
+    target = options.target_topic or settings.input_topic
+    now = dt.datetime.now(dt.UTC)
     failed: set[str] = set()
     succeeding: set[str] = set()
+    unmarked = 0
+    limits = await record_limits(settings, [target, settings.dlq_topic])
     if options.dry_run:
-        now = dt.datetime.now(dt.UTC)
-        limits = settings.limits
+        plan = await _plan(settings, options, target, limits)
+        core = settings.limits
         succeeding = {
-            d.dead_letter_id for d, msg in plan.messages if would_succeed(msg, limits, topic=target, now=now)
+            d.dead_letter_id for d, msg in plan.messages if would_succeed(msg, core, topic=target, now=now)
         }
+    elif settings.delivery == "exactly-once":
+        async with _transactional_producer(settings, limits) as producer:
+            plan = await _plan(settings, options, target, limits)
+            failed = await publish_in_transactions(
+                producer, settings.dlq_topic, target, plan.messages, now=now
+            )
     else:
-        failed = await publish(settings, target, plan.messages)
+        plan = await _plan(settings, options, target, limits)
+        failed, unmarked = await publish(settings, target, plan.messages, now=now, limits=limits)
     return build_report(
         plan,
         dlq_topic=settings.dlq_topic,
@@ -217,7 +433,47 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
         dry_run=options.dry_run,
         failed=failed,
         succeeding=succeeding,
+        unmarked=unmarked,
     )
+
+
+def _unless_fenced(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler, without the fenced producer's own errors: aiokafka leaves
+    ``ProducerFenced`` on futures nobody awaits once it has told the sends (``redrive.fenced``)."""
+    from aiokafka.errors import ProducerFenced
+
+    if not isinstance(context.get("exception"), ProducerFenced):
+        loop.default_exception_handler(context)
+
+
+@contextlib.asynccontextmanager
+async def _transactional_producer(settings: Settings, limits: dict[str, int]) -> AsyncIterator[Any]:
+    """The started transactional producer of ``redrive_transactional_id``. Starting it is
+    InitProducerId: the broker aborts what an earlier run left open, and fences that run."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from service.delivery.clients import TRANSACTION_RETRY_BACKOFF_MS, TRANSACTION_TIMEOUT_MS
+    from service.delivery.failures import Stage
+
+    transactional_id = redrive_transactional_id(settings)
+    producer = AIOKafkaProducer(
+        **{
+            **_producer_config(settings, limits),
+            "enable_idempotence": True,
+            "transactional_id": transactional_id,
+            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            "retry_backoff_ms": TRANSACTION_RETRY_BACKOFF_MS,
+        }
+    )
+    try:
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            raise Refused(exc, Stage.START_PRODUCER, transactional_id) from exc
+        yield producer
+    finally:
+        await producer.stop()
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -255,8 +511,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Re-publish the input of dead letters (read from INGEST_DLQ_TOPIC without a "
         "consumer group) to the input topic, with the original key and headers and "
         f"{REDRIVE_COUNT_HEADER} incremented and an origin tagged with INGEST_REDRIVE_KEY (the "
-        "service's key; --dry-run needs none). Exit 0 when every selected dead letter was redriven "
-        "(or, with --dry-run, would be), 1 when some could not be, 2 on usage errors.",
+        "service's key; --dry-run needs none). Each dead letter is redriven once: a marker on the "
+        "dead-letter topic says so (with INGEST_DELIVERY=exactly-once, in one transaction with the "
+        "input). Exit 0 when every selected dead letter was redriven (or, with --dry-run, would "
+        "be), 1 when some could not be, 2 on usage and configuration errors.",
     )
     add_connection_flags(p)
     p.add_argument("--dlq-topic", metavar="TOPIC", help="overrides INGEST_DLQ_TOPIC")
@@ -347,6 +605,12 @@ def cmd_redrive(args: argparse.Namespace) -> int:
                 f"marker-ingest redrive: the dead-letter topic {exc.topic!r} ({given}) does not exist\n"
             )
             return EXIT_USAGE
+        except Refused as exc:
+            if (failure := explain(exc.error, exc.stage, settings, exc.resource)) is not None:
+                sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
+                return EXIT_MISCONFIGURED
+            sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc.error)}\n")
+            return EXIT_INCOMPLETE
         except KafkaError as exc:
             if (failure := explain(exc, Stage.FETCH, settings)) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")

@@ -4,8 +4,9 @@ A dead letter is turned back into the input it came from (the record's text for 
 dead letter, the whole payload, byte for byte, for a payload-level one) with the original key and
 headers, plus ``marker-ingest-redrive-count``, ``marker-ingest-origin-id`` and the
 ``marker-ingest-origin-tag`` that proves the origin to the service; ``plan_redrive`` selects, ranks
-and skips (with the reason), ``recover`` decides the dead letters whose copy is incomplete once their
-input was read back, ``would_succeed`` re-parses for a dry run.
+and skips (with the reason, or because a redrive marker says it was redriven already), ``recover``
+decides the dead letters whose copy is incomplete once their input was read back,
+``redrive_marker`` makes the marker of a published one, ``would_succeed`` re-parses for a dry run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from schemas.errors import ErrorCode
@@ -26,13 +28,16 @@ from schemas.events import (
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
+    REDRIVE_MARKER_TYPE,
+    REDRIVEN_HEADER,
     RecordDeadLettered,
+    RecordRedriven,
 )
 from service import __version__
-from service.core.events import Source, origin_tag, process_payload, strip_bom
+from service.core.events import Source, origin_tag, process_payload, rfc3339, strip_bom
 from service.core.limits import Limits
 from service.core.parser import Problem, scan_markers
-from service.delivery.routing import SERVICE_HEADER_PREFIX, carried_headers, redrive_count
+from service.delivery.routing import SERVICE_HEADER_PREFIX, carried_headers, record_size, redrive_count
 from service.tools.command import (
     EXIT_DEAD_LETTERS,
 )
@@ -50,8 +55,10 @@ class SkipReason(StrEnum):
     be read back from its topic (gone with retention, or not the same message): the original is gone."""
     MAX_REDRIVES = "max_redrives"
     """Its redrive count is already at ``--max-redrives``."""
+    TOO_LARGE = "too_large"
+    """The redriven message would be over the target topic's ``max.message.bytes``."""
     PUBLISH_FAILED = "publish_failed"
-    """The broker did not acknowledge the redriven message."""
+    """The broker did not acknowledge the redriven message (or, exactly-once, did not commit it)."""
 
 
 # --------------------------------------------------------------------------------------- the core
@@ -159,6 +166,10 @@ class Plan:
     read: int = 0
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     duplicates: int = 0
+    markers: int = 0
+    """Redrive markers read."""
+    already_redriven: int = 0
+    """Dead letters that passed the filters but a marker says were redriven to the target already."""
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -248,25 +259,49 @@ def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
         return None
 
 
+def parse_marker(rec: DeadLetterRecord) -> RecordRedriven | None:
+    """The redrive marker a record of the dead-letter topic is; None when it is not one."""
+    if rec.value is None or not any(name == REDRIVEN_HEADER for name, _ in rec.headers):
+        return None
+    try:
+        return RecordRedriven.model_validate_json(rec.value)
+    except ValidationError:
+        return None
+
+
 def plan_redrive(
     records: Iterable[DeadLetterRecord],
     filters: Filters,
     *,
     max_redrives: int = DEFAULT_MAX_REDRIVES,
     key: SecretStr | None = None,
+    target_topic: str | None = None,
 ) -> Plan:
     """Select the dead letters to redrive and decide, for each, its message or why it is skipped.
 
+    A dead letter that a redrive marker says was redriven to ``target_topic`` already (the same id
+    and scope, at its redrive count or later) is not selected: it counts as ``already_redriven``.
     Copies of one input (the same payload, or the same record, redelivered or redriven again) are
     selected once, as the copy with the highest redrive count, so that ``--max-redrives`` holds;
     the rest count as duplicates. ``filters.limit`` bounds the number selected (reading stops
-    there). Records that are not dead-letter events are counted as unreadable and never selected.
-    Each message's origin is tagged with ``key`` (``INGEST_REDRIVE_KEY``); without one (a dry run)
-    the messages carry the origin untagged, which the service ignores.
+    there; every marker is read first). Records that are neither dead letters nor markers are
+    counted as unreadable and never selected. Each message's origin is tagged with ``key``
+    (``INGEST_REDRIVE_KEY``); without one (a dry run) the origin is untagged, which the service ignores.
     """
     plan = Plan()
-    seen: dict[tuple[bool, str], int] = {}
+    redriven: dict[tuple[bool, str, str], int] = {}
+    dead_letters = []
     for rec in records:
+        marker = parse_marker(rec)
+        if marker is None:
+            dead_letters.append(rec)
+            continue
+        plan.read += 1
+        plan.markers += 1
+        marked = (marker.dead_letter.scope == "payload", marker.dead_letter.id, marker.target_topic)
+        redriven[marked] = max(redriven.get(marked, 0), marker.redrive_count)
+    seen: dict[tuple[bool, str], int] = {}
+    for rec in dead_letters:
         if filters.limit is not None and len(plan.decisions) >= filters.limit:
             break
         plan.read += 1
@@ -277,6 +312,10 @@ def plan_redrive(
         if not filters.matches(event):
             continue
         identity = _identity(event)
+        done = 0 if target_topic is None else redriven.get((*identity, target_topic), 0)
+        if done > redrive_count(rec.headers):
+            plan.already_redriven += 1
+            continue
         decision = _decide(rec, event, max_redrives, key)
         position = seen.get(identity)
         if position is None:
@@ -400,6 +439,47 @@ def _record_text(value: bytes | None, index: int) -> bytes | None:
         return None
     rec = records[index]
     return text[rec.start : rec.end].strip().encode("utf-8")
+
+
+def skip_too_large(plan: Plan, limit: int) -> None:
+    """Skip, as ``too_large``, each message whose record would be over ``limit`` bytes (the target
+    topic's ``max.message.bytes``): the broker would refuse it, and the batch it was sent in."""
+    for i, decision in enumerate(plan.decisions):
+        msg = decision.message
+        if msg is not None and record_size(msg.key, msg.value, msg.headers) > limit:
+            plan.decisions[i] = dataclasses.replace(decision, message=None, skip=SkipReason.TOO_LARGE)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerMessage:
+    """The redrive marker of one dead letter, for the dead-letter topic: in the dead letter's own
+    partition, keyed and headed by its position there."""
+
+    partition: int
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def redrive_marker(decision: Decision, *, target_topic: str, now: dt.datetime) -> MarkerMessage:
+    """The marker that says ``decision``'s dead letter was redriven to ``target_topic`` at ``now``."""
+    position = f"{decision.dlq_partition}:{decision.dlq_offset}".encode()
+    value = orjson.dumps(
+        {
+            "type": REDRIVE_MARKER_TYPE,
+            "time": rfc3339(now),
+            "service_version": __version__,
+            "dead_letter": {
+                "id": decision.dead_letter_id,
+                "scope": decision.scope,
+                "partition": decision.dlq_partition,
+                "offset": decision.dlq_offset,
+            },
+            "redrive_count": decision.redrive_count + 1,
+            "target_topic": target_topic,
+        }
+    )
+    return MarkerMessage(decision.dlq_partition, position, value, ((REDRIVEN_HEADER, position),))
 
 
 def would_succeed(message: RedriveMessage, limits: Limits, *, topic: str, now: dt.datetime) -> bool:

@@ -14,7 +14,13 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from schemas.events import ERROR_CODE_HEADER, ORIGIN_HEADER, ORIGIN_TAG_HEADER, REDRIVE_COUNT_HEADER
+from schemas.events import (
+    ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
+    REDRIVE_COUNT_HEADER,
+    REDRIVEN_HEADER,
+)
 from service.cli import main
 from service.core.events import origin_tag
 from service.delivery.ingestor import Ingestor
@@ -62,6 +68,18 @@ async def _redrive(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int,
     out = capsys.readouterr().out
     report: dict[str, Any] = orjson.loads(out)
     return code, report
+
+
+async def _dead_letters(bootstrap: str, topic: str, *, committed: bool = False) -> list[Any]:
+    """The dead letters on ``topic``: its records but the redrive markers."""
+    records = await read_all(bootstrap, topic, committed=committed)
+    return [r for r in records if REDRIVEN_HEADER not in dict(r.headers)]
+
+
+async def _markers(bootstrap: str, topic: str, *, committed: bool = False) -> list[dict[str, Any]]:
+    """The redrive markers on ``topic``."""
+    records = await read_all(bootstrap, topic, committed=committed)
+    return [orjson.loads(r.value) for r in records if REDRIVEN_HEADER in dict(r.headers)]
 
 
 async def _ingest(broker: BrokerHandle, topics: Topics, **overrides: Any) -> None:
@@ -205,7 +223,8 @@ async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit
     assert "redriven 0\n" in out
     assert "skipped 1: max_redrives=1" in out
     # Every round's dead letter keeps the original id: the redriven message carries its origin.
-    assert f"{topics.input}:0:0:0 (invalid_field, dead-letter partition 0 offset 3, redrive count 3)" in out
+    # Dead letters at 0, 2, 4, 6 of the dead-letter topic; each round's marker after its dead letter.
+    assert f"{topics.input}:0:0:0 (invalid_field, dead-letter partition 0 offset 6, redrive count 3)" in out
     assert "redrive limit reached" in out
 
     code, report = await _redrive(capsys, "--from-offset", "3", "--max-redrives", "4")
@@ -216,7 +235,7 @@ async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in inputs] == [None, b"1", b"2", b"3", b"4"]
     assert all(dict(r.headers)["trace"] == b"t-9" for r in inputs)
     assert {r.key for r in inputs} == {b"k0"}
-    dead = await read_all(bootstrap, topics.dlq)
+    dead = await _dead_letters(bootstrap, topics.dlq)
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1", b"2", b"3"]
 
 
@@ -249,7 +268,7 @@ async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerH
     assert again.key == original.key == b"k0"
 
     await _ingest(broker, topics)
-    first, second = (orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq))
+    first, second = (orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq))
     assert second["raw"] == first["raw"]
     assert second["source"]["offset"] == 1
 
@@ -267,6 +286,7 @@ async def _delete_records_before(bootstrap: str, topic: str, offset: int) -> Non
         await admin.close()
 
 
+@pytest.mark.kafka  # Tansu has no DeleteRecords
 async def test_a_truncated_dead_letter_is_read_back_from_its_input_or_skipped_and_reported(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,7 +316,7 @@ async def test_a_truncated_dead_letter_is_read_back_from_its_input_or_skipped_an
     assert len(await read_all(bootstrap, topics.input)) == 1
 
 
-async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_stays_null(
+async def test_a_dead_letter_is_redriven_once_however_often_redrive_runs_and_null_stays_null(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bootstrap = broker.bootstrap_servers
@@ -306,27 +326,29 @@ async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_
     await _ingest(broker, topics, max_payload_bytes=800)
     _use_env(monkeypatch, broker, topics)
 
-    for _ in range(2):
-        code, report = await _redrive(capsys, "--code", "payload_too_large")
-        assert (code, report["redriven"]) == (0, 1), report
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"]) == (0, 1), report
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"], report["already_redriven"], report["markers"]) == (0, 0, 1, 1), report
     code, report = await _redrive(capsys, "--code", "empty_payload")
     assert (code, report["redriven"]) == (0, 1), report
     inputs = await read_all(bootstrap, topics.input)
-    assert [r.value for r in inputs] == [large, None, large, large, None], "null is redriven as null"
+    assert [r.value for r in inputs] == [large, None, large, None], "null is redriven as null"
     assert [dict(r.headers).get(ORIGIN_HEADER) for r in inputs[2:]] == [
         f"{topics.input}:0:0:0".encode(),
-        f"{topics.input}:0:0:0".encode(),
         f"{topics.input}:0:1:0".encode(),
+    ]
+    markers = await _markers(bootstrap, topics.dlq)
+    assert [(m["dead_letter"]["id"], m["dead_letter"]["offset"], m["target_topic"]) for m in markers] == [
+        (f"{topics.input}:0:0:0", 0, topics.input),
+        (f"{topics.input}:0:1:0", 1, topics.input),
     ]
 
     await _ingest(broker, topics, max_payload_bytes=100_000)
     articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
-    assert [(a["id"], a["kafkaoffset"]) for a in articles] == [
-        (f"{topics.input}:0:0:0", 2),
-        (f"{topics.input}:0:0:0", 3),
-    ], "deduplication on id removes the second redrive's article"
-    dead = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
-    null_again = [d for d in dead if d["source"]["offset"] == 4]
+    assert [(a["id"], a["kafkaoffset"]) for a in articles] == [(f"{topics.input}:0:0:0", 2)]
+    dead = [orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq)]
+    null_again = [d for d in dead if d["source"]["offset"] == 3]
     assert [(d["id"], d["error"]["code"], d["raw"]["text"]) for d in null_again] == [
         (f"{topics.input}:0:1:0", "empty_payload", None)
     ]
@@ -380,7 +402,7 @@ async def test_in_exactly_once_only_committed_dead_letters_are_redriven(
     assert (code, report["selected"], report["redriven"]) == (0, 1, 1), report
     await _ingest(broker, topics, delivery="exactly-once")
     assert len(await read_all(bootstrap, topics.input)) == 2
-    dead = await read_all(bootstrap, topics.dlq, committed=True)
+    dead = await _dead_letters(bootstrap, topics.dlq, committed=True)
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1"]
 
 
@@ -411,7 +433,7 @@ async def test_an_input_cannot_choose_its_event_id_only_a_redrive_can(
     await _ingest(broker, topics, max_payload_bytes=100_000)
     *_, redriven = await read_all(bootstrap, topics.input)
     assert dict(redriven.headers)[ORIGIN_HEADER] == f"{topics.input}:0:3:0".encode()
-    [dead, again] = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
+    [dead, again] = [orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq)]
     assert again["id"] == dead["id"] == f"{topics.input}:0:3:0", "the tagged copy keeps its origin's id"
     assert again["source"]["offset"] == 4
 
@@ -480,3 +502,185 @@ async def test_the_documented_payload_too_large_example_works_with_the_default_l
     assert [(a["id"], a["data"]["fn"]) for a in articles] == [
         (f"{topics.input}:0:0:{i}", 60 + i) for i in range(3)
     ]
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_running_the_same_redrive_twice_gives_one_article(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: two runs of one redrive left two article events with one id in the
+    read_committed output. The first run commits a marker with its copy; the second finds it."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-twice").create(bootstrap)
+    large = record(70, text="long body " * 100).encode()
+    await produce(bootstrap, topics.input, [large])
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once")
+    await _ingest(broker, topics, delivery="exactly-once", max_payload_bytes=800)
+
+    code, first = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, first["redriven"]) == (0, 1), first
+    code, second = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, second["redriven"], second["already_redriven"]) == (0, 0, 1), second
+    await _ingest(broker, topics, delivery="exactly-once", max_payload_bytes=100_000)
+
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output, committed=True)]
+    assert [(a["id"], a["data"]["fn"]) for a in articles] == [(f"{topics.input}:0:0:0", 70)]
+    assert len(await read_all(bootstrap, topics.input, committed=True)) == 2
+    [marker] = await _markers(bootstrap, topics.dlq, committed=True)
+    assert (marker["dead_letter"]["id"], marker["redrive_count"]) == (f"{topics.input}:0:0:0", 1)
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_a_redrive_fences_an_earlier_run_that_never_finished(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier run, stalled with its copy and marker in an open transaction, is fenced by the next
+    run's producer before that run reads: its transaction is aborted, it can commit nothing after,
+    and the next run redrives the dead letter once."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import ProducerFenced
+
+    from service.tools.redrive import redrive_transactional_id
+
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-zombie").create(bootstrap)
+    await produce(bootstrap, topics.input, [NO_MARKERS])
+    env = _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once")
+    await _ingest(broker, topics, delivery="exactly-once")
+    [dead] = await _dead_letters(bootstrap, topics.dlq, committed=True)
+
+    settings = settings_for(bootstrap, topics, idempotence=True, delivery="exactly-once")
+    zombie = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=redrive_transactional_id(settings),
+        enable_idempotence=True,
+    )
+    await zombie.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send_and_wait(topics.input, NO_MARKERS, key=b"k0")
+        marker = {"type": "io.markeringest.record.redriven.v1", "time": "2024-03-01T00:00:00.000Z"}
+        marker |= {"service_version": "0", "redrive_count": 1, "target_topic": topics.input}
+        marker["dead_letter"] = {
+            "id": f"{topics.input}:0:0:0",
+            "scope": "payload",
+            "partition": 0,
+            "offset": 0,
+        }
+        await zombie.send_and_wait(
+            topics.dlq, orjson.dumps(marker), key=b"0:0", partition=0, headers=[(REDRIVEN_HEADER, b"0:0")]
+        )
+        assert env["INGEST_DELIVERY"] == "exactly-once"
+        code, report = await _redrive(capsys)
+        assert (code, report["redriven"], report["markers"]) == (0, 1, 0), report
+        with pytest.raises(ProducerFenced):
+            await zombie.commit_transaction()
+    finally:
+        await zombie.stop()
+
+    inputs = await read_all(bootstrap, topics.input, committed=True)
+    assert [dict(r.headers).get(ORIGIN_HEADER) for r in inputs] == [None, f"{topics.input}:0:0:0".encode()]
+    assert len(await read_all(bootstrap, topics.input)) == 3, "the zombie's copy is there, aborted"
+    [committed] = await _markers(bootstrap, topics.dlq, committed=True)
+    assert committed["dead_letter"]["offset"] == dead.offset
+    assert committed["service_version"] != "0"
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_concurrent_redrives_publish_each_dead_letter_once(
+    broker: BrokerHandle,
+) -> None:
+    """Two runs at once: whichever way they interleave, each dead letter's input is committed once
+    (a run fenced mid-way reports what it could not commit as publish_failed)."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-race").create(bootstrap)
+    count = 120
+    await produce(bootstrap, topics.input, [record(i, date="2024-02-30").encode() for i in range(count)])
+    await _ingest(broker, topics, delivery="exactly-once")
+    env = service_env(
+        bootstrap, topics, idempotence=True, INGEST_DELIVERY="exactly-once", INGEST_REDRIVE_KEY=REDRIVE_KEY
+    )
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "redrive",
+            "--json",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await asyncio.wait_for(run.communicate(), timeout=180) for run in runs]
+    assert all(run.returncode in (0, 1) for run in runs), [err.decode()[-2000:] for _, err in outputs]
+    assert all(out and b"Traceback" not in err for out, err in outputs), [
+        err.decode()[-3000:] for _, err in outputs
+    ]
+    reports = [orjson.loads(out) for out, _ in outputs]
+    assert sum(r["redriven"] for r in reports) == count, reports
+    assert all(set(r["skipped"]) <= {"publish_failed"} for r in reports), reports
+
+    copies = (await read_all(bootstrap, topics.input, committed=True))[count:]
+    origins = sorted(dict(r.headers)[ORIGIN_HEADER].decode() for r in copies)
+    assert origins == sorted(f"{topics.input}:0:{i}:0" for i in range(count)), "each once"
+    markers = await _markers(bootstrap, topics.dlq, committed=True)
+    assert sorted(m["dead_letter"]["offset"] for m in markers) == list(range(count))
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_a_copy_the_target_topic_would_refuse_is_skipped_alone(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], delivery: str
+) -> None:
+    """A copy over the target topic's max.message.bytes is skipped as too_large before anything is
+    sent: sent, the broker would refuse the whole batch it was in (and aiokafka's idempotent producer
+    would refuse what follows). The others are published and marked."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-refused").create(bootstrap)
+    side = f"{topics.input}.side"
+    await create_topics(bootstrap, {side: 1}, configs={"max.message.bytes": "2000"})
+    wide = b"words " * 1000
+    await produce(bootstrap, topics.input, [NO_MARKERS, wide, BAD_DATE, NO_MARKERS])
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY=delivery)
+    await _ingest(broker, topics, delivery=delivery)
+
+    code, report = await _redrive(capsys, "--to-topic", side)
+    assert (code, report["redriven"], report["skipped"]) == (1, 3, {"too_large": 1}), report
+    assert [s["id"] for s in report["skipped_dead_letters"]] == [f"{topics.input}:0:1:0"]
+    copies = await read_all(bootstrap, side, committed=True)
+    assert [r.value for r in copies] == [NO_MARKERS, BAD_DATE, NO_MARKERS]
+    markers = await _markers(bootstrap, topics.dlq, committed=True)
+    assert sorted(m["dead_letter"]["id"] for m in markers) == [
+        f"{topics.input}:0:{offset}:0" for offset in (0, 2, 3)
+    ]
+
+    code, again = await _redrive(capsys, "--to-topic", side)
+    assert (code, again["already_redriven"], again["redriven"], again["skipped"]) == (
+        1,
+        3,
+        0,
+        {"too_large": 1},
+    ), "only the refused one is tried again"
+
+
+@pytest.mark.smoke
+async def test_exactly_once_redrive_on_a_broker_without_transactions_is_one_line(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not broker.tansu:
+        pytest.skip("Apache Kafka has transactions; this is what Tansu, which has none, gets")
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-tansu-eos").create(bootstrap)
+    await produce(bootstrap, topics.input, [NO_MARKERS])
+    await _ingest(broker, topics)
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once", KAFKA_ENABLE_IDEMPOTENCE="true")
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["redrive"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("marker-ingest")]
+    assert line.startswith("marker-ingest redrive: the broker refused the idempotent producer")
+    assert "INGEST_DELIVERY" in line
+    assert len(await read_all(bootstrap, topics.input)) == 1, "nothing published"
