@@ -473,7 +473,10 @@ async def _transactional_producer(settings: Settings, limits: dict[str, int]) ->
             raise Refused(exc, Stage.START_PRODUCER, transactional_id) from exc
         yield producer
     finally:
-        await producer.stop()
+        try:
+            await producer.stop()
+        except Exception as exc:  # a fenced producer may fail to stop cleanly: the report still counts
+            log.warning("redrive.producer_stop_failed", error=repr(exc))
 
 
 # ------------------------------------------------------------------------------------ the command
