@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -328,10 +329,11 @@ async def publish_in_transactions(
         chunk = messages[first : first + TRANSACTION_SIZE]
         try:
             failed |= await _transaction(producer, dlq_topic, topic, chunk, now)
-        except KafkaError as exc:
+        except (KafkaError, AssertionError) as exc:
             left = {d.dead_letter_id for d, _ in messages[first:]}
-            if isinstance(exc, ProducerFenced):
+            if isinstance(exc, ProducerFenced | AssertionError):
                 # A later run started the same transactional id: it redrives what this one did not.
+                # (aiokafka's fenced producer refuses to change state with a bare AssertionError.)
                 log.warning("redrive.fenced", not_committed=len(left))
             else:
                 await _abort(producer)
@@ -354,21 +356,31 @@ async def _transaction(
     (too large for a request), which are left out. Raises ``KafkaError`` when anything sent fails:
     the caller aborts, and commits nothing more (aiokafka's idempotent producer does not recover
     the partition's sequence after a batch the broker refused)."""
-    from aiokafka.errors import KafkaError, ProducerFenced
+    from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
     await producer.begin_transaction()
     failed: set[str] = set()
     futures: list[asyncio.Future[Any]] = []
+    ended: BaseException | None = None
     for decision, msg in chunk:
         try:
-            sent = await _send(producer, topic, msg)
+            futures.append(await _send(producer, topic, msg))
         except KafkaError:  # refused before it was sent: nothing of it is in the transaction
             failed.add(decision.dead_letter_id)
             continue
-        futures += [sent, await _send(producer, dlq_topic, _marker(decision, topic, now))]
+        except IllegalOperation as exc:  # the transaction ended under it: fenced, see the sends
+            ended = exc
+            break
+        try:
+            futures.append(await _send(producer, dlq_topic, _marker(decision, topic, now)))
+        except (KafkaError, IllegalOperation) as exc:
+            ended = exc
+            break
     errors = [e for e in await _outcomes(futures) if e is not None]
     if errors:
         raise next((e for e in errors if isinstance(e, ProducerFenced) or _refusal(e)), errors[0])
+    if ended is not None:
+        raise KafkaError(f"the transaction ended before it was committed: {ended!r}")
     await producer.commit_transaction()
     return failed
 
@@ -404,7 +416,9 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
     earlier run, and each input is committed with its marker; otherwise markers follow the acks.
     Raises ``Refused`` when the broker refuses the producer or a write for good.
     """
-    asyncio.get_running_loop().set_exception_handler(_unless_fenced)
+    from aiokafka.errors import ProducerFenced
+
+    asyncio.get_running_loop().set_exception_handler(functools.partial(_unless, ProducerFenced))
     target = options.target_topic or settings.input_topic
     now = dt.datetime.now(dt.UTC)
     failed: set[str] = set()
@@ -437,12 +451,11 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
     )
 
 
-def _unless_fenced(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def _unless(fenced: type[BaseException], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """The loop's exception handler, without the fenced producer's own errors: aiokafka leaves
-    ``ProducerFenced`` on futures nobody awaits once it has told the sends (``redrive.fenced``)."""
-    from aiokafka.errors import ProducerFenced
-
-    if not isinstance(context.get("exception"), ProducerFenced):
+    ``ProducerFenced`` on futures nobody awaits once it has told the sends (``redrive.fenced``).
+    The class is bound beforehand: the handler also runs as the interpreter shuts down."""
+    if not isinstance(context.get("exception"), fenced):
         loop.default_exception_handler(context)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.errors import (
+    IllegalOperation,
     MessageSizeTooLargeError,
     ProducerFenced,
     TopicAuthorizationFailedError,
@@ -31,8 +32,10 @@ NOW = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
 class FakeTxnProducer:
     """What ``publish_in_transactions`` uses of aiokafka's transactional producer."""
 
-    def __init__(self, *, refuse: bytes = b"", fail: dict[bytes, BaseException] | None = None) -> None:
-        self.refuse, self.fail = refuse, fail or {}
+    def __init__(
+        self, *, refuse: bytes = b"", fail: dict[bytes, BaseException] | None = None, ended: bytes = b""
+    ) -> None:
+        self.refuse, self.fail, self.ended = refuse, fail or {}, ended
         self.calls: list[str] = []
         self.open: list[tuple[str, bytes]] = []
         self.committed: list[tuple[str, bytes]] = []
@@ -44,6 +47,8 @@ class FakeTxnProducer:
     async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
         if value == self.refuse:
             raise MessageSizeTooLargeError("over max_request_size")
+        if value == self.ended:  # what aiokafka's producer says once it knows it was fenced
+            raise IllegalOperation("Can't send messages while not in transaction")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if (error := self.fail.get(value)) is not None:
             future.set_exception(error)
@@ -126,6 +131,17 @@ async def test_a_fenced_run_stops_without_aborting(monkeypatch: pytest.MonkeyPat
     assert failed == {"in:0:2:0", "in:0:3:0"}
     assert producer.calls == ["begin", "commit", "begin"]
     assert [(e["event"], e["not_committed"]) for e in logs] == [("redrive.fenced", 2)]
+
+
+async def test_a_run_fenced_between_two_sends_stops_without_a_traceback() -> None:
+    """aiokafka fails the sends already made with ``ProducerFenced``, then refuses the next send with
+    ``IllegalOperation`` (no ``KafkaError``): the run stops as fenced, it does not crash."""
+    producer = FakeTxnProducer(fail={b"payload 0": ProducerFenced()}, ended=b"payload 1")
+    with capture_logs() as logs:
+        failed = await _publish(producer, 3)
+    assert failed == {"in:0:0:0", "in:0:1:0", "in:0:2:0"}
+    assert producer.calls == ["begin"]
+    assert [e["event"] for e in logs] == ["redrive.fenced"]
 
 
 async def test_a_refused_write_is_raised_for_the_operator() -> None:
