@@ -18,8 +18,10 @@ from schemas.errors import ErrorCode
 
 ARTICLE_EVENT_TYPE = "io.markeringest.article.ingested.v1"
 DEAD_LETTER_EVENT_TYPE = "io.markeringest.record.deadlettered.v1"
+REDRIVE_MARKER_TYPE = "io.markeringest.record.redriven.v1"
 ARTICLE_DATASCHEMA = "urn:marker-ingest:schema:article-ingested:v1"
 DEAD_LETTER_SCHEMA = "urn:marker-ingest:schema:record-dead-lettered:v1"
+REDRIVE_MARKER_SCHEMA = "urn:marker-ingest:schema:record-redriven:v1"
 
 ERROR_CODE_HEADER = "marker-ingest-error-code"
 """The header every dead letter carries: its error code (the input's own headers are kept too)."""
@@ -27,7 +29,15 @@ REDRIVE_COUNT_HEADER = "marker-ingest-redrive-count"
 """How many times a message was redriven; dead letters keep it, ``redrive`` increments it."""
 ORIGIN_HEADER = "marker-ingest-origin-id"
 """Set by ``redrive``: the id of the record a redriven message was made from. The service gives the
-message's records the ids that follow it, so a record redriven twice keeps one id."""
+message's records the ids that follow it, so a record redriven twice keeps one id; only when
+``marker-ingest-origin-tag`` proves that ``redrive`` set it (no other message chooses its ids)."""
+ORIGIN_TAG_HEADER = "marker-ingest-origin-tag"
+"""Set by ``redrive`` beside the origin: HMAC-SHA256 keyed with ``INGEST_REDRIVE_KEY`` over the
+origin and the message value, as 64 lower-case hex digits. Without it, or wrong, the origin is ignored."""
+REDRIVEN_HEADER = "marker-ingest-redriven"
+"""On a redrive marker, and never on a dead letter: ``<partition>:<offset>`` of the dead letter it
+marks. Readers of the dead-letter topic tell markers from dead letters by it (or by the absence of
+``marker-ingest-error-code``, which every dead letter has)."""
 DROPPED_HEADER = "marker-ingest-dropped"
 """On a dead letter whose input key or headers were too large to copy: ``key``, ``headers`` or both."""
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
@@ -77,7 +87,8 @@ class ArticleIngested(_Contract):
         Field(
             description="Deterministic from the source coordinates: "
             "'<topic>:<partition>:<offset>:<record index>'. A redelivered message yields the same id; "
-            "a redriven one the ids of the records it was made from (marker-ingest-origin-id)."
+            "a redriven one the ids of the records it was made from (marker-ingest-origin-id, "
+            "honoured only with a valid marker-ingest-origin-tag)."
         ),
     ]
     source: Annotated[str, Field(description="'urn:marker-ingest:topic:<input topic>'.")]
@@ -185,3 +196,26 @@ class RecordDeadLettered(_Contract):
     source: SourceCoordinates
     error: ErrorDetail
     raw: RawInput
+
+
+class RedrivenDeadLetter(_Contract):
+    """The dead letter a redrive marker marks."""
+
+    id: Annotated[str, Field(description="The dead letter's id.")]
+    scope: Literal["record", "payload"]
+    partition: Annotated[int, Field(ge=0, description="Its partition on the dead-letter topic.")]
+    offset: Annotated[int, Field(ge=0, description="Its offset on the dead-letter topic.")]
+
+
+class RecordRedriven(_Contract):
+    """A redrive marker: ``redrive`` published the input of one dead letter (written on the
+    dead-letter topic, in the same transaction as that input with INGEST_DELIVERY=exactly-once)."""
+
+    type: Literal["io.markeringest.record.redriven.v1"]
+    time: Annotated[dt.datetime, Field(description="When it was redriven (RFC 3339).")]
+    service_version: str
+    dead_letter: RedrivenDeadLetter
+    redrive_count: Annotated[
+        int, Field(ge=1, description="The marker-ingest-redrive-count of the message published.")
+    ]
+    target_topic: Annotated[str, Field(description="Where the input was published.")]

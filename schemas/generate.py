@@ -2,8 +2,9 @@
 
 ``python -m schemas.generate`` writes, beside this module:
 
-- ``article-ingested.v1.schema.json`` and ``record-dead-lettered.v1.schema.json``: JSON Schema
-  (draft 2020-12) of ``ArticleIngested`` and ``RecordDeadLettered``, with each error code's meaning;
+- ``article-ingested.v1.schema.json``, ``record-dead-lettered.v1.schema.json`` and
+  ``record-redriven.v1.schema.json``: JSON Schema (draft 2020-12) of ``ArticleIngested``,
+  ``RecordDeadLettered`` (with each error code's meaning) and ``RecordRedriven``;
 - ``asyncapi.yaml``: an AsyncAPI 3.0.0 document of the input, output and dead-letter channels.
 
 ``python -m schemas.generate --check`` writes nothing; it exits 1 and names the files that differ
@@ -37,14 +38,20 @@ from schemas.events import (
     DROPPED_HEADER,
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
+    REDRIVE_MARKER_SCHEMA,
+    REDRIVE_MARKER_TYPE,
+    REDRIVEN_HEADER,
     ArticleIngested,
     RecordDeadLettered,
+    RecordRedriven,
 )
 
 HERE = Path(__file__).resolve().parent
 ARTICLE_SCHEMA_FILE = "article-ingested.v1.schema.json"
 DEAD_LETTER_SCHEMA_FILE = "record-dead-lettered.v1.schema.json"
+REDRIVE_MARKER_SCHEMA_FILE = "record-redriven.v1.schema.json"
 ASYNCAPI_FILE = "asyncapi.yaml"
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -81,13 +88,13 @@ def _variable(field: str) -> str:
     return BY_FIELD[field].variable
 
 
-def _channel(field: str, title: str, description: str, message: str) -> dict[str, Any]:
-    """A channel at the default topic of the setting ``field``, carrying one message."""
+def _channel(field: str, title: str, description: str, *messages: str) -> dict[str, Any]:
+    """A channel at the default topic of the setting ``field``, carrying ``messages``."""
     return {
         "address": _default(field),
         "title": title,
         "description": f"{description} The address is the default; {_variable(field)} names another topic.",
-        "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+        "messages": {message: {"$ref": f"#/components/messages/{message}"} for message in messages},
     }
 
 
@@ -133,8 +140,11 @@ def asyncapi() -> dict[str, Any]:
             "deadLetters": _channel(
                 "dlq_topic",
                 "Dead letters",
-                "One dead-letter event per invalid record, or one per payload when the whole message failed.",
+                "One dead-letter event per invalid record, or one per payload when the whole message "
+                "failed; and, written by redrive, one redrive marker per dead letter whose input it "
+                "published.",
                 "recordDeadLettered",
+                "recordRedriven",
             ),
         },
         "operations": {
@@ -163,6 +173,14 @@ def asyncapi() -> dict[str, Any]:
                 "summary": "Publish a dead-letter event for each record or payload that failed.",
                 "messages": [{"$ref": "#/channels/deadLetters/messages/recordDeadLettered"}],
             },
+            "sendRecordRedriven": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/deadLetters"},
+                "summary": "marker-ingest redrive: a marker for each dead letter whose input it published "
+                "(in the same transaction as that input with INGEST_DELIVERY=exactly-once), so that no "
+                "later redrive publishes it again.",
+                "messages": [{"$ref": "#/channels/deadLetters/messages/recordRedriven"}],
+            },
         },
         "components": {
             "messages": {
@@ -190,16 +208,29 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "Set by redrive: the id of the record (or, for a whole "
                                 "payload, its first record) the message was made from. The message's "
                                 "events take the ids that follow it (record i: the origin's record index "
-                                "+ i), so a record redriven twice keeps one id. Ignored when malformed.",
+                                "+ i), so a record redriven twice keeps one id. Honoured only with a "
+                                f"valid {ORIGIN_TAG_HEADER}; ignored (the records keep their own "
+                                "coordinates as ids) when malformed, untagged or wrongly tagged.",
+                            },
+                            ORIGIN_TAG_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9a-f]{64}$",
+                                "description": "Set by redrive: HMAC-SHA256, keyed with the secret "
+                                "INGEST_REDRIVE_KEY that the service and redrive share, over the origin "
+                                "and the message value (docs/contracts.md, Who chooses an event id). It "
+                                "proves that redrive set the origin for exactly this value.",
                             },
                             REDRIVE_COUNT_HEADER: {
                                 "type": "string",
-                                "pattern": "^[0-9]+$",
-                                "description": "Set by redrive: how many times the message was redriven.",
+                                "pattern": "^[0-9]{1,9}$",
+                                "description": "Set by redrive: how many times the message was redriven. "
+                                "Copied onto the message's dead letters; a malformed one is not, and "
+                                "counts as 0.",
                             },
                         },
                         "additionalProperties": {
-                            "description": "Not read; copied onto the message's dead letters, if any."
+                            "description": "Not read; copied onto the message's dead letters, if any, "
+                            "except content-type, ce_* and the service's own marker-ingest-* headers."
                         },
                     },
                     "payload": {"type": "string", "description": "Marker text."},
@@ -252,6 +283,44 @@ def asyncapi() -> dict[str, Any]:
                         }
                     },
                 },
+                "recordRedriven": {
+                    "name": "recordRedriven",
+                    "title": "Record redriven",
+                    "summary": f"A redrive marker, type {REDRIVE_MARKER_TYPE}: not a dead letter.",
+                    "description": (
+                        "Written by marker-ingest redrive on the dead-letter topic, in the partition of "
+                        "the dead letter it marks, once that dead letter's input was published to "
+                        "target_topic (in one transaction with it under INGEST_DELIVERY=exactly-once; "
+                        "after its acknowledgement otherwise). A later redrive skips a dead letter so "
+                        f"marked. Readers of the topic tell it by its {REDRIVEN_HEADER} header (a dead "
+                        f"letter never has one, and always has {ERROR_CODE_HEADER}). Schema: "
+                        f"{REDRIVE_MARKER_SCHEMA} (JSON Schema draft 2020-12)."
+                    ),
+                    "contentType": "application/json",
+                    "headers": {
+                        "type": "object",
+                        "required": [REDRIVEN_HEADER],
+                        "properties": {
+                            REDRIVEN_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9]+:[0-9]+$",
+                                "description": "<partition>:<offset> of the dead letter it marks.",
+                            }
+                        },
+                        "additionalProperties": False,
+                    },
+                    "payload": {"$ref": f"./{REDRIVE_MARKER_SCHEMA_FILE}"},
+                    "bindings": {
+                        "kafka": {
+                            "key": {
+                                "type": "string",
+                                "pattern": "^[0-9]+:[0-9]+$",
+                                "description": "<partition>:<offset> of the dead letter it marks.",
+                            },
+                            "bindingVersion": KAFKA_BINDING_VERSION,
+                        }
+                    },
+                },
                 "recordDeadLettered": {
                     "name": "recordDeadLettered",
                     "title": "Record dead-lettered",
@@ -259,8 +328,10 @@ def asyncapi() -> dict[str, Any]:
                     "description": (
                         "error.code is a stable public code (listed with its meaning in the schema); "
                         "raw holds the failing input so that it can be fixed and redriven. Not a "
-                        "CloudEvent: plain JSON, with no content-type header of its own (the headers "
-                        "are the input's). The whole record (key, headers, value) is at most "
+                        "CloudEvent: plain JSON, with no content-type header (the headers are the "
+                        "input's, but for content-type, ce_* and marker-ingest-*, which could make it "
+                        "pass for a CloudEvent or forge the service's own). The whole record (key, "
+                        "headers, value) is at most "
                         "INGEST_MAX_EVENT_BYTES: the raw copy is cut first; input headers, then the "
                         f"key, are left out only when the event does not fit otherwise. Schema: "
                         f"{DEAD_LETTER_SCHEMA} (JSON Schema draft 2020-12)."
@@ -281,8 +352,17 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "Present when the input's key or headers were too large "
                                 "to copy within INGEST_MAX_EVENT_BYTES (redrive then skips it as truncated).",
                             },
+                            REDRIVE_COUNT_HEADER: {
+                                "type": "string",
+                                "pattern": "^[0-9]{1,9}$",
+                                "description": "The input's last redrive count, when it had a well-formed "
+                                "one; redrive stops at --max-redrives.",
+                            },
                         },
-                        "additionalProperties": {"description": "The input message's headers, copied."},
+                        "additionalProperties": {
+                            "description": "The input message's other headers, copied (not content-type, "
+                            "ce_* or any other marker-ingest-* header)."
+                        },
                     },
                     "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},
                     "bindings": {
@@ -311,6 +391,7 @@ def render() -> dict[str, str]:
     return {
         ARTICLE_SCHEMA_FILE: _json_text(json_schema(ArticleIngested, ARTICLE_DATASCHEMA)),
         DEAD_LETTER_SCHEMA_FILE: _json_text(json_schema(RecordDeadLettered, DEAD_LETTER_SCHEMA)),
+        REDRIVE_MARKER_SCHEMA_FILE: _json_text(json_schema(RecordRedriven, REDRIVE_MARKER_SCHEMA)),
         ASYNCAPI_FILE: f"# {GENERATED_BY}\n{doc}",
     }
 

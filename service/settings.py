@@ -65,6 +65,9 @@ _MAX_RECORD_BYTES = 100 * 1024 * 1024
 """The largest record worth configuring for: Apache Kafka's default ``socket.request.max.bytes``
 refuses any request larger, so no broker left at its defaults takes or serves such a record."""
 
+REDRIVE_KEY_MIN_CHARS = 32
+"""``INGEST_REDRIVE_KEY`` is at least this long: 32 random characters hold well over 128 bits."""
+
 
 def variable_name(field: str) -> str:
     """The environment variable of a settings field: ``kafka_x`` -> ``KAFKA_X``, ``x`` -> ``INGEST_X``."""
@@ -145,6 +148,9 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
     log_level: LogLevel = "INFO"
 
+    # Redrive: the key of the origin tags (service/core/events.py, origin_tag)
+    redrive_key: SecretStr | None = None
+
     # Safety switch
     safety_dlq_ratio: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     safety_window_records: int = Field(1000, ge=1, le=1_000_000)
@@ -187,6 +193,16 @@ class Settings(BaseSettings):
         for address in value.split(","):
             if (problem := broker_address_problem(address.strip())) is not None:
                 raise ValueError(problem)
+        return value
+
+    @field_validator("redrive_key")
+    @classmethod
+    def _redrive_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < REDRIVE_KEY_MIN_CHARS:
+            raise ValueError(
+                f"must be at least {REDRIVE_KEY_MIN_CHARS} characters (make one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         return value
 
     @field_validator("input_topic", "output_topic", "dlq_topic")

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from schemas.events import REDRIVEN_HEADER
 from service import __version__
 from service.core.events import Source, process_payload
 from service.core.limits import Limits
@@ -192,6 +193,8 @@ class Ledger:
             ev = orjson.loads(rec.value)
             ledger.articles[(ev["kafkapartition"], ev["kafkaoffset"], ev["recordindex"])].append(ev)
         for rec in await read_all(bootstrap, topics.dlq, committed=committed):
+            if any(name == REDRIVEN_HEADER for name, _ in rec.headers or ()):
+                continue  # a redrive marker, not a dead letter
             ev = orjson.loads(rec.value)
             src = ev["source"]
             ledger.dead_letters[(src["partition"], src["offset"], src["record_index"])].append(ev)

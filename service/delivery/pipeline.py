@@ -165,6 +165,7 @@ class Pipeline:
         """Every message: process → route → add → observe → log; relieved when over the ceiling."""
         limits, routes, delivery = self.settings.limits, self._routes, self.delivery
         ceiling, switch = self.settings.max_bytes_in_flight, self._safety.switch
+        redrive_key = self.settings.redrive_key
         now = dt.datetime.now(dt.UTC)
         current = delivery.begin()
         for tp, messages in batch.items():
@@ -175,7 +176,7 @@ class Pipeline:
                     # this batch is still being processed, instead of all of it at the end.
                     await asyncio.sleep(0)
                 headers = msg.headers
-                origin = origin_of(headers) if headers else None
+                origin = origin_of(headers, msg.value, redrive_key) if headers and redrive_key else None
                 source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
                 outcomes = process_payload(msg.value, source, limits, now=now, version=__version__)
                 sends = [_send(tp, msg.offset, route(o, headers, routes)) for o in outcomes]

@@ -2,19 +2,20 @@
 
 An article event goes to the output topic, keyed by its FN, with the ``content-type`` header of
 CloudEvents' Kafka protocol binding in structured mode. A dead letter goes to the dead-letter topic
-with the input's key and headers (the service's own headers replaced), and the whole Kafka record,
-key, headers and framing included, is kept within ``INGEST_MAX_EVENT_BYTES``: the raw copy is cut
-first; only if the event does not fit even with an empty copy are the input's headers, then its
-key, left out (``marker-ingest-dropped`` names what was).
+with the input's key and the input headers it keeps (``carried_headers``), and the whole Kafka
+record, key, headers and framing included, is kept within ``INGEST_MAX_EVENT_BYTES``: the raw copy
+is cut first; only if the event does not fit even with an empty copy are the input's headers, then
+its key, left out (``marker-ingest-dropped`` names what was).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.events import CLOUDEVENTS_CONTENT_TYPE, DROPPED_HEADER, ERROR_CODE_HEADER
+from schemas.events import CLOUDEVENTS_CONTENT_TYPE, DROPPED_HEADER, ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER
 from service.core.dead_letters import fit_dead_letter
 from service.core.events import Outcome
 
@@ -26,8 +27,10 @@ ARTICLE_HEADERS: Headers = [(CONTENT_TYPE_HEADER, CLOUDEVENTS_CONTENT_TYPE.encod
 """The headers of every article event: one shared list (aiokafka's record builder takes only a
 list, and never changes it)."""
 
-_SERVICE_HEADERS = frozenset({ERROR_CODE_HEADER, DROPPED_HEADER})
-"""Headers only the service sets on dead letters: an input's copy of them is never carried over."""
+SERVICE_HEADER_PREFIX = "marker-ingest-"
+"""The service's own header names; of an input's, a dead letter keeps only a redrive count."""
+_COUNT = re.compile(rb"[0-9]{1,9}")
+"""A well-formed ``marker-ingest-redrive-count``: what ``redrive`` writes, and no more digits."""
 
 BATCH_OVERHEAD = 61
 """The fixed part of a Kafka record batch (magic v2)."""
@@ -66,12 +69,45 @@ def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int
     return size
 
 
+def carried_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The input headers a dead letter keeps, in their order.
+
+    Left out: ``content-type`` and ``ce_*`` (in any case), which describe the input, or would make
+    the dead letter look like a CloudEvent to CloudEvents readers (a dead letter is plain JSON); and
+    the service's own ``marker-ingest-*`` headers, except the last ``marker-ingest-redrive-count``
+    when it is well-formed (else the dead letter has none, and ``redrive`` counts 0). Every other
+    header (``traceparent`` and ``tracestate`` included) is kept as it came, for ``redrive``.
+    """
+    kept = []
+    count = None
+    for name, value in headers:
+        folded = name.lower()
+        if folded.startswith(SERVICE_HEADER_PREFIX):
+            if name == REDRIVE_COUNT_HEADER:
+                count = value
+        elif folded != "content-type" and not folded.startswith("ce_"):
+            kept.append((name, value))
+    if count is not None and _COUNT.fullmatch(count):
+        kept.append((REDRIVE_COUNT_HEADER, count))
+    return kept
+
+
+def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int:
+    """The ``marker-ingest-redrive-count`` of a message or dead letter: the last such header's; 0
+    without one, or when it is malformed (a forged count must not make a dead letter unredrivable)."""
+    value = None
+    for name, raw in headers:
+        if name == REDRIVE_COUNT_HEADER:
+            value = raw
+    return int(value) if value is not None and _COUNT.fullmatch(value) else 0
+
+
 def route(outcome: Outcome, input_headers: Headers, routes: Routes) -> Destination:
     """The destination, key, value and headers of one outcome of a message with ``input_headers``."""
     if outcome.error is None:
         return Destination(routes.output_topic, outcome.key, outcome.value, ARTICLE_HEADERS)
     own = [(ERROR_CODE_HEADER, outcome.error.value.encode())]
-    copied = [(k, v) for k, v in input_headers if k not in _SERVICE_HEADERS]
+    copied = carried_headers(input_headers)
     key, value = outcome.key, outcome.value
     headers = [*copied, *own]
     if record_size(key, value, headers) <= routes.max_record_bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
+from schemas.events import REDRIVEN_HEADER
 from service.delivery.ingestor import Ingestor
 from service.errors import ExitStatus
 from service.kafka.clients import Kafka
@@ -62,7 +63,7 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
     await create_topics(
         settings.kafka_bootstrap_servers,
         {settings.input_topic: 4, settings.output_topic: 4, settings.dlq_topic: 1},
-        client_kwargs=settings.kafka_client_kwargs(),
+        client_kwargs=Kafka.of(settings).client_kwargs(),
     )
     _say(
         f"created topics {settings.input_topic} (4 partitions), {settings.output_topic}, {settings.dlq_topic}"
@@ -73,10 +74,14 @@ async def _demo(settings: Settings, files: list[Path]) -> int:
         _say(f"  not pushed: {shown(path)}: {why}")
     _say("running marker-ingest until the input is drained...")
     status = await Ingestor(settings).run()
-    kwargs = settings.kafka_client_kwargs()
+    kwargs = Kafka.of(settings).client_kwargs()
     bootstrap = kwargs.pop("bootstrap_servers")
     articles = await read_topic(bootstrap, settings.output_topic, client_kwargs=kwargs)
-    dead = await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
+    dead = [
+        r  # redrive markers share the topic: they are not dead letters
+        for r in await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
+        if not any(name == REDRIVEN_HEADER for name, _ in r.headers or ())
+    ]
     _say()
     _say(f"{len(articles)} article event(s) on {settings.output_topic}:")
     for rec in sorted(articles, key=lambda r: orjson.loads(r.value)["id"]):

@@ -2,32 +2,42 @@
 
 A dead letter is turned back into the input it came from (the record's text for a record-level
 dead letter, the whole payload, byte for byte, for a payload-level one) with the original key and
-headers, plus ``marker-ingest-redrive-count`` and ``marker-ingest-origin-id``; ``plan_redrive``
-selects, ranks and skips (with the reason), ``would_succeed`` re-parses for a dry run.
+headers, plus ``marker-ingest-redrive-count``, ``marker-ingest-origin-id`` and the
+``marker-ingest-origin-tag`` that proves the origin to the service; ``plan_redrive`` selects, ranks
+and skips (with the reason, or because a redrive marker says it was redriven already), ``recover``
+decides the dead letters whose copy is incomplete once their input was read back,
+``redrive_marker`` makes the marker of a published one, ``would_succeed`` re-parses for a dry run.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import ValidationError
+import orjson
+from pydantic import SecretStr, ValidationError
 
 from schemas.errors import ErrorCode
 from schemas.events import (
     DROPPED_HEADER,
-    ERROR_CODE_HEADER,
     ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
     REDRIVE_COUNT_HEADER,
+    REDRIVE_MARKER_TYPE,
+    REDRIVEN_HEADER,
     RecordDeadLettered,
+    RecordRedriven,
 )
 from service import __version__
-from service.core.events import Source, process_payload
+from service.core.events import Source, origin_tag, process_payload, rfc3339, strip_bom
 from service.core.limits import Limits
+from service.core.parser import Problem, scan_markers
+from service.delivery.routing import SERVICE_HEADER_PREFIX, carried_headers, record_size, redrive_count
 from service.tools.command import (
     EXIT_DEAD_LETTERS,
 )
@@ -41,13 +51,14 @@ class SkipReason(StrEnum):
     """Why a selected dead letter was not (or would not be) redriven."""
 
     TRUNCATED = "truncated"
-    """The raw copy is truncated, or the input's key or headers were dropped: the original is gone."""
+    """The raw copy is truncated, or the input's key or headers were dropped, and the input could not
+    be read back from its topic (gone with retention, or not the same message): the original is gone."""
     MAX_REDRIVES = "max_redrives"
     """Its redrive count is already at ``--max-redrives``."""
-    INVALID_REDRIVE_COUNT = "invalid_redrive_count"
-    """Its ``marker-ingest-redrive-count`` header is not a decimal count."""
+    TOO_LARGE = "too_large"
+    """The redriven message would be over the target topic's ``max.message.bytes``."""
     PUBLISH_FAILED = "publish_failed"
-    """The broker did not acknowledge the redriven message."""
+    """The broker did not acknowledge the redriven message (or, exactly-once, did not commit it)."""
 
 
 # --------------------------------------------------------------------------------------- the core
@@ -112,9 +123,40 @@ class Decision:
     dlq_offset: int
     code: ErrorCode
     scope: str
-    redrive_count: int | None
+    redrive_count: int
     message: RedriveMessage | None
     skip: SkipReason | None = None
+    recovery: Recovery | None = None
+    """Set while the message must still be read back from the input topic (``recover``)."""
+
+
+InputRef = tuple[str, int, int]
+"""Where an input message was read: topic, partition, offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A dead letter whose copy of its input is incomplete, waiting for the input to be read back."""
+
+    event: RecordDeadLettered
+
+    @property
+    def ref(self) -> InputRef:
+        """Where its input was read."""
+        src = self.event.source
+        return (src.topic, src.partition, src.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """An input message as read back from its topic."""
+
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -124,6 +166,10 @@ class Plan:
     read: int = 0
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     duplicates: int = 0
+    markers: int = 0
+    """Redrive markers read."""
+    already_redriven: int = 0
+    """Dead letters that passed the filters but a marker says were redriven to the target already."""
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -131,17 +177,10 @@ class Plan:
         """The decisions that publish something, with their message."""
         return [(d, d.message) for d in self.decisions if d.message is not None]
 
-
-def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int | None:
-    """The ``marker-ingest-redrive-count`` of a dead letter (0 without the header); None if malformed."""
-    value: bytes | None = None
-    for name, raw in headers:
-        if name == REDRIVE_COUNT_HEADER:
-            value = raw
-    if value is None:
-        return 0
-    text = value.decode("ascii", errors="replace")
-    return int(text) if text.isdecimal() and text.isascii() else None
+    @property
+    def inputs_wanted(self) -> set[InputRef]:
+        """The input messages to read back before ``recover`` can decide the rest."""
+        return {d.recovery.ref for d in self.decisions if d.recovery is not None}
 
 
 _BOM = "\ufeff".encode()
@@ -187,17 +226,17 @@ def original_key(event: RecordDeadLettered) -> bytes | None:
     return None if key is None else base64.b64decode(key)
 
 
-_NOT_CARRIED = frozenset({ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, ORIGIN_HEADER, DROPPED_HEADER})
-
-
 def redriven_headers(
-    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None
+    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None, tag: str | None = None
 ) -> tuple[tuple[str, bytes], ...]:
-    """The input's headers as the dead letter carried them, with the redrive count set to ``count``
-    and, when given, ``marker-ingest-origin-id`` set to ``origin_id``."""
-    kept = [(k, v) for k, v in headers if k not in _NOT_CARRIED]
+    """The input's headers as the dead letter carried them, without the service's own
+    (``marker-ingest-*``), with the redrive count set to ``count`` and, when given,
+    ``marker-ingest-origin-id`` set to ``origin_id`` with its ``tag``."""
+    kept = [(k, v) for k, v in headers if not k.lower().startswith(SERVICE_HEADER_PREFIX)]
     if origin_id is not None:
         kept.append((ORIGIN_HEADER, origin_id.encode()))
+        if tag is not None:
+            kept.append((ORIGIN_TAG_HEADER, tag.encode()))
     kept.append((REDRIVE_COUNT_HEADER, str(count).encode()))
     return tuple(kept)
 
@@ -210,11 +249,6 @@ def _identity(event: RecordDeadLettered) -> tuple[bool, str]:
     return (event.scope == "payload", event.id)
 
 
-def _rank(count: int | None) -> float:
-    """Which copy of one input to redrive: the most redriven; a malformed count first (it is skipped)."""
-    return float("inf") if count is None else count
-
-
 def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
     """The dead-letter event in a record's value; None when it is not one."""
     if value is None:
@@ -225,19 +259,49 @@ def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:
         return None
 
 
+def parse_marker(rec: DeadLetterRecord) -> RecordRedriven | None:
+    """The redrive marker a record of the dead-letter topic is; None when it is not one."""
+    if rec.value is None or not any(name == REDRIVEN_HEADER for name, _ in rec.headers):
+        return None
+    try:
+        return RecordRedriven.model_validate_json(rec.value)
+    except ValidationError:
+        return None
+
+
 def plan_redrive(
-    records: Iterable[DeadLetterRecord], filters: Filters, *, max_redrives: int = DEFAULT_MAX_REDRIVES
+    records: Iterable[DeadLetterRecord],
+    filters: Filters,
+    *,
+    max_redrives: int = DEFAULT_MAX_REDRIVES,
+    key: SecretStr | None = None,
+    target_topic: str | None = None,
 ) -> Plan:
     """Select the dead letters to redrive and decide, for each, its message or why it is skipped.
 
+    A dead letter that a redrive marker says was redriven to ``target_topic`` already (the same id
+    and scope, at its redrive count or later) is not selected: it counts as ``already_redriven``.
     Copies of one input (the same payload, or the same record, redelivered or redriven again) are
     selected once, as the copy with the highest redrive count, so that ``--max-redrives`` holds;
     the rest count as duplicates. ``filters.limit`` bounds the number selected (reading stops
-    there). Records that are not dead-letter events are counted as unreadable and never selected.
+    there; every marker is read first). Records that are neither dead letters nor markers are
+    counted as unreadable and never selected. Each message's origin is tagged with ``key``
+    (``INGEST_REDRIVE_KEY``); without one (a dry run) the origin is untagged, which the service ignores.
     """
     plan = Plan()
-    seen: dict[tuple[bool, str], int] = {}
+    redriven: dict[tuple[bool, str, str], int] = {}
+    dead_letters = []
     for rec in records:
+        marker = parse_marker(rec)
+        if marker is None:
+            dead_letters.append(rec)
+            continue
+        plan.read += 1
+        plan.markers += 1
+        marked = (marker.dead_letter.scope == "payload", marker.dead_letter.id, marker.target_topic)
+        redriven[marked] = max(redriven.get(marked, 0), marker.redrive_count)
+    seen: dict[tuple[bool, str], int] = {}
+    for rec in dead_letters:
         if filters.limit is not None and len(plan.decisions) >= filters.limit:
             break
         plan.read += 1
@@ -248,35 +312,41 @@ def plan_redrive(
         if not filters.matches(event):
             continue
         identity = _identity(event)
-        decision = _decide(rec, event, max_redrives)
+        done = 0 if target_topic is None else redriven.get((*identity, target_topic), 0)
+        if done > redrive_count(rec.headers):
+            plan.already_redriven += 1
+            continue
+        decision = _decide(rec, event, max_redrives, key)
         position = seen.get(identity)
         if position is None:
             seen[identity] = len(plan.decisions)
             plan.decisions.append(decision)
             continue
         plan.duplicates += 1
-        if _rank(decision.redrive_count) > _rank(plan.decisions[position].redrive_count):
+        if decision.redrive_count > plan.decisions[position].redrive_count:
             plan.decisions[position] = decision
     return plan
 
 
-def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int) -> Decision:
+def _decide(
+    rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int, key: SecretStr | None
+) -> Decision:
     count = redrive_count(rec.headers)
     null = was_null(event)
     data = None if null else original_bytes(event)
     dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
     skip: SkipReason | None = None
-    if count is None:
-        skip = SkipReason.INVALID_REDRIVE_COUNT
-    elif count >= max_redrives:
+    recovery = None
+    if count >= max_redrives:
         skip = SkipReason.MAX_REDRIVES
     elif (data is None and not null) or dropped:
-        skip = SkipReason.TRUNCATED
+        recovery = Recovery(event)
     message = None
-    if skip is None and count is not None:
+    if skip is None and recovery is None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
-        key = original_key(event) if event.source.key_base64 is not None else rec.key
-        message = RedriveMessage(key, data, redriven_headers(rec.headers, count + 1, event.id))
+        input_key = original_key(event) if event.source.key_base64 is not None else rec.key
+        tag = None if key is None else origin_tag(key, event.id, data)
+        message = RedriveMessage(input_key, data, redriven_headers(rec.headers, count + 1, event.id, tag))
     return Decision(
         dead_letter_id=event.id,
         dlq_partition=rec.partition,
@@ -286,7 +356,130 @@ def _decide(rec: DeadLetterRecord, event: RecordDeadLettered, max_redrives: int)
         redrive_count=count,
         message=message,
         skip=skip,
+        recovery=recovery,
     )
+
+
+def recover(
+    plan: Plan,
+    inputs: Mapping[InputRef, InputRecord],
+    *,
+    max_redrives: int = DEFAULT_MAX_REDRIVES,
+    key: SecretStr | None = None,
+) -> None:
+    """Decide the dead letters whose copy was incomplete, given the ``inputs`` read back.
+
+    A dead letter whose input is the message read back (``recovered_bytes``) is redriven from it:
+    its value (or, record-level, its record's text), key, and the headers a dead letter keeps, with
+    the count that message carried. One whose input is missing from ``inputs``, or another message
+    than the one it names, is skipped as ``truncated``.
+    """
+    for i, decision in enumerate(plan.decisions):
+        if decision.recovery is None:
+            continue
+        event = decision.recovery.event
+        got = inputs.get(decision.recovery.ref)
+        data = None if got is None else recovered_bytes(event, got)
+        if got is None or data is None:
+            plan.decisions[i] = dataclasses.replace(decision, recovery=None, skip=SkipReason.TRUNCATED)
+            continue
+        count = redrive_count(got.headers)
+        if count >= max_redrives:
+            plan.decisions[i] = dataclasses.replace(
+                decision, recovery=None, redrive_count=count, skip=SkipReason.MAX_REDRIVES
+            )
+            continue
+        tag = None if key is None else origin_tag(key, event.id, data)
+        headers = redriven_headers(carried_headers(got.headers), count + 1, event.id, tag)
+        message = RedriveMessage(got.key, data, headers)
+        plan.decisions[i] = dataclasses.replace(decision, recovery=None, redrive_count=count, message=message)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+def recovered_bytes(event: RecordDeadLettered, got: InputRecord) -> bytes | None:
+    """What the dead letter was made from, taken from ``got``, the input message read back from
+    where the dead letter says it was read; None unless ``got`` is that very message.
+
+    It must have the dead letter's partition, offset, timestamp and key (where the dead letter has
+    them), and the bytes it gives (the payload, or the record's text) must have the size the dead
+    letter records and begin with its raw copy.
+    """
+    src, raw = event.source, event.raw
+    if (got.partition, got.offset) != (src.partition, src.offset):
+        return None
+    if src.timestamp is not None and got.timestamp != (src.timestamp - _EPOCH) // _MILLISECOND:
+        return None
+    if src.key_base64 is not None and base64.b64decode(src.key_base64) != got.key:
+        return None
+    data = got.value if event.scope == "payload" else _record_text(got.value, src.record_index)
+    if data is None or len(data) != raw.size_bytes:
+        return None
+    try:
+        copied = base64.b64decode(raw.base64, validate=True) if raw.base64 is not None else b""
+    except binascii.Error:
+        return None
+    if not data.startswith(raw.text.encode("utf-8") if raw.text is not None else copied):
+        return None
+    if event.scope == "record" and data.startswith(_BOM):
+        return _BOM + data
+    return data
+
+
+def _record_text(value: bytes | None, index: int) -> bytes | None:
+    """The text of record ``index`` of a payload, as the core cuts it for a record's dead letter."""
+    try:
+        text = strip_bom(value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    records = scan_markers(text, len(text) + 1)
+    if isinstance(records, Problem) or index >= len(records):
+        return None
+    rec = records[index]
+    return text[rec.start : rec.end].strip().encode("utf-8")
+
+
+def skip_too_large(plan: Plan, limit: int) -> None:
+    """Skip, as ``too_large``, each message whose record would be over ``limit`` bytes (the target
+    topic's ``max.message.bytes``): the broker would refuse it, and the batch it was sent in."""
+    for i, decision in enumerate(plan.decisions):
+        msg = decision.message
+        if msg is not None and record_size(msg.key, msg.value, msg.headers) > limit:
+            plan.decisions[i] = dataclasses.replace(decision, message=None, skip=SkipReason.TOO_LARGE)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerMessage:
+    """The redrive marker of one dead letter, for the dead-letter topic: in the dead letter's own
+    partition, keyed and headed by its position there."""
+
+    partition: int
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def redrive_marker(decision: Decision, *, target_topic: str, now: dt.datetime) -> MarkerMessage:
+    """The marker that says ``decision``'s dead letter was redriven to ``target_topic`` at ``now``."""
+    position = f"{decision.dlq_partition}:{decision.dlq_offset}".encode()
+    value = orjson.dumps(
+        {
+            "type": REDRIVE_MARKER_TYPE,
+            "time": rfc3339(now),
+            "service_version": __version__,
+            "dead_letter": {
+                "id": decision.dead_letter_id,
+                "scope": decision.scope,
+                "partition": decision.dlq_partition,
+                "offset": decision.dlq_offset,
+            },
+            "redrive_count": decision.redrive_count + 1,
+            "target_topic": target_topic,
+        }
+    )
+    return MarkerMessage(decision.dlq_partition, position, value, ((REDRIVEN_HEADER, position),))
 
 
 def would_succeed(message: RedriveMessage, limits: Limits, *, topic: str, now: dt.datetime) -> bool:

@@ -10,9 +10,6 @@ from typing import Any
 
 import orjson
 
-from schemas.events import (
-    REDRIVE_COUNT_HEADER,
-)
 from service.tools.command import (
     EXIT_OK,
 )
@@ -43,17 +40,21 @@ class Report:
     read: int
     unreadable: int
     duplicates: int
+    markers: int
+    already_redriven: int
     selected: int
     redriven: int
     would_succeed: int | None
     skipped: dict[str, int]
     by_code: dict[str, CodeCounts]
     skipped_dead_letters: list[dict[str, Any]]
+    unmarked: int = 0
+    """Redriven without their marker (at-least-once: writing it failed): a next run redrives them again."""
 
     @property
     def exit_status(self) -> int:
-        """0 when every selected dead letter was (or would be) redriven, 1 when some were skipped."""
-        return EXIT_INCOMPLETE if self.skipped else EXIT_OK
+        """0 when every selected dead letter was (or would be) redriven and marked, else 1."""
+        return EXIT_INCOMPLETE if self.skipped or self.unmarked else EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready values."""
@@ -64,6 +65,8 @@ class Report:
             "read": self.read,
             "unreadable": self.unreadable,
             "duplicates": self.duplicates,
+            "markers": self.markers,
+            "already_redriven": self.already_redriven,
             "selected": self.selected,
             "redriven": self.redriven,
             "would_succeed": self.would_succeed,
@@ -78,6 +81,7 @@ class Report:
                 for code, c in self.by_code.items()
             },
             "skipped_dead_letters": self.skipped_dead_letters,
+            "unmarked": self.unmarked,
             "exit_status": self.exit_status,
         }
 
@@ -90,9 +94,10 @@ def build_report(
     dry_run: bool,
     failed: Iterable[str] = (),
     succeeding: Iterable[str] = (),
+    unmarked: int = 0,
 ) -> Report:
-    """Count the plan's decisions, given the ids whose publish ``failed`` and (in a dry run) the ids
-    that would now be ``succeeding``."""
+    """Count the plan's decisions, given the ids whose publish ``failed``, (in a dry run) the ids
+    that would now be ``succeeding``, and how many were redriven but ``unmarked``."""
     failed_ids, ok_ids = set(failed), set(succeeding)
     skipped: Counter[str] = Counter()
     by_code: dict[str, CodeCounts] = {}
@@ -102,6 +107,8 @@ def build_report(
         counts = by_code.setdefault(d.code.value, CodeCounts())
         counts.selected += 1
         reason = d.skip
+        if reason is None and d.recovery is not None:
+            reason = SkipReason.TRUNCATED  # its input was never read back
         if reason is None and d.dead_letter_id in failed_ids:
             reason = SkipReason.PUBLISH_FAILED
         if reason is not None:
@@ -130,12 +137,15 @@ def build_report(
         read=plan.read,
         unreadable=len(plan.unreadable),
         duplicates=plan.duplicates,
+        markers=plan.markers,
+        already_redriven=plan.already_redriven,
         selected=len(plan.decisions),
         redriven=redriven,
         would_succeed=sum(c.would_succeed for c in by_code.values()) if dry_run else None,
         skipped=dict(sorted(skipped.items())),
         by_code=dict(sorted(by_code.items())),
         skipped_dead_letters=skipped_list,
+        unmarked=unmarked,
     )
 
 
@@ -144,7 +154,7 @@ _SKIPPED_SHOWN = 20
 _REASON_TEXT = {
     SkipReason.TRUNCATED.value: "truncated raw copy, cannot be redriven faithfully",
     SkipReason.MAX_REDRIVES.value: "redrive limit reached",
-    SkipReason.INVALID_REDRIVE_COUNT.value: f"malformed {REDRIVE_COUNT_HEADER} header",
+    SkipReason.TOO_LARGE.value: "larger than the target topic accepts (max.message.bytes)",
     SkipReason.PUBLISH_FAILED.value: "publish failed",
 }
 
@@ -155,18 +165,25 @@ def render_text(report: Report) -> str:
     mode = " (dry run: nothing published)" if r.dry_run else ""
     lines = [f"redrive {r.dlq_topic} -> {r.target_topic}{mode}"]
     extra = []
+    if r.already_redriven:
+        extra.append(f"{r.already_redriven} redriven already")
     if r.duplicates:
         extra.append(f"{r.duplicates} duplicate(s) of selected ones")
     if r.unreadable:
         extra.append(f"{r.unreadable} unreadable record(s) ignored")
+    markers = f" ({r.markers} redrive marker(s))" if r.markers else ""
     lines.append(
-        f"read {r.read} record(s), selected {r.selected} dead letter(s)"
+        f"read {r.read} record(s){markers}, selected {r.selected} dead letter(s)"
         + (f" ({', '.join(extra)})" if extra else "")
     )
     if r.dry_run:
         lines.append(f"would redrive {r.redriven}; {r.would_succeed} would now succeed")
     else:
         lines.append(f"redriven {r.redriven}")
+    if r.unmarked:
+        lines.append(
+            f"{r.unmarked} redriven without a marker (writing it failed): a next run redrives them again"
+        )
     skipped = sum(r.skipped.values())
     if skipped:
         lines.append(f"skipped {skipped}: " + ", ".join(f"{k}={n}" for k, n in r.skipped.items()))
@@ -183,10 +200,10 @@ def render_text(report: Report) -> str:
     if r.skipped_dead_letters:
         lines.append("skipped dead letters:")
         for item in r.skipped_dead_letters[:_SKIPPED_SHOWN]:
-            count = "" if item["redrive_count"] is None else f", redrive count {item['redrive_count']}"
             lines.append(
                 f"  {item['id']} ({item['code']}, dead-letter partition {item['dlq_partition']} "
-                f"offset {item['dlq_offset']}{count}): {_REASON_TEXT[item['reason']]}"
+                f"offset {item['dlq_offset']}, redrive count {item['redrive_count']}): "
+                f"{_REASON_TEXT[item['reason']]}"
             )
         if len(r.skipped_dead_letters) > _SKIPPED_SHOWN:
             lines.append(f"  ... and {len(r.skipped_dead_letters) - _SKIPPED_SHOWN} more (see --json)")

@@ -12,15 +12,25 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
-from schemas.events import ERROR_CODE_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
+from schemas.events import (
+    ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
+    REDRIVE_COUNT_HEADER,
+    REDRIVEN_HEADER,
+)
 from service.cli import main
+from service.core.events import origin_tag
 from service.delivery.ingestor import Ingestor
 from service.kafka.topics import create_topics
 from tests.conftest import BrokerHandle
 from tests.support import Topics, produce, read_all, record, service_env, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+REDRIVE_KEY = "integration-tests-redrive-key-0123456789"
 
 BAD_DATE = record(7, date="2024-02-30").encode()
 NO_MARKERS = b"just some words without any field markers"
@@ -35,7 +45,13 @@ def _use_env(
     monkeypatch: pytest.MonkeyPatch, broker: BrokerHandle, topics: Topics, **extra: str
 ) -> dict[str, str]:
     """Point the in-process command at the test's broker and topics, as the environment would."""
-    env = service_env(broker.bootstrap_servers, topics, idempotence=broker.idempotence, **extra)
+    env = service_env(
+        broker.bootstrap_servers,
+        topics,
+        idempotence=broker.idempotence,
+        INGEST_REDRIVE_KEY=REDRIVE_KEY,
+        **extra,
+    )
     for name in list(os.environ):
         if name.startswith(("INGEST_", "KAFKA_")):
             monkeypatch.delenv(name)
@@ -54,8 +70,21 @@ async def _redrive(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int,
     return code, report
 
 
+async def _dead_letters(bootstrap: str, topic: str, *, committed: bool = False) -> list[Any]:
+    """The dead letters on ``topic``: its records but the redrive markers."""
+    records = await read_all(bootstrap, topic, committed=committed)
+    return [r for r in records if REDRIVEN_HEADER not in dict(r.headers)]
+
+
+async def _markers(bootstrap: str, topic: str, *, committed: bool = False) -> list[dict[str, Any]]:
+    """The redrive markers on ``topic``."""
+    records = await read_all(bootstrap, topic, committed=committed)
+    return [orjson.loads(r.value) for r in records if REDRIVEN_HEADER in dict(r.headers)]
+
+
 async def _ingest(broker: BrokerHandle, topics: Topics, **overrides: Any) -> None:
     """Run the service over the input until it is drained."""
+    overrides.setdefault("redrive_key", REDRIVE_KEY)
     settings = settings_for(
         broker.bootstrap_servers, topics, idempotence=broker.idempotence, burst=True, **overrides
     )
@@ -129,8 +158,10 @@ async def test_redrive_selects_by_code_time_partition_offset_and_limit(
     for rec in redriven:
         assert rec.value == MISSING_TITLE
         headers = dict(rec.headers)
-        origins.add(headers.pop(ORIGIN_HEADER).decode())
-        assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1"}
+        origin = headers.pop(ORIGIN_HEADER).decode()
+        origins.add(origin)
+        tag = origin_tag(SecretStr(REDRIVE_KEY), origin, MISSING_TITLE)
+        assert headers == {"trace": b"t-1", REDRIVE_COUNT_HEADER: b"1", ORIGIN_TAG_HEADER: tag.encode()}
         assert ERROR_CODE_HEADER not in headers
     assert origins == {f"{topics.input}:{s.partition}:{s.offset}:0" for s in sent if s.value == MISSING_TITLE}
 
@@ -192,7 +223,8 @@ async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit
     assert "redriven 0\n" in out
     assert "skipped 1: max_redrives=1" in out
     # Every round's dead letter keeps the original id: the redriven message carries its origin.
-    assert f"{topics.input}:0:0:0 (invalid_field, dead-letter partition 0 offset 3, redrive count 3)" in out
+    # Dead letters at 0, 2, 4, 6 of the dead-letter topic; each round's marker after its dead letter.
+    assert f"{topics.input}:0:0:0 (invalid_field, dead-letter partition 0 offset 6, redrive count 3)" in out
     assert "redrive limit reached" in out
 
     code, report = await _redrive(capsys, "--from-offset", "3", "--max-redrives", "4")
@@ -203,7 +235,7 @@ async def test_a_message_redriven_through_the_service_stops_at_the_redrive_limit
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in inputs] == [None, b"1", b"2", b"3", b"4"]
     assert all(dict(r.headers)["trace"] == b"t-9" for r in inputs)
     assert {r.key for r in inputs} == {b"k0"}
-    dead = await read_all(bootstrap, topics.dlq)
+    dead = await _dead_letters(bootstrap, topics.dlq)
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1", b"2", b"3"]
 
 
@@ -218,7 +250,7 @@ async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerH
     assert event["error"]["code"] == "invalid_encoding"
     assert base64.b64decode(event["raw"]["base64"]) == payload
 
-    env = service_env(bootstrap, topics, idempotence=broker.idempotence)
+    env = service_env(bootstrap, topics, idempotence=broker.idempotence, INGEST_REDRIVE_KEY=REDRIVE_KEY)
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "service", "redrive", "--code", "invalid_encoding"],
@@ -236,12 +268,26 @@ async def test_an_invalid_utf8_payload_is_redriven_byte_for_byte(broker: BrokerH
     assert again.key == original.key == b"k0"
 
     await _ingest(broker, topics)
-    first, second = (orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq))
+    first, second = (orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq))
     assert second["raw"] == first["raw"]
     assert second["source"]["offset"] == 1
 
 
-async def test_a_truncated_dead_letter_is_skipped_and_reported(
+async def _delete_records_before(bootstrap: str, topic: str, offset: int) -> None:
+    """What retention does: the partition's records before ``offset`` are gone."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=offset)})
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka  # Tansu has no DeleteRecords
+async def test_a_truncated_dead_letter_is_read_back_from_its_input_or_skipped_and_reported(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bootstrap = broker.bootstrap_servers
@@ -252,6 +298,9 @@ async def test_a_truncated_dead_letter_is_skipped_and_reported(
     await _ingest(broker, topics, max_dead_letter_raw_bytes=1024)
     _use_env(monkeypatch, broker, topics)
 
+    code, dry = await _redrive(capsys, "--dry-run")
+    assert (code, dry["redriven"], dry["skipped"]) == (0, 2, {}), "the cut copy's input is on its topic"
+    await _delete_records_before(bootstrap, topics.input, 1)
     code, report = await _redrive(capsys, "--to-topic", side)
     assert code == 1
     assert (report["selected"], report["redriven"], report["skipped"]) == (2, 1, {"truncated": 1})
@@ -264,10 +313,10 @@ async def test_a_truncated_dead_letter_is_skipped_and_reported(
     assert report["target_topic"] == side
     [rec] = await read_all(bootstrap, side)
     assert rec.value == NO_MARKERS
-    assert len(await read_all(bootstrap, topics.input)) == 2
+    assert len(await read_all(bootstrap, topics.input)) == 1
 
 
-async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_stays_null(
+async def test_a_dead_letter_is_redriven_once_however_often_redrive_runs_and_null_stays_null(
     broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bootstrap = broker.bootstrap_servers
@@ -277,27 +326,29 @@ async def test_a_dead_letter_redriven_twice_gives_articles_with_one_id_and_null_
     await _ingest(broker, topics, max_payload_bytes=800)
     _use_env(monkeypatch, broker, topics)
 
-    for _ in range(2):
-        code, report = await _redrive(capsys, "--code", "payload_too_large")
-        assert (code, report["redriven"]) == (0, 1), report
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"]) == (0, 1), report
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"], report["already_redriven"], report["markers"]) == (0, 0, 1, 1), report
     code, report = await _redrive(capsys, "--code", "empty_payload")
     assert (code, report["redriven"]) == (0, 1), report
     inputs = await read_all(bootstrap, topics.input)
-    assert [r.value for r in inputs] == [large, None, large, large, None], "null is redriven as null"
+    assert [r.value for r in inputs] == [large, None, large, None], "null is redriven as null"
     assert [dict(r.headers).get(ORIGIN_HEADER) for r in inputs[2:]] == [
         f"{topics.input}:0:0:0".encode(),
-        f"{topics.input}:0:0:0".encode(),
         f"{topics.input}:0:1:0".encode(),
+    ]
+    markers = await _markers(bootstrap, topics.dlq)
+    assert [(m["dead_letter"]["id"], m["dead_letter"]["offset"], m["target_topic"]) for m in markers] == [
+        (f"{topics.input}:0:0:0", 0, topics.input),
+        (f"{topics.input}:0:1:0", 1, topics.input),
     ]
 
     await _ingest(broker, topics, max_payload_bytes=100_000)
     articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
-    assert [(a["id"], a["kafkaoffset"]) for a in articles] == [
-        (f"{topics.input}:0:0:0", 2),
-        (f"{topics.input}:0:0:0", 3),
-    ], "deduplication on id removes the second redrive's article"
-    dead = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
-    null_again = [d for d in dead if d["source"]["offset"] == 4]
+    assert [(a["id"], a["kafkaoffset"]) for a in articles] == [(f"{topics.input}:0:0:0", 2)]
+    dead = [orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq)]
+    null_again = [d for d in dead if d["source"]["offset"] == 3]
     assert [(d["id"], d["error"]["code"], d["raw"]["text"]) for d in null_again] == [
         (f"{topics.input}:0:1:0", "empty_payload", None)
     ]
@@ -351,5 +402,285 @@ async def test_in_exactly_once_only_committed_dead_letters_are_redriven(
     assert (code, report["selected"], report["redriven"]) == (0, 1, 1), report
     await _ingest(broker, topics, delivery="exactly-once")
     assert len(await read_all(bootstrap, topics.input)) == 2
-    dead = await read_all(bootstrap, topics.dlq, committed=True)
+    dead = await _dead_letters(bootstrap, topics.dlq, committed=True)
     assert [dict(r.headers).get(REDRIVE_COUNT_HEADER) for r in dead] == [None, b"1"]
+
+
+async def test_an_input_cannot_choose_its_event_id_only_a_redrive_can(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with a forged ``marker-ingest-origin-id`` (another record's id, untagged or with a
+    made-up tag) gets its own coordinates as its id; the copy ``redrive`` tags gets its origin's."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-forged").create(bootstrap)
+    await produce(bootstrap, topics.input, [record(50).encode()])
+    victim = f"{topics.input}:0:0:0"
+    await produce(bootstrap, topics.input, [record(51).encode()], headers=[(ORIGIN_HEADER, victim.encode())])
+    forged_tag = [(ORIGIN_HEADER, victim.encode()), (ORIGIN_TAG_HEADER, b"0" * 64)]
+    await produce(bootstrap, topics.input, [record(52).encode()], headers=forged_tag)
+    await produce(bootstrap, topics.input, [BAD_DATE])
+    await _ingest(broker, topics)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert [(a["data"]["fn"], a["id"]) for a in articles] == [
+        (50, victim),
+        (51, f"{topics.input}:0:1:0"),
+        (52, f"{topics.input}:0:2:0"),
+    ], "one id per article: no input named another's"
+
+    _use_env(monkeypatch, broker, topics)
+    code, report = await _redrive(capsys)
+    assert (code, report["redriven"]) == (0, 1), report
+    await _ingest(broker, topics, max_payload_bytes=100_000)
+    *_, redriven = await read_all(bootstrap, topics.input)
+    assert dict(redriven.headers)[ORIGIN_HEADER] == f"{topics.input}:0:3:0".encode()
+    [dead, again] = [orjson.loads(r.value) for r in await _dead_letters(bootstrap, topics.dlq)]
+    assert again["id"] == dead["id"] == f"{topics.input}:0:3:0", "the tagged copy keeps its origin's id"
+    assert again["source"]["offset"] == 4
+
+
+async def test_a_dead_letter_keeps_no_cloudevents_header_and_a_forged_count_does_no_harm(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-headers").create(bootstrap)
+    headers = [
+        ("content-type", b"application/cloudevents+json"),
+        ("ce_specversion", b"1.0"),
+        (REDRIVE_COUNT_HEADER, b"abc"),
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("feed", b"bbc"),
+    ]
+    await produce(bootstrap, topics.input, [NO_MARKERS], headers=headers)
+    await _ingest(broker, topics)
+    [dead] = await read_all(bootstrap, topics.dlq)
+    assert list(dead.headers) == [
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("feed", b"bbc"),
+        (ERROR_CODE_HEADER, b"no_markers"),
+    ]
+
+    _use_env(monkeypatch, broker, topics)
+    code, report = await _redrive(capsys)
+    assert (code, report["redriven"], report["skipped"]) == (0, 1, {}), report
+    *_, redriven = await read_all(bootstrap, topics.input)
+    assert [(k, v) for k, v in redriven.headers if k in ("feed", REDRIVE_COUNT_HEADER, "content-type")] == [
+        ("feed", b"bbc"),
+        (REDRIVE_COUNT_HEADER, b"1"),
+    ]
+
+
+async def test_the_documented_payload_too_large_example_works_with_the_default_limits(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/tools.md: ``INGEST_MAX_PAYLOAD_BYTES=4000000 marker-ingest redrive --code
+    payload_too_large``. Such a payload's copy is always cut (it is over 256 KiB): the payload is
+    read back from the input topic."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-large").create(
+        bootstrap, input_configs={"max.message.bytes": "5000000"}
+    )
+    big = b" ".join(record(60 + i, text="w" * 400_000).encode() for i in range(3))
+    await produce(bootstrap, topics.input, [big])
+    await _ingest(broker, topics)
+    [dead] = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.dlq)]
+    assert (dead["error"]["code"], dead["raw"]["truncated"], dead["raw"]["size_bytes"]) == (
+        "payload_too_large",
+        True,
+        len(big),
+    )
+
+    _use_env(monkeypatch, broker, topics, INGEST_MAX_PAYLOAD_BYTES="4000000")
+    code, dry = await _redrive(capsys, "--code", "payload_too_large", "--dry-run")
+    assert (code, dry["would_succeed"], dry["skipped"]) == (0, 1, {}), dry
+    code, report = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, report["redriven"], report["skipped"]) == (0, 1, {}), report
+    original, redriven = await read_all(bootstrap, topics.input)
+    assert (redriven.value, redriven.key) == (big, original.key)
+
+    await _ingest(broker, topics, max_payload_bytes=4_000_000)
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output)]
+    assert [(a["id"], a["data"]["fn"]) for a in articles] == [
+        (f"{topics.input}:0:0:{i}", 60 + i) for i in range(3)
+    ]
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_running_the_same_redrive_twice_gives_one_article(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: two runs of one redrive left two article events with one id in the
+    read_committed output. The first run commits a marker with its copy; the second finds it."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-twice").create(bootstrap)
+    large = record(70, text="long body " * 100).encode()
+    await produce(bootstrap, topics.input, [large])
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once")
+    await _ingest(broker, topics, delivery="exactly-once", max_payload_bytes=800)
+
+    code, first = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, first["redriven"]) == (0, 1), first
+    code, second = await _redrive(capsys, "--code", "payload_too_large")
+    assert (code, second["redriven"], second["already_redriven"]) == (0, 0, 1), second
+    await _ingest(broker, topics, delivery="exactly-once", max_payload_bytes=100_000)
+
+    articles = [orjson.loads(r.value) for r in await read_all(bootstrap, topics.output, committed=True)]
+    assert [(a["id"], a["data"]["fn"]) for a in articles] == [(f"{topics.input}:0:0:0", 70)]
+    assert len(await read_all(bootstrap, topics.input, committed=True)) == 2
+    [marker] = await _markers(bootstrap, topics.dlq, committed=True)
+    assert (marker["dead_letter"]["id"], marker["redrive_count"]) == (f"{topics.input}:0:0:0", 1)
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_a_redrive_fences_an_earlier_run_that_never_finished(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier run, stalled with its copy and marker in an open transaction, is fenced by the next
+    run's producer before that run reads: its transaction is aborted, it can commit nothing after,
+    and the next run redrives the dead letter once."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import ProducerFenced
+
+    from service.tools.redrive import redrive_transactional_id
+
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-zombie").create(bootstrap)
+    await produce(bootstrap, topics.input, [NO_MARKERS])
+    env = _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once")
+    await _ingest(broker, topics, delivery="exactly-once")
+    [dead] = await _dead_letters(bootstrap, topics.dlq, committed=True)
+
+    settings = settings_for(bootstrap, topics, idempotence=True, delivery="exactly-once")
+    zombie = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=redrive_transactional_id(settings),
+        enable_idempotence=True,
+    )
+    await zombie.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send_and_wait(topics.input, NO_MARKERS, key=b"k0")
+        marker = {"type": "io.markeringest.record.redriven.v1", "time": "2024-03-01T00:00:00.000Z"}
+        marker |= {"service_version": "0", "redrive_count": 1, "target_topic": topics.input}
+        marker["dead_letter"] = {
+            "id": f"{topics.input}:0:0:0",
+            "scope": "payload",
+            "partition": 0,
+            "offset": 0,
+        }
+        await zombie.send_and_wait(
+            topics.dlq, orjson.dumps(marker), key=b"0:0", partition=0, headers=[(REDRIVEN_HEADER, b"0:0")]
+        )
+        assert env["INGEST_DELIVERY"] == "exactly-once"
+        code, report = await _redrive(capsys)
+        assert (code, report["redriven"], report["markers"]) == (0, 1, 0), report
+        with pytest.raises(ProducerFenced):
+            await zombie.commit_transaction()
+    finally:
+        await zombie.stop()
+
+    inputs = await read_all(bootstrap, topics.input, committed=True)
+    assert [dict(r.headers).get(ORIGIN_HEADER) for r in inputs] == [None, f"{topics.input}:0:0:0".encode()]
+    assert len(await read_all(bootstrap, topics.input)) == 3, "the zombie's copy is there, aborted"
+    [committed] = await _markers(bootstrap, topics.dlq, committed=True)
+    assert committed["dead_letter"]["offset"] == dead.offset
+    assert committed["service_version"] != "0"
+
+
+@pytest.mark.kafka
+async def test_in_exactly_once_concurrent_redrives_publish_each_dead_letter_once(
+    broker: BrokerHandle,
+) -> None:
+    """Two runs at once: whichever way they interleave, each dead letter's input is committed once
+    (a run fenced mid-way reports what it could not commit as publish_failed)."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-eos-race").create(bootstrap)
+    count = 120
+    await produce(bootstrap, topics.input, [record(i, date="2024-02-30").encode() for i in range(count)])
+    await _ingest(broker, topics, delivery="exactly-once")
+    env = service_env(
+        bootstrap, topics, idempotence=True, INGEST_DELIVERY="exactly-once", INGEST_REDRIVE_KEY=REDRIVE_KEY
+    )
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "redrive",
+            "--json",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await asyncio.wait_for(run.communicate(), timeout=180) for run in runs]
+    assert all(run.returncode in (0, 1) for run in runs), [err.decode()[-2000:] for _, err in outputs]
+    assert all(out and b"Traceback" not in err for out, err in outputs), [
+        err.decode()[-3000:] for _, err in outputs
+    ]
+    reports = [orjson.loads(out) for out, _ in outputs]
+    assert sum(r["redriven"] for r in reports) == count, reports
+    assert all(set(r["skipped"]) <= {"publish_failed"} for r in reports), reports
+
+    copies = (await read_all(bootstrap, topics.input, committed=True))[count:]
+    origins = sorted(dict(r.headers)[ORIGIN_HEADER].decode() for r in copies)
+    assert origins == sorted(f"{topics.input}:0:{i}:0" for i in range(count)), "each once"
+    markers = await _markers(bootstrap, topics.dlq, committed=True)
+    assert sorted(m["dead_letter"]["offset"] for m in markers) == list(range(count))
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+async def test_a_copy_the_target_topic_would_refuse_is_skipped_alone(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], delivery: str
+) -> None:
+    """A copy over the target topic's max.message.bytes is skipped as too_large before anything is
+    sent: sent, the broker would refuse the whole batch it was in (and aiokafka's idempotent producer
+    would refuse what follows). The others are published and marked."""
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-refused").create(bootstrap)
+    side = f"{topics.input}.side"
+    await create_topics(bootstrap, {side: 1}, configs={"max.message.bytes": "2000"})
+    wide = b"words " * 1000
+    await produce(bootstrap, topics.input, [NO_MARKERS, wide, BAD_DATE, NO_MARKERS])
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY=delivery)
+    await _ingest(broker, topics, delivery=delivery)
+
+    code, report = await _redrive(capsys, "--to-topic", side)
+    assert (code, report["redriven"], report["skipped"]) == (1, 3, {"too_large": 1}), report
+    assert [s["id"] for s in report["skipped_dead_letters"]] == [f"{topics.input}:0:1:0"]
+    copies = await read_all(bootstrap, side, committed=True)
+    assert [r.value for r in copies] == [NO_MARKERS, BAD_DATE, NO_MARKERS]
+    markers = await _markers(bootstrap, topics.dlq, committed=True)
+    assert sorted(m["dead_letter"]["id"] for m in markers) == [
+        f"{topics.input}:0:{offset}:0" for offset in (0, 2, 3)
+    ]
+
+    code, again = await _redrive(capsys, "--to-topic", side)
+    assert (code, again["already_redriven"], again["redriven"], again["skipped"]) == (
+        1,
+        3,
+        0,
+        {"too_large": 1},
+    ), "only the refused one is tried again"
+
+
+@pytest.mark.smoke
+async def test_exactly_once_redrive_on_a_broker_without_transactions_is_one_line(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not broker.tansu:
+        pytest.skip("Apache Kafka has transactions; this is what Tansu, which has none, gets")
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("redrive-tansu-eos").create(bootstrap)
+    await produce(bootstrap, topics.input, [NO_MARKERS])
+    await _ingest(broker, topics)
+    _use_env(monkeypatch, broker, topics, INGEST_DELIVERY="exactly-once", KAFKA_ENABLE_IDEMPOTENCE="true")
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["redrive"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("marker-ingest")]
+    assert line.startswith("marker-ingest redrive: the broker refused the idempotent producer")
+    assert "INGEST_DELIVERY" in line
+    assert len(await read_all(bootstrap, topics.input)) == 1, "nothing published"

@@ -57,7 +57,7 @@ def test_an_unreachable_broker_is_one_line_without_a_traceback_or_unclosed_clien
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "KAFKA_"))}
     proc = subprocess.run(
         [sys.executable, "-m", "service", *argv, "--bootstrap-servers", f"127.0.0.1:{free_port()}"],
-        env=dict(env, KAFKA_REQUEST_TIMEOUT_MS="3000"),
+        env=dict(env, KAFKA_REQUEST_TIMEOUT_MS="3000", INGEST_REDRIVE_KEY="k" * 32),
         capture_output=True,
         timeout=120,
         check=False,

@@ -27,6 +27,7 @@ from tests.support import SERVICE_CMD, Ledger, Topics, get_text, record, service
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 CLI = [sys.executable, "-m", "service"]
+REDRIVE_KEY = "redrive-key-searched-for-in-every-output"
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -36,7 +37,7 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 90) -> subproces
 
 
 def _clean(text: str, secret: str) -> None:
-    assert secret not in text, "the password appears in the output"
+    assert secret not in text, "a secret appears in the output"
     assert "Traceback" not in text
 
 
@@ -50,6 +51,7 @@ async def test_every_command_works_in_every_mode(secured: SecuredKafka, mode: st
         INGEST_LOG_LEVEL="DEBUG",
         INGEST_BURST="true",
         INGEST_BURST_IDLE_SECONDS="3",
+        INGEST_REDRIVE_KEY=REDRIVE_KEY,
         **mode_env(secured, mode),
     )
     feed = tmp_path / "feed"
@@ -77,6 +79,7 @@ async def test_every_command_works_in_every_mode(secured: SecuredKafka, mode: st
 
     for text in [*outputs, str(dead_letter)]:
         _clean(text, secured.password)
+        _clean(text, REDRIVE_KEY)
 
 
 def _refusals(kafka: SecuredKafka) -> dict[str, tuple[dict[str, str], str, str]]:
@@ -171,7 +174,14 @@ async def test_wrong_access_fails_fast_with_one_line(
         pytest.skip("every case runs through produce; run and redrive take a sample")
     topics = Topics.unique("sec-refused")
     extra, words, setting = _refusals(secured)[case]
-    env = service_env("unused:1", topics, idempotence=True, INGEST_LOG_LEVEL="DEBUG", **extra)
+    env = service_env(
+        "unused:1",
+        topics,
+        idempotence=True,
+        INGEST_LOG_LEVEL="DEBUG",
+        INGEST_REDRIVE_KEY=REDRIVE_KEY,
+        **extra,
+    )
     (tmp_path / "one.txt").write_text(record(1))
     args = {"produce": ["produce", str(tmp_path)], "run": ["run"], "redrive": ["redrive"]}[command]
     started = time.monotonic()
@@ -223,6 +233,7 @@ async def test_no_secret_in_the_endpoints_or_the_settings_line(secured: SecuredK
         INGEST_LOG_LEVEL="DEBUG",
         INGEST_HTTP_PORT=str(port),
         INGEST_HTTP_HOST="127.0.0.1",
+        INGEST_REDRIVE_KEY=REDRIVE_KEY,
         **mode_env(secured, mode),
     )
     proc = subprocess.Popen(SERVICE_CMD, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: ASYNC220
@@ -245,5 +256,7 @@ async def test_no_secret_in_the_endpoints_or_the_settings_line(secured: SecuredK
     assert len(starting) == 1
     assert starting[0]["settings"]["kafka_sasl_password"] == "**********"
     assert starting[0]["settings"]["kafka_sasl_username"] == "svc"
+    assert starting[0]["settings"]["redrive_key"] == "**********"
     for text in [output, *bodies.values()]:
         _clean(text, secured.password)
+        _clean(text, REDRIVE_KEY)

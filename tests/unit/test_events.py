@@ -27,17 +27,19 @@ from markertext import (
     run,
     start,
 )
+from pydantic import SecretStr
 
 from schemas.events import (
     ARTICLE_DATASCHEMA,
     ARTICLE_EVENT_TYPE,
     DEAD_LETTER_EVENT_TYPE,
     ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
     ArticleIngested,
     RecordDeadLettered,
 )
 from service.core.dead_letters import fit_dead_letter
-from service.core.events import Origin, Source, origin_of, rfc3339
+from service.core.events import Origin, Source, origin_of, origin_tag, rfc3339
 from service.core.limits import Limits
 
 
@@ -469,21 +471,33 @@ def test_the_format_doc_digest_example() -> None:
 # --- redriven messages keep their records' ids ----------------------------------------------------
 
 
+REDRIVE_KEY = SecretStr("a-redrive-key-of-at-least-32-chars")
+
+
+def _tagged(*origins: bytes, value: bytes | None = b"payload") -> list[tuple[str, bytes]]:
+    """Each origin header with the tag redrive makes for it and ``value``, in that order."""
+    headers = []
+    for origin in origins:
+        tag = origin_tag(REDRIVE_KEY, origin.decode(errors="replace"), value)
+        headers += [(ORIGIN_HEADER, origin), (ORIGIN_TAG_HEADER, tag.encode())]
+    return headers
+
+
 @pytest.mark.parametrize(
     ("headers", "origin"),
     [
-        ([(ORIGIN_HEADER, b"t3.raw:0:15071:2")], Origin("t3.raw:0:15071", 2)),
-        ([(ORIGIN_HEADER, b"a:1:2:3"), (ORIGIN_HEADER, b"news.raw:07:8:0")], Origin("news.raw:7:8", 0)),
+        (_tagged(b"t3.raw:0:15071:2"), Origin("t3.raw:0:15071", 2)),
+        (_tagged(b"a:1:2:3", b"news.raw:07:8:0"), Origin("news.raw:7:8", 0)),
         ([("trace", b"t3.raw:0:1:0")], None),
-        ([(ORIGIN_HEADER, b"t3.raw:0:15071")], None),
-        ([(ORIGIN_HEADER, b"t3 raw:0:1:0")], None),
-        ([(ORIGIN_HEADER, b"t:0:-1:0")], None),
-        ([(ORIGIN_HEADER, "t:0:1:٣".encode())], None),
-        ([(ORIGIN_HEADER, b"")], None),
+        (_tagged(b"t3.raw:0:15071"), None),
+        (_tagged(b"t3 raw:0:1:0"), None),
+        (_tagged(b"t:0:-1:0"), None),
+        (_tagged("t:0:1:٣".encode()), None),
+        (_tagged(b""), None),
     ],
 )
 def test_the_origin_is_read_from_its_header(headers: list[tuple[str, bytes]], origin: Origin | None) -> None:
-    assert origin_of(headers) == origin
+    assert origin_of(headers, b"payload", REDRIVE_KEY) == origin
 
 
 def test_a_redriven_message_gives_its_records_the_ids_that_follow_its_origin() -> None:

@@ -10,13 +10,14 @@ import os
 import orjson
 import pytest
 from markertext import NOW, VERSION, record
+from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
 from service.cli import EXIT_USAGE, main
 from service.core.events import Source, origin_of, process_payload
 from service.core.limits import Limits
-from service.delivery.routing import Routes, route
+from service.delivery.routing import Routes, redrive_count, route
 from service.tools import redrive as rd
 from service.tools import redrive_plan as plan
 from service.tools.redrive import parse_time
@@ -27,7 +28,7 @@ from service.tools.redrive_plan import (
     original_bytes,
     parse_dead_letter,
     plan_redrive,
-    redrive_count,
+    recover,
     redriven_headers,
     would_succeed,
 )
@@ -35,6 +36,7 @@ from service.tools.redrive_report import build_report, render_json, render_text
 
 INPUT = "news.raw"
 ERROR_HEADER = "marker-ingest-error-code"
+KEY = SecretStr("the-redrive-key-of-these-tests-0123")
 
 
 @pytest.fixture(autouse=True)
@@ -157,25 +159,35 @@ def test_the_original_key_comes_from_key_base64() -> None:
         ([("trace", b"t")], 0),
         ([(REDRIVE_COUNT_HEADER, b"2")], 2),
         ([(REDRIVE_COUNT_HEADER, b"1"), (REDRIVE_COUNT_HEADER, b"3")], 3),
-        ([(REDRIVE_COUNT_HEADER, b"two")], None),
-        ([(REDRIVE_COUNT_HEADER, b"-1")], None),
-        ([(REDRIVE_COUNT_HEADER, b"")], None),
-        ([(REDRIVE_COUNT_HEADER, "٣".encode())], None),
+        ([(REDRIVE_COUNT_HEADER, b"3"), (REDRIVE_COUNT_HEADER, b"abc")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"two")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"-1")], 0),
+        ([(REDRIVE_COUNT_HEADER, b"")], 0),
+        ([(REDRIVE_COUNT_HEADER, "٣".encode())], 0),
+        ([(REDRIVE_COUNT_HEADER, b"1234567890")], 0),
+        ([("Marker-Ingest-Redrive-Count", b"2")], 0),
     ],
 )
-def test_redrive_count_is_read_from_the_headers(headers: list[tuple[str, bytes]], count: int | None) -> None:
+def test_redrive_count_is_read_from_the_headers(headers: list[tuple[str, bytes]], count: int) -> None:
+    """A malformed count is no count: it must not make a dead letter unredrivable."""
     assert redrive_count(headers) == count
 
 
 def test_redriven_headers_keep_the_input_headers_and_set_the_count() -> None:
-    headers = [("trace", b"t-1"), (ERROR_HEADER, b"no_markers"), (REDRIVE_COUNT_HEADER, b"1"), ("b", b"")]
+    headers = [
+        ("trace", b"t-1"),
+        (ERROR_HEADER, b"no_markers"),
+        (REDRIVE_COUNT_HEADER, b"1"),
+        ("b", b""),
+        ("Marker-Ingest-Anything", b"x"),
+    ]
     assert redriven_headers(headers, 2) == (("trace", b"t-1"), ("b", b""), (REDRIVE_COUNT_HEADER, b"2"))
 
 
 def test_the_error_code_header_is_the_services() -> None:
     from schemas.events import ERROR_CODE_HEADER
 
-    assert plan.ERROR_CODE_HEADER == ERROR_CODE_HEADER == ERROR_HEADER
+    assert ERROR_CODE_HEADER == ERROR_HEADER
 
 
 # --- selection ------------------------------------------------------------------------------------
@@ -327,13 +339,17 @@ def test_a_dead_letter_at_the_redrive_limit_is_skipped(
     assert (decision.message is None) == (skip is not None)
 
 
-def test_truncated_and_malformed_count_dead_letters_are_skipped() -> None:
+def test_a_truncated_dead_letter_is_skipped_and_a_malformed_count_counts_as_none() -> None:
+    """A dead letter written before the service dropped malformed counts still carries one (the
+    issue's forged ``abc``): it is redriven as a first redrive, not skipped."""
     q = DLQ()
     q.add("y" * 3000, limits=Limits(max_dead_letter_raw_bytes=1024))
-    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"many"),))
+    q.add(NO_MARKERS, headers=((REDRIVE_COUNT_HEADER, b"abc"),))
     plan = plan_redrive(q.records, Filters())
-    assert [d.skip for d in plan.decisions] == [SkipReason.TRUNCATED, SkipReason.INVALID_REDRIVE_COUNT]
-    assert plan.messages == []
+    recover(plan, {})
+    assert [(d.skip, d.redrive_count) for d in plan.decisions] == [(SkipReason.TRUNCATED, 0), (None, 0)]
+    [(_, msg)] = plan.messages
+    assert dict(msg.headers)[REDRIVE_COUNT_HEADER] == b"1"
 
 
 # --- dry run --------------------------------------------------------------------------------------
@@ -554,7 +570,7 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
 
 def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
     """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
-    source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers))
+    source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers, msg.value, KEY))
     added = []
     for outcome in process_payload(msg.value, source, Limits(), now=NOW, version=VERSION):
         if outcome.error is None:
@@ -569,7 +585,7 @@ def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> l
 def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> None:
     q = DLQ()
     [original] = q.add("oops " + record(fn="9"), offset=15071)
-    [(first, msg1)] = plan_redrive(q.records, Filters()).messages
+    [(first, msg1)] = plan_redrive(q.records, Filters(), key=KEY).messages
     assert first.dead_letter_id == f"{INPUT}:0:15071:0"
     assert dict(msg1.headers)[ORIGIN_HEADER] == f"{INPUT}:0:15071:0".encode()
     # The service reads it again at 15073 and dead-letters it again (nothing was fixed).
@@ -577,7 +593,7 @@ def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> Non
     assert _event(again).id == _event(original).id == f"{INPUT}:0:15071:0"
     assert _event(again).source.offset == 15073
 
-    plan = plan_redrive(q.records, Filters(codes=frozenset({ErrorCode.STRAY_TEXT})))
+    plan = plan_redrive(q.records, Filters(codes=frozenset({ErrorCode.STRAY_TEXT})), key=KEY)
     assert plan.duplicates == 1, "the first redrive's own dead letter is a copy of the original"
     [(second, msg2)] = plan.messages
     assert (second.redrive_count, second.dlq_offset) == (1, again.offset), "the most redriven copy"
@@ -587,7 +603,7 @@ def test_a_dead_letter_redriven_twice_gives_events_with_the_original_id() -> Non
     # Once fixed (here: read as an article), both redriven copies give one id, which dedup catches.
     for msg, offset in ((msg1, 15073), (msg2, 15075)):
         fixed = msg.value.replace(b"oops ", b"") if msg.value else b""
-        source = Source(INPUT, 0, offset, None, msg.key, origin_of(msg.headers))
+        source = Source(INPUT, 0, offset, None, msg.key, origin_of(msg.headers, msg.value, KEY))
         [article] = process_payload(fixed, source, Limits(), now=NOW, version=VERSION)
         assert article.is_article
         assert article.event_id == f"{INPUT}:0:15071:0"
@@ -631,7 +647,10 @@ def test_a_dead_letter_whose_input_key_or_headers_were_dropped_is_not_redriven()
     q = DLQ()
     [rec] = q.add(NO_MARKERS)
     q.records[0] = DeadLetterRecord(0, 0, None, rec.value, (*rec.headers, (DROPPED_HEADER, b"key")))
-    [decision] = plan_redrive(q.records, Filters()).decisions
+    plan = plan_redrive(q.records, Filters())
+    assert plan.inputs_wanted == {(INPUT, 0, 0)}, "unless its input can be read back"
+    recover(plan, {})
+    [decision] = plan.decisions
     assert decision.skip is SkipReason.TRUNCATED
 
 

@@ -7,6 +7,7 @@ import orjson
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka, from_structured
+from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,11 +17,14 @@ from schemas.events import (
     CLOUDEVENTS_CONTENT_TYPE,
     DROPPED_HEADER,
     ERROR_CODE_HEADER,
+    ORIGIN_HEADER,
+    ORIGIN_TAG_HEADER,
+    REDRIVE_COUNT_HEADER,
     RecordDeadLettered,
 )
 from service.core.events import ARTICLE_RECORD_RESERVE, Outcome, Source, process_payload
 from service.core.limits import Limits
-from service.delivery.routing import Destination, Routes, record_size, route
+from service.delivery.routing import Destination, Routes, carried_headers, record_size, route
 
 ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)
 SOURCE = Source("news.raw", 2, 40, timestamp_ms=1_706_054_400_123, key=b"feed-7")
@@ -81,6 +85,74 @@ def test_a_dead_letter_carries_the_input_key_and_headers_and_its_code() -> None:
     assert dest.key == b"feed-7"
     assert dest.value is outcome.value
     assert list(dest.headers) == [("trace", b"t-1"), ("b", b""), (ERROR_CODE_HEADER, b"no_markers")]
+
+
+def test_a_dead_letter_does_not_pass_for_a_cloudevent() -> None:
+    """An input's ``content-type: application/cloudevents+json`` (or binary-mode ``ce_*`` headers)
+    copied onto its dead letter made CloudEvents readers take the dead letter for an event."""
+    [outcome] = _outcomes(b"no markers here")
+    dest = route(
+        outcome,
+        [
+            ("content-type", CLOUDEVENTS_CONTENT_TYPE.encode()),
+            ("Content-Type", b"text/plain"),
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"upstream-1"),
+            ("ce_source", b"urn:upstream"),
+            ("ce_type", b"com.example.feed"),
+            ("CE_SUBJECT", b"x"),
+            ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ("tracestate", b"congo=t61rcWkgMzE"),
+            ("feed", b"bbc"),
+            ("concept", b"not a ce_ prefix"),
+        ],
+        ROUTES,
+    )
+    assert list(dest.headers) == [
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("tracestate", b"congo=t61rcWkgMzE"),
+        ("feed", b"bbc"),
+        ("concept", b"not a ce_ prefix"),
+        (ERROR_CODE_HEADER, b"no_markers"),
+    ]
+    with pytest.raises(ValueError, match="not a CloudEvent"):
+        _java_sdk_mode(dict(dest.headers))
+    with pytest.raises(CloudEventValidationError):
+        from_kafka(_kafka_message(dest), JSONFormat(), None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        ([(REDRIVE_COUNT_HEADER, b"2")], [(REDRIVE_COUNT_HEADER, b"2")]),
+        ([(REDRIVE_COUNT_HEADER, b"abc")], []),
+        ([(REDRIVE_COUNT_HEADER, b"")], []),
+        ([(REDRIVE_COUNT_HEADER, b"1234567890")], []),
+        ([(REDRIVE_COUNT_HEADER, b"1"), (REDRIVE_COUNT_HEADER, b"x")], []),
+        (
+            [(REDRIVE_COUNT_HEADER, b"x"), ("a", b"1"), (REDRIVE_COUNT_HEADER, b"3")],
+            [("a", b"1"), (REDRIVE_COUNT_HEADER, b"3")],
+        ),
+        ([("Marker-Ingest-Redrive-Count", b"2")], []),
+        (
+            [
+                (ORIGIN_HEADER, b"news.raw:0:1:0"),
+                (ORIGIN_TAG_HEADER, b"0" * 64),
+                ("marker-ingest-redriven", b"0:1"),
+                ("MARKER-INGEST-ERROR-CODE", b"stray_text"),
+            ],
+            [],
+        ),
+    ],
+    ids=["count", "malformed", "empty", "too-long", "last-malformed", "last-counts", "other-case", "ours"],
+)
+def test_of_the_services_own_headers_a_dead_letter_keeps_only_a_well_formed_count(
+    headers: list[tuple[str, bytes]], kept: list[tuple[str, bytes]]
+) -> None:
+    [outcome] = _outcomes(b"no markers here")
+    dest = route(outcome, headers, ROUTES)
+    assert list(dest.headers) == [*kept, (ERROR_CODE_HEADER, b"no_markers")]
+    assert carried_headers(headers) == kept
 
 
 def _estimate(dest: Destination) -> int:
