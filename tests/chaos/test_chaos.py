@@ -1,0 +1,61 @@
+"""The chaos run in CI: a short schedule (``CHAOS_SECONDS``, default 150 s of nemesis) per delivery
+mode, with a random seed that is printed; ``CHAOS_SEED=<seed>`` replays one (or run the command
+line, ``python -m tests.chaos --seconds 150 --seed <seed> --mode <mode>``).
+
+Needs root, ``ip``, ``iptables`` and a JDK; without them it skips with the reason, or fails when
+``MARKER_INGEST_TEST_BROKER=kafka`` (CI), as the broker fixtures do.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.__main__ import run, unavailable_reason
+from tests.chaos.conftest import SUMMARIES
+from tests.faults.harness import env_int
+from tests.kafka.cluster import KafkaUnavailable, ensure_jars
+
+pytestmark = [pytest.mark.chaos]
+
+SECONDS = env_int("CHAOS_SECONDS", 150)
+
+
+def _needs_chaos() -> None:
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            ensure_jars()
+        except KafkaUnavailable as exc:
+            reason = str(exc)
+    if reason is None:
+        return
+    if os.environ.get("MARKER_INGEST_TEST_BROKER") == "kafka":
+        pytest.fail(f"MARKER_INGEST_TEST_BROKER=kafka, but the chaos run cannot run: {reason}")
+    pytest.skip(f"the chaos run cannot run here: {reason}")
+
+
+@pytest.mark.timeout(SECONDS + 900)
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_a_short_chaos_run_keeps_every_promise(
+    mode: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Kills, pauses and partitions of brokers, the controller and instances, rebalances and SIGTERMs
+    at random for a few minutes under a live feed; then the checker over what Kafka's own consumer
+    reads (see tests/chaos/check.py): nothing lost, nothing invented, exactly once or at least once
+    as the mode promises, in input order per key, offsets committed to the end, every exit clean."""
+    _needs_chaos()
+    seed = env_int("CHAOS_SEED", random.randrange(2**32))
+    print(f"CHAOS_SEED={seed}")
+    folder = tmp_path / "run"
+    code = run(seconds=SECONDS, seed=seed, mode=mode, folder=folder)
+    summary = folder / "summary.txt"
+    text = summary.read_text().rstrip() if summary.exists() else f"chaos run {mode}, seed {seed}: no summary"
+    request.config.stash.setdefault(SUMMARIES, []).append(text)
+    assert code == 0, (
+        f"the chaos run failed (status {code}), seed {seed}; history in {folder}\n{text}\n"
+        f"replay: CHAOS_SEED={seed} CHAOS_SECONDS={SECONDS} pytest -m chaos -k {mode!r}"
+    )
