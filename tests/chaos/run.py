@@ -16,12 +16,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -38,6 +40,7 @@ from tests.kafka.cluster import KafkaCluster, kafka_version
 from tests.support import Topics, service_env
 
 GRACE_SECONDS = 10.0
+T = TypeVar("T")
 BROKER_SETTINGS = {"unclean.leader.election.enable": "false"}
 
 
@@ -78,6 +81,18 @@ def place(cluster: KafkaCluster, net: Network) -> None:
         node.launch_prefix = net.prefix(names[node.node_id])
 
 
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread. Cancelled, it first waits for the thread to finish, so that the
+    clean-up that follows sees (and stops) every process the call started."""
+    call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await call
+        raise
+
+
 async def _ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -104,12 +119,12 @@ async def chaos(plan: Plan) -> int:
         f"chaos run: seed {plan.seed}, {plan.mode}, {plan.seconds:g} s of nemesis; history in {plan.folder}"
     )
     cluster = KafkaCluster(plan.folder / "kafka", brokers=3, extra=BROKER_SETTINGS)
-    classes = await asyncio.to_thread(reader.compiled, cluster.lib)
+    classes = await blocking(reader.compiled, cluster.lib)
     history.event("run.reader_compiled", classes=str(classes))
     place(cluster, net)
     fleet: Fleet | None = None
     try:
-        await asyncio.to_thread(cluster.start, 180.0)
+        await blocking(cluster.start, 180.0)
         bootstrap = cluster.bootstrap_servers
         history.event("run.cluster_started", kafka=kafka_version(), bootstrap=bootstrap)
         topics = Topics.unique("chaos")
@@ -278,6 +293,13 @@ def _summarize(plan: Plan, history: History, verdict: check.Verdict) -> None:
     print(text, flush=True)
 
 
+async def _orphaned(run: asyncio.Task[int]) -> None:
+    """Stop the run (and so its brokers and instances) if the process that started it dies."""
+    parent = os.getppid()
+    await wait_until(lambda: os.getppid() != parent, within=float("inf"), interval=1.0)
+    run.cancel()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.chaos.run``: the run inside the client namespace (started by ``tests.chaos``)."""
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.run")
@@ -301,12 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await chaos(plan)
+        orphaned = asyncio.create_task(_orphaned(task))
+        try:
+            return await chaos(plan)
+        finally:
+            orphaned.cancel()
 
     try:
         return asyncio.run(guarded())
     except asyncio.CancelledError:
-        print("chaos run: stopped by SIGTERM", file=sys.stderr)
+        print("chaos run: stopped (SIGTERM, or the process that started it died)", file=sys.stderr)
         return 3
     except Exception as exc:
         print(

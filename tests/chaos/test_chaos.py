@@ -1,6 +1,7 @@
 """The chaos run in CI: a short schedule (``CHAOS_SECONDS``, default 150 s of nemesis) per delivery
 mode, with a random seed that is printed; ``CHAOS_SEED=<seed>`` replays one (or run the command
-line, ``python -m tests.chaos --seconds 150 --seed <seed> --mode <mode>``).
+line, ``python -m tests.chaos --seconds 150 --seed <seed> --mode <mode>``). A run that fails keeps
+its history in ``$CHAOS_HISTORY_DIR`` (default: the temporary folder), ``chaos-<mode>-<seed>-*``.
 
 Needs root, ``ip``, ``iptables`` and a JDK; without them it skips with the reason, or fails when
 ``MARKER_INGEST_TEST_BROKER=kafka`` (CI), as the broker fixtures do.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,9 +43,7 @@ def _needs_chaos() -> None:
 
 @pytest.mark.timeout(SECONDS + 900)
 @pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
-def test_a_short_chaos_run_keeps_every_promise(
-    mode: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_a_short_chaos_run_keeps_every_promise(mode: str, request: pytest.FixtureRequest) -> None:
     """Kills, pauses and partitions of brokers, the controller and instances, rebalances and SIGTERMs
     at random for a few minutes under a live feed; then the checker over what Kafka's own consumer
     reads (see tests/chaos/check.py): nothing lost, nothing invented, exactly once or at least once
@@ -50,11 +51,17 @@ def test_a_short_chaos_run_keeps_every_promise(
     _needs_chaos()
     seed = env_int("CHAOS_SEED", random.randrange(2**32))
     print(f"CHAOS_SEED={seed}")
-    folder = tmp_path / "run"
+    # Not tmp_path: other pytest sessions on the machine rotate those out, a failing run's history
+    # must stay (a run that passes is removed).
+    base = Path(os.environ.get("CHAOS_HISTORY_DIR") or tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"chaos-{mode}-{seed}-", dir=base))
     code = run(seconds=SECONDS, seed=seed, mode=mode, folder=folder)
     summary = folder / "summary.txt"
     text = summary.read_text().rstrip() if summary.exists() else f"chaos run {mode}, seed {seed}: no summary"
     request.config.stash.setdefault(SUMMARIES, []).append(text)
+    if code == 0:
+        shutil.rmtree(folder, ignore_errors=True)
     assert code == 0, (
         f"the chaos run failed (status {code}), seed {seed}; history in {folder}\n{text}\n"
         f"replay: CHAOS_SEED={seed} CHAOS_SECONDS={SECONDS} pytest -m chaos -k {mode!r}"
