@@ -30,7 +30,7 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * its beginning to its end offsets (taken first; with {@code read_committed} the last stable offset),
  * one consumer per isolation level; the read_uncommitted one then reads, unless GROUP is {@code -},
  * the group's committed offsets of TOPIC's partitions. OUT gets tab-separated lines: {@code END iso topic partition offset}, {@code
- * REC iso topic partition offset key headers value} (key and value base64, {@code -} for null;
+ * REC iso topic partition offset timestamp key headers value} (key and value base64, {@code -} for null;
  * headers {@code name=value} in base64, comma-separated), {@code COMMITTED topic partition offset},
  * and {@code DONE} last. It fails (exit 1) rather than stop short of an end offset within SECONDS.
  */
@@ -123,6 +123,7 @@ public final class ChaosReader {
                 r.topic(),
                 "" + r.partition(),
                 "" + r.offset(),
+                "" + r.timestamp(),
                 b64(r.key()),
                 headers.toString(),
                 b64(r.value())));

@@ -5,6 +5,7 @@ its exit status is kept for the checker, and an instance that exits by itself is
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,13 +22,17 @@ HTTP_PORT = 8080
 
 @dataclass(frozen=True)
 class Stop:
-    """How an instance ended: ``how`` the run stopped it (or ``crash``), its status, and for a
-    SIGTERM the seconds it took to exit."""
+    """How an instance ended: ``how`` the run stopped it (or ``crash``) and its exit status. For a
+    SIGTERM: ``seconds`` until the process was gone, ``stopped`` until the service logged
+    ``service.stopped`` (None if it did not), and ``early`` when it came before the service logged
+    ``service.starting``, that is possibly before its signal handlers were installed."""
 
     label: str
     how: str
     code: int | None
     seconds: float | None = None
+    stopped: float | None = None
+    early: bool = False
 
 
 class Instance(ServiceProcess):
@@ -95,7 +100,8 @@ class Fleet:
     async def terminate(self, inst: Instance, how: str) -> Stop:
         """SIGTERM and wait for the exit (up to the grace period and a generous margin)."""
         inst.state = "stopping"
-        asked = time.monotonic()
+        early = inst.count("service.starting") == 0
+        asked, sent = time.monotonic(), time.time()
         inst.terminate()
         assert inst.proc is not None
         try:
@@ -103,11 +109,19 @@ class Fleet:
         except subprocess.TimeoutExpired:
             inst.kill()
             code = None
-        stop = Stop(inst.label, how, code, round(time.monotonic() - asked, 1))
+        stopped = [_epoch(e.get("timestamp")) for e in inst.events("service.stopped")]
+        took = round(stopped[-1] - sent, 1) if stopped and stopped[-1] is not None else None
+        stop = Stop(inst.label, how, code, round(time.monotonic() - asked, 1), took, early)
         inst.state = "gone"
         self.stops.append(stop)
         self.history.event(
-            "instance.exited", instance=inst.label, how=how, code=stop.code, seconds=stop.seconds
+            "instance.exited",
+            instance=inst.label,
+            how=how,
+            code=stop.code,
+            seconds=stop.seconds,
+            stopped=stop.stopped,
+            early=early,
         )
         return stop
 
@@ -135,3 +149,13 @@ class Fleet:
             if inst.alive:
                 inst.resume()
                 inst.kill()
+
+
+def _epoch(stamp: object) -> float | None:
+    """A log line's ISO timestamp (UTC) as seconds since the epoch."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

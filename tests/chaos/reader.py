@@ -70,6 +70,8 @@ class Rec:
     key: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
     value: bytes | None
+    timestamp: int = -1
+    """Its Kafka timestamp (ms; for events the producer's send time)."""
 
     def header(self, name: str) -> bytes | None:
         """The value of the first header called ``name``."""
@@ -98,12 +100,12 @@ def parse(text: str) -> Dump:
     for line in lines:
         parts = line.split("\t")
         if parts[0] == "REC":
-            _, iso, topic, partition, offset, key, headers, value = parts
+            _, iso, topic, partition, offset, timestamp, key, headers, value = parts
             pairs = tuple(
                 ((_b64(k) or b"").decode(), _b64(v))
                 for k, v in (h.split("=", 1) for h in headers.split(",") if h)
             )
-            rec = Rec(topic, int(partition), int(offset), _b64(key), pairs, _b64(value))
+            rec = Rec(topic, int(partition), int(offset), _b64(key), pairs, _b64(value), int(timestamp))
             dump.records[(iso, topic)].append(rec)
         elif parts[0] == "END":
             _, iso, topic, partition, offset = parts

@@ -282,7 +282,7 @@ def _summarize(plan: Plan, history: History, verdict: check.Verdict) -> None:
         f"  duplicates {f('duplicates', 0):,}{aborted}; instances started {f('instances_started', 0)}; "
         "stops "
         + ", ".join(f"{k} {v}" for k, v in f("stops", {}).items())
-        + f"; slowest SIGTERM {f('slowest_sigterm_seconds', 0)} s",
+        + f"; slowest stop {f('slowest_stop_seconds', 0)} s (exit {f('slowest_exit_seconds', 0)} s)",
     ]
     if not verdict.ok:
         lines.append(verdict.report())

@@ -41,22 +41,47 @@ def _needs_chaos() -> None:
     pytest.skip(f"the chaos run cannot run here: {reason}")
 
 
+# Seeds that found a bug, replayed with the schedule that found it (the decisions replay; the
+# moments, and so the interleaving that broke the promise, only sometimes).
+STALE_OFFSETS = (
+    "a zombie reads a stale committed offset: aiokafka's committed() returns None when the group "
+    "coordinator it asks has moved (OffsetFetch's top-level NOT_COORDINATOR is ignored), the service "
+    "then reads from aiokafka's earlier position and commits transactions that rewind the group's "
+    "offsets: read_committed sees duplicates (reported to the lead, not fixed yet)"
+)
+REGRESSIONS = [
+    pytest.param(
+        "exactly-once", 2348983038, 150, id="eos-stale-offsets", marks=pytest.mark.xfail(reason=STALE_OFFSETS)
+    ),
+]
+
+
 @pytest.mark.timeout(SECONDS + 900)
-@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
-def test_a_short_chaos_run_keeps_every_promise(mode: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("mode", "seed", "seconds"),
+    [
+        pytest.param("at-least-once", None, SECONDS, id="at-least-once"),
+        pytest.param("exactly-once", None, SECONDS, id="exactly-once"),
+        *REGRESSIONS,
+    ],
+)
+def test_a_short_chaos_run_keeps_every_promise(
+    mode: str, seed: int | None, seconds: int, request: pytest.FixtureRequest
+) -> None:
     """Kills, pauses and partitions of brokers, the controller and instances, rebalances and SIGTERMs
     at random for a few minutes under a live feed; then the checker over what Kafka's own consumer
     reads (see tests/chaos/check.py): nothing lost, nothing invented, exactly once or at least once
     as the mode promises, in input order per key, offsets committed to the end, every exit clean."""
     _needs_chaos()
-    seed = env_int("CHAOS_SEED", random.randrange(2**32))
+    if seed is None:
+        seed = env_int("CHAOS_SEED", random.randrange(2**32))
     print(f"CHAOS_SEED={seed}")
     # Not tmp_path: other pytest sessions on the machine rotate those out, a failing run's history
     # must stay (a run that passes is removed).
     base = Path(os.environ.get("CHAOS_HISTORY_DIR") or tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"chaos-{mode}-{seed}-", dir=base))
-    code = run(seconds=SECONDS, seed=seed, mode=mode, folder=folder)
+    code = run(seconds=seconds, seed=seed, mode=mode, folder=folder)
     summary = folder / "summary.txt"
     text = summary.read_text().rstrip() if summary.exists() else f"chaos run {mode}, seed {seed}: no summary"
     request.config.stash.setdefault(SUMMARIES, []).append(text)
@@ -64,5 +89,5 @@ def test_a_short_chaos_run_keeps_every_promise(mode: str, request: pytest.Fixtur
         shutil.rmtree(folder, ignore_errors=True)
     assert code == 0, (
         f"the chaos run failed (status {code}), seed {seed}; history in {folder}\n{text}\n"
-        f"replay: CHAOS_SEED={seed} CHAOS_SECONDS={SECONDS} pytest -m chaos -k {mode!r}"
+        f"replay: python -m tests.chaos --seconds {seconds} --seed {seed} --mode {mode}"
     )
