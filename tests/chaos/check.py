@@ -223,13 +223,36 @@ def _accounting(
             v.fail("record with more than one event in exactly-once", f"{coord}: {', '.join(copies)}")
         if code is not None:
             codes[code] += 1
+    redelivered: dict[int, set[int]] = defaultdict(set)
+    for coord in expected:
+        if len(articles.get(coord, ())) + len(dead.get(coord, ())) > 1:
+            redelivered[coord[0]].add(coord[1])
     v.figures.update(
+        largest_redelivery=_longest_run(redelivered),
         articles=sum(1 for c, (_, code) in expected.items() if code is None and c in articles),
         dead_letters=dict(sorted(codes.items())),
         article_events=sum(map(len, articles.values())),
         dead_letter_events=sum(map(len, dead.values())),
         duplicates=sum(max(0, len(articles.get(c, ())) + len(dead.get(c, ())) - 1) for c in expected),
     )
+
+
+def _longest_run(offsets: dict[int, set[int]]) -> str:
+    """The longest run of consecutive input messages delivered more than once, ``p:first-last (n)``:
+    a crash repeats a batch or two; a partition read again from its start repeats far more."""
+    best = (0, -1, -1, -1)
+    for p, found in offsets.items():
+        ordered = sorted(found)
+        start = prev = ordered[0]
+        for o in [*ordered[1:], None]:
+            if o is not None and o == prev + 1:
+                prev = o
+                continue
+            best = max(best, (prev - start + 1, p, start, prev))
+            if o is not None:
+                start = prev = o
+    length, p, first, last = best
+    return "none" if length == 0 else f"{length} messages (input partition {p}, offsets {first}-{last})"
 
 
 def _order(

@@ -34,6 +34,9 @@ CLUSTER_FAULTS = {
     "controller-pause": (1, 3.0, 12.0),
     "controller-kill": (1, 2.0, 8.0),
 }
+SLOW_SECONDS = 300.0
+"""How long a broker may take to listen again, or the cluster to list its brokers: generous, for a
+machine shared with other test suites."""
 INSTANCE_FAULTS = {
     "instance-kill": (3, 1.0, 8.0),
     "instance-zombie": (2, 12.0, 25.0),  # the consumer's session timeout is 10 s
@@ -108,7 +111,7 @@ class Nemesis:
             finally:
                 self.outage = None
             self.history.event("healed", kind=kind, target=target)
-            await asyncio.to_thread(self.cluster.wait_ready, 180.0)
+            await asyncio.to_thread(self.cluster.wait_ready, SLOW_SECONDS)
             await asyncio.sleep(min(rng.uniform(2.0, 8.0), max(0.0, self._left())))
 
     async def _cluster_fault(self, kind: str, target: str, hold: float) -> None:
@@ -117,7 +120,7 @@ class Nemesis:
             await asyncio.to_thread(node.kill)
             await asyncio.sleep(hold)
             node.start()
-            await asyncio.to_thread(node.wait_listening, 180.0)
+            await asyncio.to_thread(node.wait_listening, SLOW_SECONDS)
         elif kind.endswith("-pause"):
             node.pause()
             try:
@@ -241,11 +244,11 @@ class Nemesis:
             if not node.running:
                 node.start()
         for node in self.cluster.nodes:
-            await asyncio.to_thread(node.wait_listening, 180.0)
+            await asyncio.to_thread(node.wait_listening, SLOW_SECONDS)
         for inst in self.fleet.members():
             inst.resume()
             inst.state = "running"
         while len(self.fleet.members()) < self.instances:
             self.fleet.launch()
-        await asyncio.to_thread(self.cluster.wait_ready, 180.0)
+        await asyncio.to_thread(self.cluster.wait_ready, SLOW_SECONDS)
         self.history.event("healed.all", instances=[i.label for i in self.fleet.members()])

@@ -33,7 +33,7 @@ from tests.chaos import check, reader
 from tests.chaos.feed import Feed
 from tests.chaos.fleet import Fleet
 from tests.chaos.history import History
-from tests.chaos.nemesis import Nemesis
+from tests.chaos.nemesis import SLOW_SECONDS, Nemesis
 from tests.chaos.network import BROKERS, CLIENT, CONTROLLER, Network
 from tests.faults.harness import committed, wait_until
 from tests.kafka.cluster import KafkaCluster, kafka_version
@@ -124,7 +124,7 @@ async def chaos(plan: Plan) -> int:
     place(cluster, net)
     fleet: Fleet | None = None
     try:
-        await blocking(cluster.start, 180.0)
+        await blocking(cluster.start, SLOW_SECONDS)
         bootstrap = cluster.bootstrap_servers
         history.event("run.cluster_started", kafka=kafka_version(), bootstrap=bootstrap)
         topics = Topics.unique("chaos")
@@ -164,7 +164,7 @@ async def chaos(plan: Plan) -> int:
         feed.start()
         await wait_until(
             lambda: any(i.count("record") for i in first),
-            within=120,
+            within=SLOW_SECONDS,
             what="the first record",
             detail=first[0].tail,
         )
@@ -183,7 +183,18 @@ async def chaos(plan: Plan) -> int:
             await nemesis.run()
         finally:
             await nemesis.heal_all()
-        # Records fed after the healing, too: the service must be back to work, not only drain.
+        verdict_extra: list[str] = []
+        # Every instance up before the end (one restarted by the heal may still be importing on a
+        # loaded machine), and records fed after the healing: back to work, not only draining.
+        try:
+            await wait_until(
+                lambda: all(i.count("service.started") for i in fleet.members()),
+                within=180,
+                what="every instance started",
+            )
+        except AssertionError:
+            late = [i.label for i in fleet.members() if not i.count("service.started")]
+            verdict_extra.append(f"instances not started within 180 s of the heal: {late}")
         mark = len(feed.acked)
         await wait_until(
             lambda: len(feed.acked) >= mark + plan.rate * 5, within=120, what="feeding after the heal"
@@ -191,7 +202,6 @@ async def chaos(plan: Plan) -> int:
         await feed.stop()
         history.event("run.feed_stopped", attempted=feed.attempted, acknowledged=len(feed.acked))
 
-        verdict_extra: list[str] = []
         state = ""
 
         async def drained() -> bool:
@@ -232,7 +242,7 @@ async def chaos(plan: Plan) -> int:
             grace=GRACE_SECONDS,
         )
         for text in verdict_extra:
-            verdict.fail("not drained", text)
+            verdict.fail("not back to work after the heal", text)
         verdict.figures["instances_started"] = len(fleet.instances)
         _summarize(plan, history, verdict)
         return 0 if verdict.ok else 1
@@ -279,7 +289,8 @@ def _summarize(plan: Plan, history: History, verdict: check.Verdict) -> None:
         f"  fed {f('messages_attempted', 0):,} messages ({f('messages_acknowledged', 0):,} acknowledged, "
         f"{f('messages_on_input', 0):,} on the input): {f('records', 0):,} records, "
         f"{f('articles', 0):,} articles, dead letters {dead}",
-        f"  duplicates {f('duplicates', 0):,}{aborted}; instances started {f('instances_started', 0)}; "
+        f"  duplicates {f('duplicates', 0):,} (longest run {f('largest_redelivery', 'none')}){aborted}",
+        f"  instances started {f('instances_started', 0)}; "
         "stops "
         + ", ".join(f"{k} {v}" for k, v in f("stops", {}).items())
         + f"; slowest stop {f('slowest_stop_seconds', 0)} s (exit {f('slowest_exit_seconds', 0)} s)",

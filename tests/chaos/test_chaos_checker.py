@@ -153,6 +153,7 @@ def test_a_duplicate_fails_exactly_once_and_is_counted_in_at_least_once() -> Non
     verdict = history.check(exactly_once=False)
     assert verdict.ok, verdict.report()
     assert verdict.figures["duplicates"] == 1
+    assert verdict.figures["largest_redelivery"].startswith("1 messages")
 
 
 @pytest.mark.parametrize("dead", [True, False])
