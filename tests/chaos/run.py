@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,6 +121,9 @@ async def chaos(plan: Plan) -> int:
         f"chaos run: seed {plan.seed}, {plan.mode}, {plan.seconds:g} s of nemesis; history in {plan.folder}"
     )
     cluster = KafkaCluster(plan.folder / "kafka", brokers=3, extra=BROKER_SETTINGS)
+    # A random cluster id that starts with "-" is taken for an option by the storage tool (1 in 64).
+    while cluster.cluster_id.startswith("-"):
+        cluster.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     classes = await blocking(reader.compiled, cluster.lib)
     history.event("run.reader_compiled", classes=str(classes))
     place(cluster, net)
