@@ -113,21 +113,95 @@ async def _drained(bootstrap: str, topics: Topics, partitions: int) -> tuple[boo
     return all(done[p] == end for p, end in ends.items()), f"committed {done}, ends {ends}"
 
 
-async def chaos(plan: Plan) -> int:
-    """The run; returns the exit status."""
-    net = Network(plan.tag)
-    history = History(plan.folder)
-    print(
-        f"chaos run: seed {plan.seed}, {plan.mode}, {plan.seconds:g} s of nemesis; history in {plan.folder}"
-    )
+def _cluster(plan: Plan, net: Network) -> KafkaCluster:
+    """The three-broker cluster, placed in its namespaces (not started)."""
     cluster = KafkaCluster(plan.folder / "kafka", brokers=3, extra=BROKER_SETTINGS)
     # A random cluster id that starts with "-" is taken for an option by the storage tool (1 in 64).
     while cluster.cluster_id.startswith("-"):
         cluster.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    place(cluster, net)
+    return cluster
+
+
+async def _verify_cut(cluster: KafkaCluster, net: Network) -> None:
+    """The partitions the nemesis makes are only as good as the cut: try one before relying on it."""
+    b1, b2, b3 = (cluster.broker(i).bootstrap_servers for i in (1, 2, 3))
+    await asyncio.to_thread(net.cut, "b1", ["b2"])
+    await asyncio.to_thread(net.verify, "b1", [b2], [b3])
+    await asyncio.to_thread(net.verify, CLIENT, [], [b1, b2, b3])
+    await asyncio.to_thread(net.heal, "b1")
+    await asyncio.to_thread(net.verify, "b1", [], [b2, b3])
+
+
+async def _back_to_work(fleet: Fleet, feed: Feed, plan: Plan) -> list[str]:
+    """After the heal: every instance up (one the heal restarted may still be importing on a loaded
+    machine), and records fed after the healing, so that the service works again, not only drains.
+    Returns what went wrong."""
+    wrong = []
+    try:
+        await wait_until(
+            lambda: all(i.count("service.started") for i in fleet.members()),
+            within=180,
+            what="every instance started",
+        )
+    except AssertionError:
+        late = [i.label for i in fleet.members() if not i.count("service.started")]
+        wrong.append(f"instances not started within 180 s of the heal: {late}")
+    mark = len(feed.acked)
+    await wait_until(
+        lambda: len(feed.acked) >= mark + plan.rate * 5, within=120, what="feeding after the heal"
+    )
+    await feed.stop()
+    return wrong
+
+
+async def _drain(bootstrap: str, topics: Topics, plan: Plan, history: History) -> list[str]:
+    """Until the group's committed offsets reach the input's end. Returns what went wrong."""
+    state = ""
+
+    async def drained() -> bool:
+        nonlocal state
+        done, state = await _drained(bootstrap, topics, plan.partitions)
+        return done
+
+    started = time.monotonic()
+    try:
+        await wait_until(drained, within=plan.drain_seconds, interval=2.0, what="the drain")
+    except AssertionError:
+        history.event("run.not_drained", state=state)
+        return [f"the input was not drained within {plan.drain_seconds:g} s: {state}"]
+    history.event("run.drained", seconds=round(time.monotonic() - started, 1))
+    return []
+
+
+async def _read(cluster: KafkaCluster, topics: Topics, plan: Plan) -> reader.Dump:
+    """Everything, through the Java reader: the input, both outputs (read_committed in
+    exactly-once, and read_uncommitted to count aborted records), the committed offsets."""
+    outputs = [topics.output, topics.dlq]
+    reads = [("read_uncommitted", topics.input)]
+    reads += [("read_committed", t) for t in outputs] if plan.mode == "exactly-once" else []
+    reads += [("read_uncommitted", t) for t in outputs]
+    return await asyncio.to_thread(
+        reader.read,
+        cluster.lib,
+        cluster.bootstrap_servers,
+        reads,
+        committed=(topics.group, topics.input),
+        workdir=plan.folder,
+    )
+
+
+async def chaos(plan: Plan) -> int:
+    """The run; returns the exit status."""
+    net, history = Network(plan.tag), History(plan.folder)
+    print(
+        f"chaos run: seed {plan.seed}, {plan.mode}, {plan.seconds:g} s of nemesis; history in {plan.folder}"
+    )
+    cluster = _cluster(plan, net)
     classes = await blocking(reader.compiled, cluster.lib)
     history.event("run.reader_compiled", classes=str(classes))
-    place(cluster, net)
     fleet: Fleet | None = None
+    watch: asyncio.Task[None] | None = None
     try:
         await blocking(cluster.start, SLOW_SECONDS)
         bootstrap = cluster.bootstrap_servers
@@ -139,13 +213,7 @@ async def chaos(plan: Plan) -> int:
             replication_factor=3,
             configs={"min.insync.replicas": "2"},
         )
-        # The partitions the nemesis makes are only as good as the cut: try one before relying on it.
-        b1, b2, b3 = (cluster.broker(i).bootstrap_servers for i in (1, 2, 3))
-        await asyncio.to_thread(net.cut, "b1", ["b2"])
-        await asyncio.to_thread(net.verify, "b1", [b2], [b3])
-        await asyncio.to_thread(net.verify, CLIENT, [], [b1, b2, b3])
-        await asyncio.to_thread(net.heal, "b1")
-        await asyncio.to_thread(net.verify, "b1", [], [b2, b3])
+        await _verify_cut(cluster, net)
         history.event("run.partition_verified")
 
         env = service_env(
@@ -174,6 +242,7 @@ async def chaos(plan: Plan) -> int:
             detail=first[0].tail,
         )
         history.event("run.feeding", rate=plan.rate)
+
         watch = asyncio.create_task(fleet.watch())
         nemesis = Nemesis(
             plan.seed,
@@ -188,57 +257,15 @@ async def chaos(plan: Plan) -> int:
             await nemesis.run()
         finally:
             await nemesis.heal_all()
-        verdict_extra: list[str] = []
-        # Every instance up before the end (one restarted by the heal may still be importing on a
-        # loaded machine), and records fed after the healing: back to work, not only draining.
-        try:
-            await wait_until(
-                lambda: all(i.count("service.started") for i in fleet.members()),
-                within=180,
-                what="every instance started",
-            )
-        except AssertionError:
-            late = [i.label for i in fleet.members() if not i.count("service.started")]
-            verdict_extra.append(f"instances not started within 180 s of the heal: {late}")
-        mark = len(feed.acked)
-        await wait_until(
-            lambda: len(feed.acked) >= mark + plan.rate * 5, within=120, what="feeding after the heal"
-        )
-        await feed.stop()
+        wrong = await _back_to_work(fleet, feed, plan)
         history.event("run.feed_stopped", attempted=feed.attempted, acknowledged=len(feed.acked))
-
-        state = ""
-
-        async def drained() -> bool:
-            nonlocal state
-            done, state = await _drained(bootstrap, topics, plan.partitions)
-            return done
-
-        started = time.monotonic()
-        try:
-            await wait_until(drained, within=plan.drain_seconds, interval=2.0, what="the drain")
-            history.event("run.drained", seconds=round(time.monotonic() - started, 1))
-        except AssertionError:
-            verdict_extra.append(f"the input was not drained within {plan.drain_seconds:g} s: {state}")
-            history.event("run.not_drained", state=state)
+        wrong += await _drain(bootstrap, topics, plan, history)
         watch.cancel()
         fleet.crashes()
         await asyncio.gather(*(fleet.terminate(i, "final") for i in fleet.members()))
 
-        reads = [("read_uncommitted", topics.input)]
-        outputs = [topics.output, topics.dlq]
-        reads += [("read_committed", t) for t in outputs] if plan.mode == "exactly-once" else []
-        reads += [("read_uncommitted", t) for t in outputs]
-        dump = await asyncio.to_thread(
-            reader.read,
-            cluster.lib,
-            bootstrap,
-            reads,
-            committed=(topics.group, topics.input),
-            workdir=plan.folder,
-        )
         verdict = check.check_run(
-            dump,
+            await _read(cluster, topics, plan),
             check.Topics(topics.input, topics.output, topics.dlq),
             exactly_once=plan.mode == "exactly-once",
             attempted=feed.attempted,
@@ -246,12 +273,14 @@ async def chaos(plan: Plan) -> int:
             stops=fleet.stops,
             grace=GRACE_SECONDS,
         )
-        for text in verdict_extra:
+        for text in wrong:
             verdict.fail("not back to work after the heal", text)
         verdict.figures["instances_started"] = len(fleet.instances)
         _summarize(plan, history, verdict)
         return 0 if verdict.ok else 1
     finally:
+        if watch is not None:
+            watch.cancel()
         if fleet is not None:
             fleet.kill_all()
         for name in Network.nodes():
