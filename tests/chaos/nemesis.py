@@ -129,19 +129,18 @@ class Nemesis:
                 node.resume()
         else:
             others = [n for n in (CONTROLLER, *BROKERS) if n != target]
-            if kind == "broker-partition":
-                peers, spared = others, [CLIENT]
-            else:
-                peers, spared = [n for n in Network.nodes() if n != target], []
+            clients_reach_it = kind == "broker-partition"
+            peers = others if clients_reach_it else [n for n in Network.nodes() if n != target]
             await asyncio.to_thread(self.net.cut, target, peers)
             try:
-                # From the cut broker no other cluster node answers; the clients' view: the cut
-                # broker answers only if spared, the other brokers always.
-                rest = [n for n in BROKERS if n != target]
+                # From the cut broker no other cluster node answers. From the clients' side the
+                # other brokers always answer, the cut one only in a broker-partition.
+                rest = self._targets([n for n in BROKERS if n != target])
                 await asyncio.to_thread(self.net.verify, target, self._targets(others), [])
-                reach = self._targets(rest) + (self._targets([target]) if spared else [])
-                cut = [] if spared else self._targets([target])
-                await asyncio.to_thread(self.net.verify, CLIENT, cut, reach)
+                if clients_reach_it:
+                    await asyncio.to_thread(self.net.verify, CLIENT, [], [*rest, *self._targets([target])])
+                else:
+                    await asyncio.to_thread(self.net.verify, CLIENT, self._targets([target]), rest)
                 await asyncio.sleep(hold)
             finally:
                 await asyncio.to_thread(self.net.heal, target)
