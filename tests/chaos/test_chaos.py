@@ -44,10 +44,11 @@ def _needs_chaos() -> None:
 # Seeds that found a bug, replayed with the schedule that found it (the decisions replay; the
 # moments, and so the interleaving that broke the promise, only sometimes).
 STALE_OFFSETS = (
-    "a zombie reads a stale committed offset: aiokafka's committed() returns None when the group "
-    "coordinator it asks has moved (OffsetFetch's top-level NOT_COORDINATOR is ignored), the service "
-    "then reads from aiokafka's earlier position and commits transactions that rewind the group's "
-    "offsets: read_committed sees duplicates (reported to the lead, not fixed yet)"
+    "a stale committed offset: aiokafka's committed() returns None when the broker it asks answers "
+    "OffsetFetch with a group-level error (NOT_COORDINATOR after the coordinator moved), and the "
+    "service then reads from an earlier position or the reset policy's; its transactions rewind the "
+    "group's offsets and read_committed sees duplicates (also seed 2589801355; reported to the lead, "
+    "not fixed yet)"
 )
 REGRESSIONS = [
     pytest.param(
