@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -32,7 +33,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from service.tools.broker import accepts_connections, free_port
+from service.tools.broker import free_port
 
 POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100
@@ -125,6 +126,8 @@ class KafkaNode:
         self.port = int(properties["_port"])
         self.format_args: list[str] = []
         """Extra ``StorageTool format`` arguments (``--add-scram ...``)."""
+        self.launch_prefix: list[str] = []
+        """A command the process is started under (the chaos run's ``ip netns exec NS``)."""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,9 +136,14 @@ class KafkaNode:
         return "broker" in self.roles
 
     @property
+    def host(self) -> str:
+        """The address the node listens on: 127.0.0.1 unless its properties name another (``_host``)."""
+        return self.properties.get("_host", "127.0.0.1")
+
+    @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to (the controller's port for a controller-only node)."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -192,7 +200,7 @@ class KafkaNode:
         if self.running:
             return self
         heap = BROKER_HEAP if self.is_broker else CONTROLLER_HEAP
-        cmd = [*self._java(heap), "kafka.Kafka", str(self.dir / "server.properties")]
+        cmd = [*self.launch_prefix, *self._java(heap), "kafka.Kafka", str(self.dir / "server.properties")]
         with open(self.log_path, "ab") as out:
             out.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
             out.flush()
@@ -204,7 +212,7 @@ class KafkaNode:
     def wait_listening(self, timeout: float = 60.0) -> None:
         """Wait until the node accepts connections; raises ``KafkaUnavailable`` if it dies or is late."""
         deadline = time.monotonic() + timeout
-        while not accepts_connections(self.port):
+        while not _accepts_connections(self.host, self.port):
             if self._proc is None or self._proc.poll() is not None:
                 raise KafkaUnavailable(f"{self.dir.name} exited; see {self.log_path}:\n{self.tail()}")
             if time.monotonic() > deadline:
@@ -426,6 +434,12 @@ class KafkaCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
 
 
 async def _broker_count(bootstrap: str) -> int:

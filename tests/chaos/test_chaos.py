@@ -1,0 +1,95 @@
+"""The chaos run in CI: a short schedule (``CHAOS_SECONDS``, default 150 s of nemesis) per delivery
+mode, with a random seed that is printed; ``CHAOS_SEED=<seed>`` replays one (or run the command
+line, ``python -m tests.chaos --seconds 150 --seed <seed> --mode <mode>``). A run that fails keeps
+its history in ``$CHAOS_HISTORY_DIR`` (default: the temporary folder), ``chaos-<mode>-<seed>-*``.
+
+Needs root, ``ip``, ``iptables`` and a JDK; without them it skips with the reason, or fails when
+``MARKER_INGEST_TEST_BROKER=kafka`` (CI), as the broker fixtures do.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.__main__ import run, unavailable_reason
+from tests.chaos.conftest import SUMMARIES
+from tests.faults.harness import env_int
+from tests.kafka.cluster import KafkaUnavailable, ensure_jars
+
+pytestmark = [pytest.mark.chaos]
+
+SECONDS = env_int("CHAOS_SECONDS", 150)
+
+
+def _needs_chaos() -> None:
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            ensure_jars()
+        except KafkaUnavailable as exc:
+            reason = str(exc)
+    if reason is None:
+        return
+    if os.environ.get("MARKER_INGEST_TEST_BROKER") == "kafka":
+        pytest.fail(f"MARKER_INGEST_TEST_BROKER=kafka, but the chaos run cannot run: {reason}")
+    pytest.skip(f"the chaos run cannot run here: {reason}")
+
+
+# Seeds that found a bug, replayed long enough to repeat the faults that found it (the decisions
+# replay; the moments, and so the interleaving that broke the promise, only sometimes). Seed
+# 2348983038 broke it about 95 s into its nemesis.
+STALE_OFFSETS = (
+    "a stale committed offset: aiokafka's committed() returns None when the broker it asks answers "
+    "OffsetFetch with a group-level error (NOT_COORDINATOR after the coordinator moved), and the "
+    "service then reads from an earlier position or the reset policy's; its transactions rewind the "
+    "group's offsets and read_committed sees duplicates (also seed 2589801355; reported to the lead, "
+    "not fixed yet)"
+)
+REGRESSIONS = [
+    pytest.param(
+        "exactly-once", 2348983038, 100, id="eos-stale-offsets", marks=pytest.mark.xfail(reason=STALE_OFFSETS)
+    ),
+]
+
+
+@pytest.mark.timeout(SECONDS + 900)
+@pytest.mark.parametrize(
+    ("mode", "seed", "seconds"),
+    [
+        pytest.param("at-least-once", None, SECONDS, id="at-least-once"),
+        pytest.param("exactly-once", None, SECONDS, id="exactly-once"),
+        *REGRESSIONS,
+    ],
+)
+def test_a_short_chaos_run_keeps_every_promise(
+    mode: str, seed: int | None, seconds: int, request: pytest.FixtureRequest
+) -> None:
+    """Kills, pauses and partitions of brokers, the controller and instances, rebalances and SIGTERMs
+    at random for a few minutes under a live feed; then the checker over what Kafka's own consumer
+    reads (see tests/chaos/check.py): nothing lost, nothing invented, exactly once or at least once
+    as the mode promises, in input order per key, offsets committed to the end, every exit clean."""
+    _needs_chaos()
+    if seed is None:
+        seed = env_int("CHAOS_SEED", random.randrange(2**32))
+    print(f"CHAOS_SEED={seed}")
+    # Not tmp_path: other pytest sessions on the machine rotate those out, a failing run's history
+    # must stay (a run that passes is removed).
+    base = Path(os.environ.get("CHAOS_HISTORY_DIR") or tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"chaos-{mode}-{seed}-", dir=base))
+    code = run(seconds=seconds, seed=seed, mode=mode, folder=folder)
+    summary = folder / "summary.txt"
+    text = summary.read_text().rstrip() if summary.exists() else f"chaos run {mode}, seed {seed}: no summary"
+    request.config.stash.setdefault(SUMMARIES, []).append(text)
+    if code == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert code == 0, (
+        f"the chaos run failed (status {code}), seed {seed}; history in {folder}\n{text}\n"
+        f"replay: python -m tests.chaos --seconds {seconds} --seed {seed} --mode {mode}"
+    )
