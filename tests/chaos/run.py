@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.delivery.topics import create_topics
+from service.kafka.topics import create_topics
 from tests.chaos import check, reader
 from tests.chaos.feed import Feed
 from tests.chaos.fleet import Fleet
