@@ -1,11 +1,12 @@
 """Apache Kafka from Maven Central, run from its jars: one combined KRaft node, or a cluster.
 
-The version is pinned in ``tests/kafka/pom.xml``; ``ensure_jars`` runs ``mvn
-dependency:copy-dependencies`` on it once and caches the jars in ``~/.cache/marker-ingest`` (or
-``$MARKER_INGEST_CACHE``), outside the work tree. ``KafkaCluster(brokers=1)`` is one process that is
-both broker and controller; ``KafkaCluster(brokers=3)`` is a controller and three brokers, each its
-own process, so that a test can kill -9, freeze (SIGSTOP) or restart one broker while the metadata
-quorum stays up. Every node listens on free loopback ports and logs to ``<workdir>/<node>/server.log``.
+The version is ``$MARKER_INGEST_KAFKA_VERSION`` when set, else the one ``tests/kafka/pom.xml`` pins
+(``kafka_version``, the one place it is read); 3.9.1, 4.1.1 and 4.4.0 are tested. ``ensure_jars``
+runs ``mvn dependency:copy-dependencies`` on the pom once per version and caches the jars in
+``~/.cache/marker-ingest/kafka-<version>-<pom digest>`` (or under ``$MARKER_INGEST_CACHE``), outside
+the work tree. ``KafkaCluster(brokers=1)`` is one process that is both broker and controller;
+``KafkaCluster(brokers=3)`` is a controller and three brokers, each its own process, so that a test
+can kill -9, freeze (SIGSTOP) or restart one broker while the metadata quorum stays up. Every node listens on free loopback ports and logs to ``<workdir>/<node>/server.log``.
 
 Test-friendly broker settings (all else is Kafka's default): no delay before the first rebalance,
 brokers fenced 3 s after their last heartbeat (default 9 s), fewer partitions for the internal
@@ -29,6 +30,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from types import TracebackType
 
@@ -58,12 +60,38 @@ class KafkaUnavailable(RuntimeError):
     """Raised when Apache Kafka cannot be run here (no java or mvn, the download failed, ...)."""
 
 
-def kafka_version() -> str:
-    """The Kafka version ``pom.xml`` pins."""
+VERSION_ENV = "MARKER_INGEST_KAFKA_VERSION"
+"""The environment variable that chooses the Kafka version (default: the one ``pom.xml`` pins)."""
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def pinned_version() -> str:
+    """The Kafka version ``pom.xml`` pins: the default."""
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
     if match is None:
         raise KafkaUnavailable(f"no <kafka.version> in {POM}")
     return match.group(1)
+
+
+def kafka_version() -> str:
+    """The Kafka version the harness runs: ``$MARKER_INGEST_KAFKA_VERSION``, else ``pinned_version()``.
+
+    Raises ``KafkaUnavailable`` when the variable is not a version such as ``4.1.1``.
+    """
+    version = os.environ.get(VERSION_ENV, "").strip() or pinned_version()
+    return check_version(version, VERSION_ENV)
+
+
+def check_version(version: str, source: str = "the Kafka version") -> str:
+    """``version`` if it is a release number (``4.1.1``); else ``KafkaUnavailable`` naming ``source``."""
+    if not _VERSION.fullmatch(version):
+        raise KafkaUnavailable(f"{source}: {version!r} is not a Kafka release such as 4.1.1")
+    return version
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"4.1.1"`` → ``(4, 1, 1)``, for comparisons."""
+    return tuple(int(part) for part in version.split("."))
 
 
 def cache_dir() -> Path:
@@ -72,20 +100,22 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def ensure_jars() -> Path:
-    """The folder holding Kafka's jars; fetched with Maven the first time (about 45 MB).
+def ensure_jars(version: str | None = None) -> Path:
+    """The folder holding the jars of Kafka ``version`` (default ``kafka_version()``); fetched with
+    Maven the first time (about 50 MB), each version in a folder of its own.
 
-    Raises ``KafkaUnavailable`` when java or mvn is missing or Maven fails.
+    Raises ``KafkaUnavailable`` when java or mvn is missing or Maven fails (an unknown version).
     """
+    version = kafka_version() if version is None else check_version(version)
     if shutil.which("java") is None:
         raise KafkaUnavailable("java is not installed (Apache Kafka needs Java 17 or newer)")
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    lib = cache_dir() / f"kafka-{kafka_version()}-{digest}" / "lib"
+    lib = cache_dir() / f"kafka-{version}-{digest}" / "lib"
     if (lib / ".complete").exists():
         return lib
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise KafkaUnavailable(f"mvn is not installed, and the Kafka jars are not cached in {lib}")
+        raise KafkaUnavailable(f"mvn is not installed, and the Kafka {version} jars are not cached in {lib}")
     lib.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="lib.", dir=lib.parent))
     cmd = [
@@ -96,19 +126,35 @@ def ensure_jars() -> Path:
         str(POM),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
+        f"-Dkafka.version={version}",
         f"-DoutputDirectory={staging}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+    if done.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        raise KafkaUnavailable("mvn could not fetch the Kafka jars: " + " / ".join(tail))
-    (staging / ".complete").write_text(kafka_version())
-    if lib.exists():  # another process won the race
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+        raise KafkaUnavailable(f"mvn could not fetch the Kafka {version} jars: " + " / ".join(tail))
+    (staging / ".complete").write_text(version)
+    try:
         staging.rename(lib)
+    except OSError:  # another process won the race
+        shutil.rmtree(staging, ignore_errors=True)
     return lib
+
+
+def find_class(lib: Path, *candidates: str) -> str:
+    """The first of ``candidates`` (fully qualified class names) that the jars in ``lib`` hold: Kafka's
+    tools move between versions (``ConfigCommand`` left ``kafka.admin`` for ``org.apache.kafka.tools``
+    in 4.4). Raises ``KafkaUnavailable`` when none is there."""
+    entries = {name.replace(".", "/") + ".class": name for name in candidates}
+    found: set[str] = set()
+    for jar in sorted(lib.glob("kafka*.jar")):
+        with zipfile.ZipFile(jar) as archive:
+            found |= entries.keys() & set(archive.namelist())
+    for entry, name in entries.items():
+        if entry in found:
+            return name
+    raise KafkaUnavailable(f"none of {', '.join(candidates)} is in the jars of {lib}")
 
 
 class KafkaNode:
@@ -170,9 +216,10 @@ class KafkaNode:
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting {self.dir.name} failed: {done.stdout}{done.stderr}".strip())
 
-    def java_command(self, heap: str) -> list[str]:
-        """``java`` with Kafka's jars on the class path, for running one of its tools."""
-        return self._java(heap)
+    def java_command(self, heap: str, *main_classes: str) -> list[str]:
+        """``java`` with Kafka's jars on the class path, for running one of its tools: the first of
+        ``main_classes`` this version has (see ``find_class``)."""
+        return [*self._java(heap), find_class(self.lib, *main_classes)] if main_classes else self._java(heap)
 
     def _java(self, heap: str) -> list[str]:
         java = shutil.which("java") or "java"
@@ -276,6 +323,7 @@ class KafkaCluster:
         extra: dict[str, str] | None = None,
         listeners: dict[str, tuple[str, int]] | None = None,
         format_args: list[str] | None = None,
+        version: str | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("a cluster needs at least one broker")
@@ -284,7 +332,8 @@ class KafkaCluster:
         self.workdir = Path(workdir)
         self.brokers = brokers
         self.extra = dict(extra or {})
-        self.lib = ensure_jars()
+        self.version = kafka_version() if version is None else check_version(version)
+        self.lib = ensure_jars(self.version)
         self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         ports = list(ports or [])
         broker_ports = [ports[i] if i < len(ports) else free_port() for i in range(brokers)]
