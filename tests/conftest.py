@@ -4,9 +4,9 @@
 Docker engine answers (unless ``MARKER_INGEST_KAFKA_VERSION`` asks for a version: the module runs
 Confluent's images); a local Apache Kafka node (``tests/kafka``, that version) where ``java`` and
 the jars (or Maven) are here; otherwise the embedded Tansu broker, and the tests marked ``kafka``
-are skipped with the reason. ``cluster`` is a local three-broker Apache Kafka for the faults only a cluster can
-host. ``MARKER_INGEST_TEST_BROKER`` forces a choice: ``kafka`` (CI: fail, never skip, when Apache
-Kafka cannot start) or ``tansu`` (the quick start's broker, for the smoke subset).
+are skipped with the reason. ``cluster`` is a local three-broker Apache Kafka for the faults only a
+cluster can host. ``MARKER_INGEST_TEST_BROKER`` forces a choice: ``kafka`` (CI: fail, never skip,
+when Apache Kafka cannot start) or ``tansu`` (the quick start's broker, for the smoke subset).
 """
 
 from __future__ import annotations

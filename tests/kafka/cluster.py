@@ -6,7 +6,8 @@ runs ``mvn dependency:copy-dependencies`` on the pom once per version and caches
 ``~/.cache/marker-ingest/kafka-<version>-<pom digest>`` (or under ``$MARKER_INGEST_CACHE``), outside
 the work tree. ``KafkaCluster(brokers=1)`` is one process that is both broker and controller;
 ``KafkaCluster(brokers=3)`` is a controller and three brokers, each its own process, so that a test
-can kill -9, freeze (SIGSTOP) or restart one broker while the metadata quorum stays up. Every node listens on free loopback ports and logs to ``<workdir>/<node>/server.log``.
+can kill -9, freeze (SIGSTOP) or restart one broker while the metadata quorum stays up. Every node
+listens on free loopback ports (``free_port``) and logs to ``<workdir>/<node>/server.log``.
 
 Test-friendly broker settings (all else is Kafka's default): no delay before the first rebalance,
 brokers fenced 3 s after their last heartbeat (default 9 s), fewer partitions for the internal
@@ -23,18 +24,22 @@ import concurrent.futures
 import contextlib
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from service.tools.broker import accepts_connections, free_port
+from service.tools.broker import accepts_connections
 
 POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100
@@ -58,6 +63,54 @@ logger.request.level = WARN
 
 class KafkaUnavailable(RuntimeError):
     """Raised when Apache Kafka cannot be run here (no java or mvn, the download failed, ...)."""
+
+
+PORT_FLOOR = 20000
+"""The lowest port ``free_port`` hands out (fixed ports people use by hand, 9092 or 19092, are below)."""
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+_random = random.SystemRandom()  # not the global generator, which tests may seed
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A loopback port nothing uses now, for a Kafka listener, never the same twice in this process.
+
+    Chosen at random below the kernel's ephemeral range: a port from ``bind(("127.0.0.1", 0))`` is in
+    that range, where any outgoing connection on the machine may take it as its local port in the
+    seconds before the JVM binds it (the node then dies with "Address already in use"). Falls back
+    to such a port where the range leaves no room below it.
+    """
+    below = range(PORT_FLOOR, ephemeral_ports().start)
+    with _ports_lock:
+        for _ in range(1000):
+            if len(below) > 1000:
+                port = _random.choice(below)
+            else:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+            if port not in _ports_handed_out and _bindable(port):
+                _ports_handed_out.add(port)
+                return port
+    raise KafkaUnavailable("found no free loopback port")
 
 
 VERSION_ENV = "MARKER_INGEST_KAFKA_VERSION"
@@ -304,6 +357,19 @@ class KafkaNode:
         self.start().wait_listening(timeout)
 
 
+def new_cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A cluster id as Kafka's ``Uuid.randomUuid()`` makes them: URL-safe base64 of a random UUID,
+    never one that starts with ``-`` (``StorageTool format -t -x...`` would read it as an option),
+    nor the two ids Kafka reserves (all zeros, and the metadata topic's ``AAAAAAAAAAAAAAAAAAAAAQ``)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_uuid().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-") and cluster_id not in _RESERVED_IDS:
+            return cluster_id
+
+
+_RESERVED_IDS = frozenset({"AAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAQ"})
+
+
 class KafkaCluster:
     """A local Apache Kafka: ``brokers=1`` is one combined node, more adds a separate controller.
 
@@ -334,7 +400,7 @@ class KafkaCluster:
         self.extra = dict(extra or {})
         self.version = kafka_version() if version is None else check_version(version)
         self.lib = ensure_jars(self.version)
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = new_cluster_id()
         ports = list(ports or [])
         broker_ports = [ports[i] if i < len(ports) else free_port() for i in range(brokers)]
         self.nodes: list[KafkaNode] = []
@@ -427,8 +493,10 @@ class KafkaCluster:
 
     def start(self, timeout: float = 90.0) -> KafkaCluster:
         """Format, start every node, and wait until metadata lists every broker. The nodes are
-        also killed when the Python process exits without stopping them (an interrupted run)."""
+        also killed when the Python process exits without stopping them (an interrupted run, or a
+        SIGTERM: see ``_interrupt_on_sigterm``; only a kill -9 leaves them behind)."""
         atexit.register(self._kill_leftovers)
+        _interrupt_on_sigterm()
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda n: n.format(self.cluster_id), self.nodes))
         for node in self.nodes:
@@ -475,6 +543,23 @@ class KafkaCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt in this process, unless it has a handler of its own.
+
+    Python's default ends the process at once, without ``atexit``, and the nodes run in sessions of
+    their own (so that a Ctrl-C meant for pytest does not kill them mid-test): a test run stopped
+    with SIGTERM would leave its brokers running. As an interrupt, pytest tears its fixtures down
+    (stopping the nodes) and a script unwinds to ``atexit``.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 async def _broker_count(bootstrap: str) -> int:
