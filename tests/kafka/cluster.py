@@ -45,6 +45,9 @@ POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100
 BROKER_HEAP = os.environ.get("MARKER_INGEST_KAFKA_HEAP", "-Xms128m -Xmx512m")
 CONTROLLER_HEAP = "-Xms64m -Xmx256m"
+STARTUP_TIMEOUT = 180.0
+"""How long a node may take to listen, and a cluster to list its brokers: a deadline, not a wait. A
+start takes ~10 s on an idle 2-core machine; a broker restarted under a load of 30 took over 60 s."""
 
 LOG4J2 = """\
 status = warn
@@ -301,7 +304,7 @@ class KafkaNode:
             )
         return self
 
-    def wait_listening(self, timeout: float = 60.0) -> None:
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Wait until the node accepts connections; raises ``KafkaUnavailable`` if it dies or is late."""
         deadline = time.monotonic() + timeout
         while not accepts_connections(self.port):
@@ -351,7 +354,7 @@ class KafkaNode:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def restart(self, timeout: float = 60.0) -> None:
+    def restart(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """A controlled stop and a start; waits until the node listens again."""
         self.stop()
         self.start().wait_listening(timeout)
@@ -491,7 +494,7 @@ class KafkaCluster:
                 return node
         raise KeyError(node_id)
 
-    def start(self, timeout: float = 90.0) -> KafkaCluster:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> KafkaCluster:
         """Format, start every node, and wait until metadata lists every broker. The nodes are
         also killed when the Python process exits without stopping them (an interrupted run, or a
         SIGTERM: see ``_interrupt_on_sigterm``; only a kill -9 leaves them behind)."""
@@ -510,7 +513,7 @@ class KafkaCluster:
             raise
         return self
 
-    def wait_ready(self, timeout: float = 60.0, brokers: int | None = None) -> None:
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT, brokers: int | None = None) -> None:
         """Wait until a metadata request answers with ``brokers`` (default: all) brokers."""
         want = self.brokers if brokers is None else brokers
         deadline = time.monotonic() + timeout
