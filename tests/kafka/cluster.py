@@ -145,11 +145,6 @@ def check_version(version: str, source: str = "the Kafka version") -> str:
     return version
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """``"4.1.1"`` → ``(4, 1, 1)``, for comparisons."""
-    return tuple(int(part) for part in version.split("."))
-
-
 def cache_dir() -> Path:
     """Where the jars are kept between runs."""
     root = os.environ.get("MARKER_INGEST_CACHE") or Path.home() / ".cache" / "marker-ingest"
