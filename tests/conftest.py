@@ -1,11 +1,12 @@
 """Session-wide fixtures: a real Kafka-protocol broker for the integration and fault suites.
 
 ``broker`` is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka module where a
-Docker engine answers; a local Apache Kafka node (``tests/kafka``) where ``java`` and the jars (or
-Maven) are here; otherwise the embedded Tansu broker, and the tests marked ``kafka`` are skipped
-with the reason. ``cluster`` is a local three-broker Apache Kafka for the faults only a cluster can
-host. ``MARKER_INGEST_TEST_BROKER`` forces a choice: ``kafka`` (CI: fail, never skip, when Apache
-Kafka cannot start) or ``tansu`` (the quick start's broker, for the smoke subset).
+Docker engine answers (unless ``MARKER_INGEST_KAFKA_VERSION`` asks for a version: the module runs
+Confluent's images); a local Apache Kafka node (``tests/kafka``, that version) where ``java`` and
+the jars (or Maven) are here; otherwise the embedded Tansu broker, and the tests marked ``kafka``
+are skipped with the reason. ``cluster`` is a local three-broker Apache Kafka for the faults only a
+cluster can host. ``MARKER_INGEST_TEST_BROKER`` forces a choice: ``kafka`` (CI: fail, never skip,
+when Apache Kafka cannot start) or ``tansu`` (the quick start's broker, for the smoke subset).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.tools.broker import EmbeddedBroker
-from tests.kafka.cluster import KafkaCluster, KafkaUnavailable
+from tests.kafka.cluster import VERSION_ENV, KafkaCluster, KafkaUnavailable
 
 # The monitoring and tracing backends' fixtures (zipkin, jaeger, otlp_receiver, start_prometheus).
 pytest_plugins = ["tests.backends.fixtures"]
@@ -97,7 +98,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
     if CHOICE != "tansu" and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield BrokerHandle(os.environ["KAFKA_BOOTSTRAP_SERVERS"], kind="external")
         return
-    if CHOICE != "tansu" and _docker_answers():
+    if CHOICE != "tansu" and not os.environ.get(VERSION_ENV) and _docker_answers():
         from testcontainers.community.kafka import KafkaContainer
 
         # Confluent Platform 8.1 is Apache Kafka 4.1, the version tests/kafka/pom.xml pins.

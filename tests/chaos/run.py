@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,9 +114,6 @@ async def _drained(bootstrap: str, topics: Topics, partitions: int) -> tuple[boo
 def _cluster(plan: Plan, net: Network) -> KafkaCluster:
     """The three-broker cluster, placed in its namespaces (not started)."""
     cluster = KafkaCluster(plan.folder / "kafka", brokers=3, extra=BROKER_SETTINGS)
-    # A random cluster id that starts with "-" is taken for an option by the storage tool (1 in 64).
-    while cluster.cluster_id.startswith("-"):
-        cluster.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     place(cluster, net)
     return cluster
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from service.tools.broker import EmbeddedBroker, free_port
+from service.tools.broker import EmbeddedBroker
 from tests.conftest import CHOICE
 from tests.faults.harness import Feeder, Fleet, account_and_stop, env_int, wait_accounted, wait_until
-from tests.kafka.cluster import KafkaCluster, KafkaNode, KafkaUnavailable
+from tests.kafka.cluster import KafkaCluster, KafkaNode, KafkaUnavailable, free_port
 from tests.support import Topics, expected_outcomes, feed, produce, service_env
 
 pytestmark = [pytest.mark.faults]

@@ -2,22 +2,29 @@
 
     python -m tests.kafka                 # one node on 127.0.0.1:9092, the service's topics created
     python -m tests.kafka --brokers 3     # a controller and three brokers on 9092, 9093, 9094
+    python -m tests.kafka --kafka-version 3.9.1
 
-The first start fetches the jars with Maven (about 45 MB, cached in ~/.cache/marker-ingest). Data
-lives in a temporary folder (``--dir`` to choose one) and is gone after the stop.
+``python -m`` finds ``tests`` from the checkout's root only; from anywhere else give the folder's
+path instead (``python tests/kafka``, ``python ../tests/kafka``). The first start of a version fetches
+its jars with Maven (about 50 MB, cached in ~/.cache/marker-ingest). Data lives in a temporary folder
+(``--dir`` to choose one) and is gone after the stop.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run by path (python tests/kafka): import from the checkout, not from this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
 import argparse
 import asyncio
 import signal
-import sys
 import tempfile
-from pathlib import Path
 
 from service.kafka.topics import create_topics
-from tests.kafka.cluster import KafkaCluster, KafkaUnavailable, kafka_version
+from tests.kafka.cluster import VERSION_ENV, KafkaCluster, KafkaUnavailable, check_version, kafka_version
 
 DEFAULT_TOPICS = ("news.raw", "news.articles", "news.dead-letters")
 
@@ -29,11 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the created topics")
     parser.add_argument("--topics", nargs="*", default=list(DEFAULT_TOPICS), help="topics to create")
     parser.add_argument("--dir", type=Path, help="data and logs folder (default: a temporary one)")
+    parser.add_argument(
+        "--kafka-version",
+        metavar="X.Y.Z",
+        help=f"the Apache Kafka release to run (default: ${VERSION_ENV}, else the one pom.xml pins)",
+    )
     args = parser.parse_args(argv)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="marker-ingest-kafka."))
     ports = [args.port + i for i in range(args.brokers)]
     try:
-        cluster = KafkaCluster(workdir, brokers=args.brokers, ports=ports).start()
+        version = (
+            check_version(args.kafka_version, "--kafka-version") if args.kafka_version else kafka_version()
+        )
+        cluster = KafkaCluster(workdir, brokers=args.brokers, ports=ports, version=version).start()
     except KafkaUnavailable as exc:
         print(f"cannot start Apache Kafka: {exc}", file=sys.stderr)
         return 1
@@ -44,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             create_topics(cluster.bootstrap_servers, topics, replication_factor=replicas, configs=configs)
         )
-        print(f"Apache Kafka {kafka_version()} is up: KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
+        print(f"Apache Kafka {cluster.version} is up: KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
         print(f"topics: {', '.join(args.topics) or '(none)'}; logs in {workdir}; Ctrl-C stops it")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         signal.pause()

@@ -1,11 +1,13 @@
 """Apache Kafka from Maven Central, run from its jars: one combined KRaft node, or a cluster.
 
-The version is pinned in ``tests/kafka/pom.xml``; ``ensure_jars`` runs ``mvn
-dependency:copy-dependencies`` on it once and caches the jars in ``~/.cache/marker-ingest`` (or
-``$MARKER_INGEST_CACHE``), outside the work tree. ``KafkaCluster(brokers=1)`` is one process that is
-both broker and controller; ``KafkaCluster(brokers=3)`` is a controller and three brokers, each its
-own process, so that a test can kill -9, freeze (SIGSTOP) or restart one broker while the metadata
-quorum stays up. Every node listens on free loopback ports and logs to ``<workdir>/<node>/server.log``.
+The version is ``$MARKER_INGEST_KAFKA_VERSION`` when set, else the one ``tests/kafka/pom.xml`` pins
+(``kafka_version``, the one place it is read); 3.9.1, 4.1.1 and 4.4.0 are tested. ``ensure_jars``
+runs ``mvn dependency:copy-dependencies`` on the pom once per version and caches the jars in
+``~/.cache/marker-ingest/kafka-<version>-<pom digest>`` (or under ``$MARKER_INGEST_CACHE``), outside
+the work tree. ``KafkaCluster(brokers=1)`` is one process that is both broker and controller;
+``KafkaCluster(brokers=3)`` is a controller and three brokers, each its own process, so that a test
+can kill -9, freeze (SIGSTOP) or restart one broker while the metadata quorum stays up. Every node
+listens on free loopback ports (``free_port``) and logs to ``<workdir>/<node>/server.log``.
 
 Test-friendly broker settings (all else is Kafka's default): no delay before the first rebalance,
 brokers fenced 3 s after their last heartbeat (default 9 s), fewer partitions for the internal
@@ -22,23 +24,28 @@ import concurrent.futures
 import contextlib
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-
-from service.tools.broker import free_port
 
 POM = Path(__file__).with_name("pom.xml")
 CONTROLLER_ID = 100
 BROKER_HEAP = os.environ.get("MARKER_INGEST_KAFKA_HEAP", "-Xms128m -Xmx512m")
 CONTROLLER_HEAP = "-Xms64m -Xmx256m"
+STARTUP_TIMEOUT = 180.0
+"""How long a node may take to listen, and a cluster to list its brokers: a deadline, not a wait. A
+start takes ~10 s on an idle 2-core machine; a broker restarted under a load of 30 took over 60 s."""
 
 LOG4J2 = """\
 status = warn
@@ -59,12 +66,81 @@ class KafkaUnavailable(RuntimeError):
     """Raised when Apache Kafka cannot be run here (no java or mvn, the download failed, ...)."""
 
 
-def kafka_version() -> str:
-    """The Kafka version ``pom.xml`` pins."""
+PORT_FLOOR = 20000
+"""The lowest port ``free_port`` hands out (fixed ports people use by hand, 9092 or 19092, are below)."""
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+_random = random.SystemRandom()  # not the global generator, which tests may seed
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A loopback port nothing uses now, for a Kafka listener, never the same twice in this process.
+
+    Chosen at random below the kernel's ephemeral range: a port from ``bind(("127.0.0.1", 0))`` is in
+    that range, where any outgoing connection on the machine may take it as its local port in the
+    seconds before the JVM binds it (the node then dies with "Address already in use"). Falls back
+    to such a port where the range leaves no room below it.
+    """
+    below = range(PORT_FLOOR, ephemeral_ports().start)
+    with _ports_lock:
+        for _ in range(1000):
+            if len(below) > 1000:
+                port = _random.choice(below)
+            else:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+            if port not in _ports_handed_out and _bindable(port):
+                _ports_handed_out.add(port)
+                return port
+    raise KafkaUnavailable("found no free loopback port")
+
+
+VERSION_ENV = "MARKER_INGEST_KAFKA_VERSION"
+"""The environment variable that chooses the Kafka version (default: the one ``pom.xml`` pins)."""
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def pinned_version() -> str:
+    """The Kafka version ``pom.xml`` pins: the default."""
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
     if match is None:
         raise KafkaUnavailable(f"no <kafka.version> in {POM}")
     return match.group(1)
+
+
+def kafka_version() -> str:
+    """The Kafka version the harness runs: ``$MARKER_INGEST_KAFKA_VERSION``, else ``pinned_version()``.
+
+    Raises ``KafkaUnavailable`` when the variable is not a version such as ``4.1.1``.
+    """
+    version = os.environ.get(VERSION_ENV, "").strip() or pinned_version()
+    return check_version(version, VERSION_ENV)
+
+
+def check_version(version: str, source: str = "the Kafka version") -> str:
+    """``version`` if it is a release number (``4.1.1``); else ``KafkaUnavailable`` naming ``source``."""
+    if not _VERSION.fullmatch(version):
+        raise KafkaUnavailable(f"{source}: {version!r} is not a Kafka release such as 4.1.1")
+    return version
 
 
 def cache_dir() -> Path:
@@ -73,20 +149,22 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def ensure_jars() -> Path:
-    """The folder holding Kafka's jars; fetched with Maven the first time (about 45 MB).
+def ensure_jars(version: str | None = None) -> Path:
+    """The folder holding the jars of Kafka ``version`` (default ``kafka_version()``); fetched with
+    Maven the first time (about 50 MB), each version in a folder of its own.
 
-    Raises ``KafkaUnavailable`` when java or mvn is missing or Maven fails.
+    Raises ``KafkaUnavailable`` when java or mvn is missing or Maven fails (an unknown version).
     """
+    version = kafka_version() if version is None else check_version(version)
     if shutil.which("java") is None:
         raise KafkaUnavailable("java is not installed (Apache Kafka needs Java 17 or newer)")
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    lib = cache_dir() / f"kafka-{kafka_version()}-{digest}" / "lib"
+    lib = cache_dir() / f"kafka-{version}-{digest}" / "lib"
     if (lib / ".complete").exists():
         return lib
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise KafkaUnavailable(f"mvn is not installed, and the Kafka jars are not cached in {lib}")
+        raise KafkaUnavailable(f"mvn is not installed, and the Kafka {version} jars are not cached in {lib}")
     lib.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="lib.", dir=lib.parent))
     cmd = [
@@ -97,19 +175,35 @@ def ensure_jars() -> Path:
         str(POM),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
+        f"-Dkafka.version={version}",
         f"-DoutputDirectory={staging}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+    if done.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        raise KafkaUnavailable("mvn could not fetch the Kafka jars: " + " / ".join(tail))
-    (staging / ".complete").write_text(kafka_version())
-    if lib.exists():  # another process won the race
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+        raise KafkaUnavailable(f"mvn could not fetch the Kafka {version} jars: " + " / ".join(tail))
+    (staging / ".complete").write_text(version)
+    try:
         staging.rename(lib)
+    except OSError:  # another process won the race
+        shutil.rmtree(staging, ignore_errors=True)
     return lib
+
+
+def find_class(lib: Path, *candidates: str) -> str:
+    """The first of ``candidates`` (fully qualified class names) that the jars in ``lib`` hold: Kafka's
+    tools move between versions (``ConfigCommand`` left ``kafka.admin`` for ``org.apache.kafka.tools``
+    in 4.4). Raises ``KafkaUnavailable`` when none is there."""
+    entries = {name.replace(".", "/") + ".class": name for name in candidates}
+    found: set[str] = set()
+    for jar in sorted(lib.glob("kafka*.jar")):
+        with zipfile.ZipFile(jar) as archive:
+            found |= entries.keys() & set(archive.namelist())
+    for entry, name in entries.items():
+        if entry in found:
+            return name
+    raise KafkaUnavailable(f"none of {', '.join(candidates)} is in the jars of {lib}")
 
 
 class KafkaNode:
@@ -178,9 +272,10 @@ class KafkaNode:
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting {self.dir.name} failed: {done.stdout}{done.stderr}".strip())
 
-    def java_command(self, heap: str) -> list[str]:
-        """``java`` with Kafka's jars on the class path, for running one of its tools."""
-        return self._java(heap)
+    def java_command(self, heap: str, *main_classes: str) -> list[str]:
+        """``java`` with Kafka's jars on the class path, for running one of its tools: the first of
+        ``main_classes`` this version has (see ``find_class``)."""
+        return [*self._java(heap), find_class(self.lib, *main_classes)] if main_classes else self._java(heap)
 
     def _java(self, heap: str) -> list[str]:
         java = shutil.which("java") or "java"
@@ -209,7 +304,7 @@ class KafkaNode:
             )
         return self
 
-    def wait_listening(self, timeout: float = 60.0) -> None:
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Wait until the node accepts connections; raises ``KafkaUnavailable`` if it dies or is late."""
         deadline = time.monotonic() + timeout
         while not _accepts_connections(self.host, self.port):
@@ -259,10 +354,23 @@ class KafkaNode:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def restart(self, timeout: float = 60.0) -> None:
+    def restart(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """A controlled stop and a start; waits until the node listens again."""
         self.stop()
         self.start().wait_listening(timeout)
+
+
+def new_cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A cluster id as Kafka's ``Uuid.randomUuid()`` makes them: URL-safe base64 of a random UUID,
+    never one that starts with ``-`` (``StorageTool format -t -x...`` would read it as an option),
+    nor the two ids Kafka reserves (all zeros, and the metadata topic's ``AAAAAAAAAAAAAAAAAAAAAQ``)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_uuid().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-") and cluster_id not in _RESERVED_IDS:
+            return cluster_id
+
+
+_RESERVED_IDS = frozenset({"AAAAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAAAAQ"})
 
 
 class KafkaCluster:
@@ -284,6 +392,7 @@ class KafkaCluster:
         extra: dict[str, str] | None = None,
         listeners: dict[str, tuple[str, int]] | None = None,
         format_args: list[str] | None = None,
+        version: str | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("a cluster needs at least one broker")
@@ -292,8 +401,9 @@ class KafkaCluster:
         self.workdir = Path(workdir)
         self.brokers = brokers
         self.extra = dict(extra or {})
-        self.lib = ensure_jars()
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.version = kafka_version() if version is None else check_version(version)
+        self.lib = ensure_jars(self.version)
+        self.cluster_id = new_cluster_id()
         ports = list(ports or [])
         broker_ports = [ports[i] if i < len(ports) else free_port() for i in range(brokers)]
         self.nodes: list[KafkaNode] = []
@@ -384,10 +494,12 @@ class KafkaCluster:
                 return node
         raise KeyError(node_id)
 
-    def start(self, timeout: float = 90.0) -> KafkaCluster:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> KafkaCluster:
         """Format, start every node, and wait until metadata lists every broker. The nodes are
-        also killed when the Python process exits without stopping them (an interrupted run)."""
+        also killed when the Python process exits without stopping them (an interrupted run, or a
+        SIGTERM: see ``_interrupt_on_sigterm``; only a kill -9 leaves them behind)."""
         atexit.register(self._kill_leftovers)
+        _interrupt_on_sigterm()
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda n: n.format(self.cluster_id), self.nodes))
         for node in self.nodes:
@@ -401,7 +513,7 @@ class KafkaCluster:
             raise
         return self
 
-    def wait_ready(self, timeout: float = 60.0, brokers: int | None = None) -> None:
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT, brokers: int | None = None) -> None:
         """Wait until a metadata request answers with ``brokers`` (default: all) brokers."""
         want = self.brokers if brokers is None else brokers
         deadline = time.monotonic() + timeout
@@ -440,6 +552,23 @@ def _accepts_connections(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt in this process, unless it has a handler of its own.
+
+    Python's default ends the process at once, without ``atexit``, and the nodes run in sessions of
+    their own (so that a Ctrl-C meant for pytest does not kill them mid-test): a test run stopped
+    with SIGTERM would leave its brokers running. As an interrupt, pytest tears its fixtures down
+    (stopping the nodes) and a script unwinds to ``atexit``.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 async def _broker_count(bootstrap: str) -> int:

@@ -215,8 +215,9 @@ class SecuredKafka:
         """
         node = self.cluster.nodes[0]
         cmd = [
-            *node.java_command("-Xms32m -Xmx128m"),
-            "kafka.admin.ConfigCommand",
+            *node.java_command(
+                "-Xms32m -Xmx128m", "org.apache.kafka.tools.ConfigCommand", "kafka.admin.ConfigCommand"
+            ),
             "--bootstrap-server",
             self.admin_bootstrap,
             "--alter",
