@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from service.delivery.modes.base import Offsets
 from service.kafka.clients import Kafka
 
 
@@ -20,8 +22,8 @@ def end_of(consumer: Any, tp: TopicPartition) -> int | None:
 class DrainCheck:
     """Answers ``drained`` for the group; owns a group-less probe consumer once one is needed."""
 
-    def __init__(self, kafka: Kafka, make_probe: Callable[[], Any] | None = None) -> None:
-        self._settings = kafka.settings
+    def __init__(self, kafka: Kafka, offsets: Offsets, make_probe: Callable[[], Any] | None = None) -> None:
+        self._settings, self._offsets = kafka.settings, offsets
         self._make_probe = make_probe or (lambda: AIOKafkaConsumer(**kafka.probe_config()))
         self.probe: Any = None
 
@@ -54,7 +56,10 @@ class DrainCheck:
         record means work is left; otherwise its position, past any transaction markers, must have
         reached the end.
         """
-        committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
+        try:
+            committed = {tp: offset or 0 for tp, offset in (await self._offsets.fetch(tps)).items()}
+        except KafkaError:
+            return False  # the group coordinator cannot say now: ask again at the next idle fetch
         if self.probe is None:
             self.probe = self._make_probe()
             await self.probe.start()

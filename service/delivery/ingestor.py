@@ -36,6 +36,7 @@ from service.errors import (
     TopicsMissing,
 )
 from service.kafka.clients import Kafka
+from service.kafka.offsets import CommittedOffsets
 from service.kafka.topics import partition_names
 from service.ops.http import HttpEndpoint
 from service.ops.logs import log_write_errors, on_library_line
@@ -75,7 +76,8 @@ class Ingestor:
         self.pipeline: Pipeline | None = None
         self.http: HttpEndpoint | None = None
         self._loop_watch = LoopWatch()
-        self._drain_check = DrainCheck(self.kafka)
+        self.offsets = CommittedOffsets(self.kafka.client_kwargs(), settings.group_id)
+        self._drain_check = DrainCheck(self.kafka, self.offsets)
         self._fetch_silent_seconds = 0.0
         self.metrics.watch(
             in_flight=lambda: 0 if self.delivery is None else self.delivery.in_flight,
@@ -173,7 +175,12 @@ class Ingestor:
             return
         self.consumer, self.producer = clients
         self.delivery = make_delivery(
-            self.kafka, self.consumer, self.producer, metrics=self.metrics, retries=self.retries
+            self.kafka,
+            self.consumer,
+            self.producer,
+            offsets=self.offsets,
+            metrics=self.metrics,
+            retries=self.retries,
         )
         self.pipeline = Pipeline(
             self.kafka,
@@ -204,6 +211,8 @@ class Ingestor:
             await self.delivery.stop(self.grace.stop_budget())
             probe = self._drain_check.probe
             await stop_quietly(self.producer, self.consumer, probe, limit_seconds=self.grace.stop_budget())
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.offsets.close(), 2.0)
 
     async def _watch_fetches(self, pipeline: Pipeline) -> None:
         """Keep ``/readyz``'s view of the broker's fetch answers fresh (``/readyz`` is answered on

@@ -184,3 +184,45 @@ async def test_a_rolling_restart_of_all_three_brokers_under_a_live_feed(
         sent_live = await feeder.stop()
     ledger = await account_and_stop(bootstrap, topics, [*sent, *sent_live], svc, exactly_once=False)
     print(f"rolling restart: {ledger.total} events, {ledger.duplicates} duplicates")
+
+
+@pytest.mark.cluster
+async def test_committed_offsets_asked_of_a_broker_that_is_not_the_coordinator_are_not_no_commit(
+    cluster: BrokerHandle,
+) -> None:
+    """The chaos run's bug, made by hand: a group committed 950; asked of a broker that is not its
+    coordinator, the OffsetFetch answer has no partitions and NOT_COORDINATOR at its top level,
+    which aiokafka's committed() reads as "nothing committed" (None). The service's reader raises
+    instead (it is asked again), and asked properly it says 950."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import NotCoordinatorError
+    from aiokafka.protocol.commit import OffsetFetchRequest
+    from aiokafka.structs import OffsetAndMetadata
+
+    from service.kafka.offsets import GROUP_COORDINATOR, CommittedOffsets, committed_from
+
+    bootstrap = cluster.bootstrap_servers
+    topics = await Topics.unique("stale-coordinator").create(bootstrap, **cluster.topic_kwargs)
+    await produce(bootstrap, topics.input, feed(5))
+    tp = TopicPartition(topics.input, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=topics.group, enable_auto_commit=False)
+    await consumer.start()
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(3, "")})
+        coordinator = await client.coordinator_lookup(GROUP_COORDINATOR, topics.group)
+        other = next(b.nodeId for b in client.cluster.brokers() if b.nodeId != coordinator)
+        answer = await client.send(other, OffsetFetchRequest(topics.group, [(tp.topic, [0])]))
+        with pytest.raises(NotCoordinatorError):
+            committed_from(answer)
+        reader = CommittedOffsets({"bootstrap_servers": bootstrap}, topics.group)
+        try:
+            assert await reader.fetch([tp]) == {tp: 3}
+        finally:
+            await reader.close()
+    finally:
+        await client.close()
+        await consumer.stop()

@@ -19,6 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
+    CoordinatorLoadInProgressError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotCoordinatorError,
@@ -115,6 +116,43 @@ class FakeProducer:
         return len(pending)
 
 
+class FakeOffsets:
+    """The group's committed offsets, as ``CommittedOffsets.fetch`` answers: ``commits`` (None where
+    the group has none), after raising what the test queued (a coordinator that moved)."""
+
+    def __init__(self, journal: list[tuple[int, str]] | None = None) -> None:
+        self.commits: dict[TopicPartition, int] = {}
+        self.raises: list[BaseException] = []
+        self.journal = journal if journal is not None else []
+
+    async def fetch(self, partitions: Any) -> dict[TopicPartition, int | None]:
+        tps = list(partitions)
+        self.journal.extend((tp.partition, "committed?") for tp in tps)
+        if self.raises:
+            raise self.raises.pop(0)
+        return {tp: self.commits.get(tp) for tp in tps}
+
+
+class FakeSeeker:
+    """The consumer as the delivery modes use it: seeks, pauses, resumes."""
+
+    def __init__(self, journal: list[tuple[int, str]] | None = None) -> None:
+        self.journal = journal if journal is not None else []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+        self.journal.extend((tp.partition, "pause") for tp in tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+        self.journal.extend((tp.partition, "resume") for tp in tps)
+
+
 class FakeCommit:
     """The consumer's ``commit``: records the offsets, or raises what the test queued."""
 
@@ -135,6 +173,8 @@ class Rig:
     delivery: AtLeastOnce
     grace: Grace
     metrics: Metrics
+    consumer: FakeSeeker
+    offsets: FakeOffsets
     delivered: list[Delivered] = field(default_factory=list)
     """What the delivery reported committed, in order."""
 
@@ -149,15 +189,18 @@ def rig(
 ) -> Rig:
     producer, commit = FakeProducer(partitions, capacity), FakeCommit()
     grace, metrics = Grace(grace_seconds), Metrics(__version__)
+    consumer, offsets = FakeSeeker(), FakeOffsets()
     delivery = AtLeastOnce(
         commit=commit,
         outbox=lambda: Outbox(producer, max_request_size),  # type: ignore[arg-type]
+        consumer=consumer,
+        offsets=offsets,
         metrics=metrics,
         retries=Retries(grace, metrics, (0.001, 0.002)),
         access=access_from(Settings()),
         stall_after=stall,
     )
-    return Rig(producer, commit, delivery, grace, metrics)
+    return Rig(producer, commit, delivery, grace, metrics, consumer, offsets)
 
 
 @dataclass
@@ -417,3 +460,16 @@ async def test_a_commit_without_a_group_coordinator_is_reported_until_one_succee
     assert any(e and "committing offsets failed" in e for e in reported), "/readyz never said so"
     assert r.delivery.coordinator_error is None
     assert r.commit.committed == [{IN0: 1}]
+
+
+async def test_an_assigned_partition_starts_from_the_committed_offset_once_the_coordinator_answers() -> None:
+    """The group coordinator moved (NOT_COORDINATOR, then loading): aiokafka reads that as "nothing
+    committed" and would start the partition over (the chaos run found it). The partition stays
+    paused until the coordinator says where the group stands, then starts there."""
+    r = rig()
+    r.offsets.commits[IN0] = 950
+    r.offsets.raises.extend([NotCoordinatorError(), CoordinatorLoadInProgressError()])
+    await r.delivery.assigned([IN0, IN1])
+    assert r.consumer.seeks == [(IN0, 950)], "in:1 has no commit: the reset policy applies"
+    assert r.consumer.paused == set()
+    assert r.metrics.retries["fetch"]._value.get() == 2

@@ -32,7 +32,7 @@ from service.errors import GraceExpired
 from service.kafka.clients import Kafka
 from service.ops.metrics import Metrics
 from service.settings import Settings
-from tests.unit.test_delivery import FakeProducer
+from tests.unit.test_delivery import FakeOffsets, FakeProducer, FakeSeeker
 
 TOPIC = "news.raw"
 IN0, IN1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
@@ -164,9 +164,12 @@ def rig(
     kafka, grace, metrics = Kafka.of(settings), Grace(grace_seconds), Metrics(__version__)
     consumer, producer = FakeConsumer(batches), AckingProducer(fail_first)
     retries = Retries(grace, metrics, (0.001, 0.002))
+    offsets = FakeOffsets()
     delivery = AtLeastOnce(
         commit=consumer.commit,
         outbox=lambda: Outbox(producer, 1 << 20),  # type: ignore[arg-type]
+        consumer=FakeSeeker(),
+        offsets=offsets,
         metrics=metrics,
         retries=retries,
         access=kafka.access,
@@ -180,7 +183,7 @@ def rig(
         metrics=metrics,
         safety=SafetyGate(None, metrics),
         fetch_retry=retries.new("fetch"),
-        drain_check=DrainCheck(kafka),
+        drain_check=DrainCheck(kafka, offsets),
     )
     return Rig(consumer, producer, pipeline, grace)
 

@@ -24,7 +24,7 @@ from service.delivery.retry import Retries
 from service.delivery.routing import Destination
 from service.errors import GraceExpired
 from service.ops.metrics import Metrics
-from tests.unit.test_delivery import FakeMessage, FakeProducer
+from tests.unit.test_delivery import FakeMessage, FakeOffsets, FakeProducer, FakeSeeker
 
 IN0, IN1 = TopicPartition("in", 0), TopicPartition("in", 1)
 
@@ -79,34 +79,12 @@ class FakeTxnProducer(FakeProducer):
         pass
 
 
-class FakeConsumer:
-    def __init__(self, journal: list[tuple[int, str]]) -> None:
-        self.journal = journal
-        self.seeks: list[tuple[TopicPartition, int]] = []
-        self.paused: set[TopicPartition] = set()
-        self.commits: dict[TopicPartition, int] = {}
-
-    async def committed(self, tp: TopicPartition) -> int | None:
-        self.journal.append((tp.partition, "committed?"))
-        return self.commits.get(tp)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.seeks.append((tp, offset))
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
-        self.journal.extend((tp.partition, "pause") for tp in tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
-        self.journal.extend((tp.partition, "resume") for tp in tps)
-
-
 class Rig:
     def __init__(self, grace_seconds: float = 5.0) -> None:
         self.journal: list[tuple[int, str]] = []
         self.producers: list[FakeTxnProducer] = []
-        self.consumer = FakeConsumer(self.journal)
+        self.consumer = FakeSeeker(self.journal)
+        self.offsets = FakeOffsets(self.journal)
         self.metrics = Metrics(__version__)
         self.grace = Grace(grace_seconds)
         self.completed: list[Delivered] = []
@@ -119,6 +97,7 @@ class Rig:
         self.delivery = ExactlyOnce(
             make_producer=make,
             consumer=self.consumer,
+            offsets=self.offsets,
             group_id="g",
             metrics=self.metrics,
             retries=Retries(self.grace, self.metrics, (0.001, 0.002)),
@@ -262,7 +241,7 @@ async def test_an_assigned_partition_is_read_from_the_offsets_committed_once_its
     owner's last transaction is complete; starting the producer completes it, so the partition is
     paused until then and sought to the offsets fetched afterwards."""
     r = Rig()
-    r.consumer.commits[IN0] = 42
+    r.offsets.commits[IN0] = 42
     await r.delivery.assigned([IN0, IN1])
     assert r.of(0, consumer=True) == ["pause", "start", "committed?", "resume"]
     assert r.consumer.seeks == [(IN0, 42)], "in:1 has no commit: the consumer's reset policy applies"

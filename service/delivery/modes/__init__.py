@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from service.delivery.modes.at_least_once import AtLeastOnce
-from service.delivery.modes.base import Delivery
+from service.delivery.modes.base import Delivery, Offsets
 from service.delivery.modes.exactly_once import ExactlyOnce
 from service.delivery.outbox import Outbox
 from service.delivery.retry import Retries
@@ -23,6 +23,7 @@ def make_delivery(
     consumer: AIOKafkaConsumer,
     producer: AIOKafkaProducer,
     *,
+    offsets: Offsets,
     metrics: Metrics,
     retries: Retries,
 ) -> Delivery:
@@ -35,6 +36,7 @@ def make_delivery(
                 **kafka.transactional_producer_config(partition)
             ),
             consumer=consumer,
+            offsets=offsets,
             group_id=s.group_id,
             metrics=metrics,
             retries=retries,
@@ -45,6 +47,8 @@ def make_delivery(
     return AtLeastOnce(
         commit=consumer.commit,
         outbox=lambda: Outbox(producer, request_size),
+        consumer=consumer,
+        offsets=offsets,
         metrics=metrics,
         retries=retries,
         access=kafka.access,

@@ -28,7 +28,7 @@ from aiokafka.errors import (
 )
 
 from service.delivery.batch import Batch, Delivered
-from service.delivery.modes.base import Delivery
+from service.delivery.modes.base import Consumer, Delivery, Offsets
 from service.delivery.outbox import Outbox, Send
 from service.delivery.resend import resend_plan
 from service.delivery.retry import Retries
@@ -54,12 +54,14 @@ class AtLeastOnce(Delivery):
         *,
         commit: Commit,
         outbox: Callable[[], Outbox],
+        consumer: Consumer,
+        offsets: Offsets,
         metrics: Metrics,
         retries: Retries,
         access: Access,
         stall_after: float,
     ) -> None:
-        super().__init__(metrics=metrics, retries=retries)
+        super().__init__(consumer=consumer, offsets=offsets, metrics=metrics, retries=retries)
         self._commit_offsets, self._new_outbox, self._access = commit, outbox, access
         self._stall_after = stall_after
         self._open: Batch | None = None

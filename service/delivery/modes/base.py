@@ -12,20 +12,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Protocol
 
+import structlog
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.delivery.batch import Batch, Delivered
 from service.delivery.retry import Retries
 from service.kafka.failures import Failure
 from service.ops.metrics import Metrics
 
+log = structlog.get_logger("marker_ingest")
+
+
+class Consumer(Protocol):
+    """What the delivery modes use of the consumer: seeking and pausing its partitions."""
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+
+class Offsets(Protocol):
+    """The group's committed offsets (``service.kafka.offsets.CommittedOffsets``): None where the
+    group has none; raises ``KafkaError`` when its coordinator cannot say."""
+
+    async def fetch(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]: ...
+
 
 class Delivery:
     """Common ground of the delivery modes; a mode overrides ``begin``, ``handed_over`` and
     ``relieve``, and the hooks it needs."""
 
-    def __init__(self, *, metrics: Metrics, retries: Retries) -> None:
+    def __init__(self, *, consumer: Consumer, offsets: Offsets, metrics: Metrics, retries: Retries) -> None:
+        self._consumer, self._offsets = consumer, offsets
         self._metrics, self._retries, self._grace = metrics, retries, retries.grace
         self.send_error: str | None = None
         """Why events are not being delivered, for ``/readyz`` (None while they are)."""
@@ -57,7 +78,12 @@ class Delivery:
         return []
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """The group assigned ``partitions`` to this instance."""
+        """The group assigned ``partitions`` to this instance: read them from the group's committed
+        offsets (a mode that must first settle what the previous owner left overrides it)."""
+        partitions = list(partitions)
+        if partitions:
+            self._consumer.pause(*partitions)  # before any await: nothing is fetched from a stale offset
+            await self._read_from_committed(partitions)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """``partitions`` move away, once everything handed over is settled."""
@@ -65,6 +91,25 @@ class Delivery:
     async def stop(self, budget: float) -> None:
         """The service is stopping: complete nothing more; release the mode's own clients within
         ``budget`` seconds."""
+
+    async def _read_from_committed(self, partitions: list[TopicPartition]) -> None:
+        """Seek the paused ``partitions`` to the group's committed offsets, asking until the group
+        coordinator answers, then resume them (a partition without a commit starts where
+        ``INGEST_AUTO_OFFSET_RESET`` says). aiokafka's own reading takes a coordinator that moved
+        for "nothing committed"; a stop requested meanwhile leaves them paused."""
+        retry = self._retries.new("fetch")
+        while True:
+            try:
+                offsets = await self._grace.within(self._offsets.fetch(partitions))
+                break
+            except KafkaError as exc:
+                if self._grace.requested:
+                    return
+                await retry.after("offsets.retrying", error=repr(exc), partitions=len(partitions))
+        for tp, offset in offsets.items():
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        self._consumer.resume(*partitions)
 
     def _delivered(self, batch: Batch, partitions: Iterable[TopicPartition] | None = None) -> Delivered:
         """Count a committed batch (or the committed ``partitions`` of it) in the metrics."""

@@ -27,7 +27,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
 
 from service.delivery.batch import Batch, Delivered
-from service.delivery.modes.base import Delivery
+from service.delivery.modes.base import Consumer, Delivery, Offsets
 from service.delivery.outbox import Outbox, Send
 from service.delivery.retry import Retries
 from service.errors import GraceExpired
@@ -49,15 +49,6 @@ class TxnProducer(Protocol):
         self, offsets: dict[TopicPartition, int], group_id: str
     ) -> None: ...
     async def flush(self) -> None: ...
-
-
-class Consumer(Protocol):
-    """What this module uses of the consumer: the group's committed offsets, seeking, pausing."""
-
-    async def committed(self, partition: TopicPartition) -> int | None: ...
-    def seek(self, partition: TopicPartition, offset: int) -> None: ...
-    def pause(self, *partitions: TopicPartition) -> None: ...
-    def resume(self, *partitions: TopicPartition) -> None: ...
 
 
 class TxnOutbox:
@@ -108,6 +99,7 @@ class ExactlyOnce(Delivery):
         *,
         make_producer: Callable[[int], TxnProducer],
         consumer: Consumer,
+        offsets: Offsets,
         group_id: str,
         metrics: Metrics,
         retries: Retries,
@@ -115,8 +107,8 @@ class ExactlyOnce(Delivery):
         access: Access | None = None,
         transactional_id: Callable[[int], str] = str,
     ) -> None:
-        super().__init__(metrics=metrics, retries=retries)
-        self._make_producer, self._consumer, self._group_id = make_producer, consumer, group_id
+        super().__init__(consumer=consumer, offsets=offsets, metrics=metrics, retries=retries)
+        self._make_producer, self._group_id = make_producer, group_id
         self._access, self._transactional_id = access or Access(), transactional_id
         self._max_request_size = max_request_size
         self._producers: dict[TopicPartition, TxnProducer] = {}
@@ -319,11 +311,7 @@ class ExactlyOnce(Delivery):
                 await retry.after(None)
         if waiting:  # stopping, or refused: the partitions stay paused
             return
-        for tp in partitions:
-            offset = await self._grace.within(self._consumer.committed(tp))
-            if offset is not None:
-                self._consumer.seek(tp, offset)
-        self._consumer.resume(*partitions)
+        await self._read_from_committed(partitions)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop the producers of partitions that moved away (their last batch is committed)."""
