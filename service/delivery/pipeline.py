@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from service import __version__
 from service.core.events import Outcome, Source, origin_of, process_payload
-from service.delivery.batch import Batch, Delivered
+from service.delivery.batch import Batch
 from service.delivery.burst import DrainCheck
 from service.delivery.grace import Grace
 from service.delivery.lag import update_lag
@@ -70,6 +70,8 @@ class Pipeline:
         self.fetch_error: str | None = None
         self.finished = False
         """Set once the service stops its clients: the group's calls change nothing any more."""
+        self._committed: dict[TopicPartition, int] = {}
+        """Offsets committed since the lag was last updated."""
         self._fetchable: frozenset[TopicPartition] = frozenset()
         self._fetchable_since = 0.0
 
@@ -78,7 +80,14 @@ class Pipeline:
     async def run(self) -> None:
         """Until a stop; or, in burst mode, until the group has drained the input; or until
         ``--max-messages``. Raises ``Misconfigured`` when the delivery meets a refusal no retry
-        can cure, ``GraceExpired`` when the grace period ends with work unacknowledged."""
+        can cure, ``GraceExpired`` when the grace period ends with work unacknowledged; what was
+        committed is counted however it ends."""
+        try:
+            await self._run()
+        finally:
+            self._count()
+
+    async def _run(self) -> None:
         s, consumer, delivery = self.settings, self.consumer, self.delivery
         idle_since, lag_due = time.monotonic(), 0.0
         while not self._grace.requested:
@@ -89,17 +98,17 @@ class Pipeline:
                 batch = await consumer.getmany(timeout_ms=s.batch_timeout_ms, max_records=self._fetch_size())
             except KafkaError as exc:
                 self._fetch_failed(exc)
-                await self._count(await delivery.settle())
+                await self._settle()
                 await self._fetch_retry.after(None)
                 continue
             self.fetch_error = None
             self._fetch_retry.succeeded()
             if not batch:
-                await self._count(await delivery.settle())
+                await self._settle()
                 now = time.monotonic()
                 if now >= lag_due:
                     lag_due = now + LAG_REFRESH_SECONDS
-                    await update_lag(consumer, self._metrics, {})
+                    await self._update_lag()
                 if self._safety.paused:
                     idle_since = now  # paused is not drained: burst mode waits for the resume
                 if s.burst and await self._drain_check.drained(consumer, time.monotonic() - idle_since):
@@ -108,15 +117,17 @@ class Pipeline:
                 continue
             idle_since = time.monotonic()
             await self._handle(batch)
+            if self._committed:
+                await self._update_lag()
             lag_due = time.monotonic() + LAG_REFRESH_SECONDS
             if self._grace.requested or self._safety.tripped or s.max_messages is not None:
                 # Nothing is left waiting before a stop, a pause, or a count that must be exact.
-                await self._count(await delivery.settle())
+                await self._settle()
             self._safety.pause_if_tripped(consumer)
             if s.max_messages is not None and self.messages_done >= s.max_messages:
                 log.info("max_messages.reached", messages=self.messages_done)
                 return
-        await self._count(await delivery.settle())
+        await self._settle()
 
     def fetch_silence(self) -> float:
         """Seconds since the broker last answered a fetch of an assigned, unpaused partition, or
@@ -133,6 +144,12 @@ class Pipeline:
             if at is not None:
                 newest = max(newest, at / 1000)
         return 0.0 if not fetchable else max(0.0, now - newest)
+
+    async def _update_lag(self) -> None:
+        """The lag per partition: the high watermark less the last committed offset (or, where
+        none is newer, the position)."""
+        committed, self._committed = self._committed, {}
+        await update_lag(self.consumer, self._metrics, committed)
 
     def _fetch_size(self) -> int:
         """How many messages the next fetch may return: a batch, or what ``--max-messages`` leaves."""
@@ -157,7 +174,8 @@ class Pipeline:
         try:
             processed = await self._process(batch)
             flush_records()
-            await self._count(await self.delivery.handed_over(processed))
+            await self.delivery.handed_over(processed)
+            self._count()
         finally:
             self._idle.set()
 
@@ -187,15 +205,21 @@ class Pipeline:
                     _log_record(record_log, msg.offset, outcome)
                 if delivery.in_flight >= ceiling:
                     flush_records()
-                    await self._count(await delivery.relieve(current))
+                    await delivery.relieve(current)
+                    self._count()
         return current
 
-    async def _count(self, delivered: list[Delivered]) -> None:
-        """Count what the delivery committed; the lag follows its offsets."""
-        for done in delivered:
+    async def _settle(self) -> None:
+        """Deliver everything handed over, and count it."""
+        await self.delivery.settle()
+        self._count()
+
+    def _count(self) -> None:
+        """Count what the delivery committed; the lag follows its offsets at the next refresh."""
+        for done in self.delivery.take_delivered():
             self.messages_done += done.messages
             self.records_done += done.records
-            await update_lag(self.consumer, self._metrics, done.offsets)
+            self._committed.update(done.offsets)
 
     # ----------------------------------------------------------------- the group
 
@@ -206,7 +230,7 @@ class Pipeline:
         if revoked:
             log.info("partitions.revoking", partitions=partition_names(revoked))
         await self._idle.wait()
-        await self._count(await self.delivery.settle())
+        await self._settle()
         await self.delivery.revoked(revoked)
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:

@@ -226,7 +226,8 @@ async def process(delivery: AtLeastOnce, *items: tuple[TopicPartition, int, byte
 
 
 async def handed_over(r: Rig, batch: Batch) -> None:
-    r.delivered.extend(await r.delivery.handed_over(batch))
+    await r.delivery.handed_over(batch)
+    r.delivered.extend(r.delivery.take_delivered())
 
 
 async def settled(r: Rig, *, ack: bool = True, rounds: int = 200) -> None:
@@ -238,7 +239,8 @@ async def settled(r: Rig, *, ack: bool = True, rounds: int = 200) -> None:
             r.producer.ack_all()
         if task.done():
             break
-    r.delivered.extend(await task)
+    await task
+    r.delivered.extend(r.delivery.take_delivered())
 
 
 # ------------------------------------------------------------------------------------------ outbox
@@ -283,12 +285,15 @@ async def test_nothing_is_committed_until_every_event_of_the_batch_is_acknowledg
     assert not settle.done()
     assert r.commit.committed == [], "committed before the broker acknowledged"
     r.producer.ack_all()
-    [done] = await settle
+    await settle
+    [done] = r.delivery.take_delivered()
     assert r.commit.committed == [{IN0: 2}]
     assert (done.offsets, done.messages, done.records) == ({IN0: 2}, 2, 2)
 
 
 async def test_handing_over_the_next_batch_completes_the_one_before() -> None:
+    """The first batch is committed in the background once the second is handed over; the next
+    completion waits for that commit before it starts its own (commits stay in order)."""
     r = rig()
     first = await process(r.delivery, (IN0, 0, b"a"))
     await handed_over(r, first)
@@ -296,9 +301,12 @@ async def test_handing_over_the_next_batch_completes_the_one_before() -> None:
     r.producer.ack_all()
     second = await process(r.delivery, (IN0, 1, b"b"))
     await handed_over(r, second)
+    await asyncio.sleep(0)  # the commit runs beside the next batch's processing
     assert r.commit.committed == [{IN0: 1}], "only the first: the second is not acknowledged yet"
+    assert r.delivered == [], "reported once its commit is done, at the next call"
     await settled(r)
     assert r.commit.committed == [{IN0: 1}, {IN0: 2}]
+    assert [d.offsets for d in r.delivered] == [{IN0: 1}, {IN0: 2}]
 
 
 @pytest.mark.parametrize("error", [KafkaTimeoutError(), NotLeaderForPartitionError(), RequestTimedOutError()])
@@ -357,11 +365,12 @@ async def test_the_resend_repeats_a_partition_from_its_first_failure_in_input_or
         if task.done():
             break
     await task
+    await r.delivery.settle()
     values = [v for b in r.producer.shipped for v in b.values]
     assert values[:5] == [b"a0", b"b0", b"a1", b"a2", b"b1"], "both batches shipped once"
     resent = values[5:]
     assert resent == [b"a0", b"a1", b"a2"], "partition in:0 from its first failure on, later batch included"
-    assert r.commit.committed == [{IN0: 2, IN1: 1}]
+    assert r.commit.committed == [{IN0: 2, IN1: 1}, {IN0: 3, IN1: 2}]
 
 
 async def test_a_commit_refused_after_a_rebalance_is_logged_and_not_fatal() -> None:
@@ -428,7 +437,8 @@ async def test_relieving_the_bytes_in_flight_waits_for_the_broker_and_resets_the
         r.producer.ack_all()
         if task.done():
             break
-    [done] = await task
+    await task
+    [done] = r.delivery.take_delivered()
     assert r.commit.committed == [{IN0: 1}], "the batch before is committed; this one when it is completed"
     assert done.offsets == {IN0: 1}
     assert r.delivery.in_flight == 0
@@ -442,7 +452,8 @@ async def test_once_stopped_nothing_more_is_completed() -> None:
     await handed_over(r, batch)
     r.producer.ack_all()
     await r.delivery.stop(1.0)
-    assert await r.delivery.settle() == []
+    await r.delivery.settle()
+    assert r.delivery.take_delivered() == []
     assert r.commit.committed == []
 
 

@@ -105,7 +105,10 @@ class Rig:
         )
 
     async def handed_over(self, batch: Batch) -> None:
-        self.completed.extend(await self.delivery.handed_over(batch))
+        try:
+            await self.delivery.handed_over(batch)
+        finally:
+            self.completed.extend(self.delivery.take_delivered())
 
     def producer(self, partition: int) -> FakeTxnProducer:
         return [p for p in self.producers if p.partition == partition and not p.stopped][-1]

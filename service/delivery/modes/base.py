@@ -54,6 +54,7 @@ class Delivery:
         """Why offsets cannot be committed to the group coordinator, for ``/readyz``."""
         self.refusal: Failure | None = None
         """A refusal that no retry can cure, which stops the service (None while there is none)."""
+        self._done: list[Delivered] = []
 
     @property
     def in_flight(self) -> int:
@@ -64,18 +65,21 @@ class Delivery:
         """A new batch to process into."""
         raise NotImplementedError
 
-    async def handed_over(self, batch: Batch) -> list[Delivered]:
-        """``batch`` is processed: every outcome is in its sink. Returns what got committed."""
+    async def handed_over(self, batch: Batch) -> None:
+        """``batch`` is processed: every outcome is in its sink."""
         raise NotImplementedError
 
-    async def relieve(self, batch: Batch) -> list[Delivered]:
-        """Over the bytes-in-flight ceiling in the middle of ``batch``: wait for the broker.
-        Returns what got committed meanwhile."""
+    async def relieve(self, batch: Batch) -> None:
+        """Over the bytes-in-flight ceiling in the middle of ``batch``: wait for the broker."""
         raise NotImplementedError
 
-    async def settle(self) -> list[Delivered]:
+    async def settle(self) -> None:
         """Deliver everything handed over (acknowledged and committed) before returning."""
-        return []
+
+    def take_delivered(self) -> list[Delivered]:
+        """What was committed since the last call (also after a call that raised)."""
+        done, self._done = self._done, []
+        return done
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """The group assigned ``partitions`` to this instance: read them from the group's committed
@@ -111,8 +115,9 @@ class Delivery:
                 self._consumer.seek(tp, offset)
         self._consumer.resume(*partitions)
 
-    def _delivered(self, batch: Batch, partitions: Iterable[TopicPartition] | None = None) -> Delivered:
-        """Count a committed batch (or the committed ``partitions`` of it) in the metrics."""
+    def _delivered(self, batch: Batch, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Record a committed batch (or the committed ``partitions`` of it) for the pipeline, and
+        count it in the metrics."""
         done = batch.delivered(partitions)
         metrics = self._metrics
         metrics.count_batch(
@@ -122,4 +127,4 @@ class Delivery:
             dead_letters=done.dead_letters,
         )
         metrics.batch_seconds.observe(time.perf_counter() - done.started)
-        return done
+        self._done.append(done)

@@ -26,7 +26,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced, TransactionalIdAuthorizationFailed
 
-from service.delivery.batch import Batch, Delivered
+from service.delivery.batch import Batch
 from service.delivery.modes.base import Consumer, Delivery, Offsets
 from service.delivery.outbox import Outbox, Send
 from service.delivery.retry import Retries
@@ -156,7 +156,7 @@ class ExactlyOnce(Delivery):
         self._send_failures = {}
         return self._open
 
-    async def handed_over(self, batch: Batch) -> list[Delivered]:
+    async def handed_over(self, batch: Batch) -> None:
         """Commit the batch's transactions; abort and rewind the partitions whose commit failed."""
         outbox = batch.sink
         assert isinstance(outbox, TxnOutbox)
@@ -181,12 +181,11 @@ class ExactlyOnce(Delivery):
             if outbox.begun_at is not None:
                 self._metrics.transaction_seconds.observe(time.perf_counter() - outbox.begun_at)
             self._metrics.transactions["committed"].inc(len(committed))
-            delivered = []
             if committed:
                 if not failed:
                     self._metrics.observe_end_to_end(taken.timestamps)
                 self._metrics.commits.inc()
-                delivered.append(self._delivered(batch, committed))
+                self._delivered(batch, committed)
             grace_over = None
             for tp, error in failed.items():
                 if isinstance(error, GraceExpired):
@@ -199,7 +198,6 @@ class ExactlyOnce(Delivery):
             else:
                 self._retry.succeeded()
                 self.send_error = None
-            return delivered
 
     async def _commit(
         self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, sends: list[Send], offset: int
@@ -260,7 +258,7 @@ class ExactlyOnce(Delivery):
             detail="the batch is processed again from the last committed offset; nothing of it is visible",
         )
 
-    async def relieve(self, batch: Batch) -> list[Delivered]:
+    async def relieve(self, batch: Batch) -> None:
         """Over the bytes-in-flight ceiling: wait until the broker has what was sent so far (it
         commits with the batch); a failure is left to the commit, which aborts."""
         await batch.sink.flush()
@@ -275,7 +273,6 @@ class ExactlyOnce(Delivery):
             if error is not None:
                 self._send_failures.setdefault(send.tp, error)
         self._metrics.observe_end_to_end(taken.timestamps)
-        return []
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """Take newly assigned partitions up: paused, start their producers, then start reading
