@@ -100,7 +100,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "logging",
         "the canonical record line and every other log line: structlog, the project's sink",
-        ("service.delivery.pipeline._log_record", "service.ops.logs", "structlog", "logging"),
+        ("service.ops.logs", "structlog", "logging"),
     ),
     Stage(
         "metrics",

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from service import __version__
-from service.core.events import Outcome, Source, origin_of, process_payload
+from service.core.events import Source, origin_of, process_payload
 from service.delivery.batch import Batch
 from service.delivery.burst import DrainCheck
 from service.delivery.grace import Grace
@@ -33,7 +33,7 @@ from service.delivery.safety_gate import SafetyGate
 from service.kafka.clients import Kafka
 from service.kafka.failures import Stage, classify
 from service.kafka.topics import partition_names
-from service.ops.logs import flush_records, record_logger
+from service.ops.logs import RecordLines, flush_records
 from service.ops.metrics import Metrics
 
 LAG_REFRESH_SECONDS = 1.0
@@ -186,8 +186,11 @@ class Pipeline:
         redrive_key = self.settings.redrive_key
         now = dt.datetime.now(dt.UTC)
         current = delivery.begin()
+        # The bytes this batch may hold before the broker must catch up (the batch before it is
+        # in flight too); computed again after each relief.
+        room = ceiling - delivery.in_flight
         for tp, messages in batch.items():
-            record_log = record_logger().bind(topic=tp.topic, partition=tp.partition)
+            record_lines = RecordLines(tp.topic, tp.partition)
             for i, msg in enumerate(messages):
                 if i and i % YIELD_EVERY == 0:
                     # Let the producer's sender ship what is ready and acks come back while
@@ -202,11 +205,15 @@ class Pipeline:
                 if switch is not None:
                     switch.observe(len(outcomes), dead)
                 for outcome in outcomes:
-                    _log_record(record_log, msg.offset, outcome)
-                if delivery.in_flight >= ceiling:
+                    error = outcome.error
+                    record_lines.add(
+                        msg.offset, outcome.record_index, error and error.value, outcome.event_id
+                    )
+                if current.in_flight >= room:
                     flush_records()
                     await delivery.relieve(current)
                     self._count()
+                    room = ceiling - delivery.in_flight
         return current
 
     async def _settle(self) -> None:
@@ -243,18 +250,6 @@ class Pipeline:
 
 def _send(tp: TopicPartition, offset: int, event: Any) -> Send:
     return Send(tp, offset, event.topic, event, event.headers)
-
-
-def _log_record(record_log: Any, offset: int, outcome: Outcome) -> None:
-    """The canonical log line: one per record (``record_log`` is bound to its topic and partition)."""
-    record_log.info(
-        "record",
-        offset=offset,
-        record_index=outcome.record_index,
-        outcome="article" if outcome.error is None else "dead_letter",
-        error_code=None if outcome.error is None else outcome.error.value,
-        event_id=outcome.event_id,
-    )
 
 
 class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -32,13 +32,17 @@ class _IsoTime:
         self._prefix = ""
 
     def __call__(self, _logger: Any, _name: str, event_dict: structlog.typing.EventDict) -> Any:
+        event_dict["timestamp"] = self.now()
+        return event_dict
+
+    def now(self) -> str:
+        """The time now, formatted."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        return event_dict
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
 REPEAT_WINDOW_SECONDS = 10.0
@@ -131,19 +135,21 @@ class _Sink:
 
     def __init__(self, stream: BinaryIO | _SafeStream) -> None:
         self._stream = stream
-        self._buffered: list[bytes] = []
+        self.pending: list[bytes] = []
+        """Lines waiting for the next flush (a list that is never replaced: writers keep it)."""
 
     def buffer(self, line: bytes) -> None:
-        self._buffered.append(line)
+        self.pending.append(line)
 
     def write(self, line: bytes) -> None:
-        self._buffered.append(line)
+        self.pending.append(line)
         self.flush()
 
     def flush(self) -> None:
-        if self._buffered:
-            lines, self._buffered = self._buffered, []
-            self._stream.write(b"".join(lines))
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self._stream.write(data)
             self._stream.flush()
 
 
@@ -194,11 +200,12 @@ def hide_credentials(record: logging.LogRecord) -> bool:
     return True
 
 
-_configured: tuple[Any, Any, _Sink | None] | None = None
-"""What ``configure_logging`` set up last: structlog's logger factory, the per-record logger, the sink."""
+_configured: tuple[Any, Any, _Sink | None, int] | None = None
+"""What ``configure_logging`` set up last: structlog's logger factory, the per-record logger, the
+sink (JSON mode), the level."""
 
 
-def _current() -> tuple[Any, Any, _Sink | None] | None:
+def _current() -> tuple[Any, Any, _Sink | None, int] | None:
     """The setup of ``configure_logging``, while structlog still runs with it (a caller that
     restored an earlier configuration, as the operator tools do, no longer does)."""
     configured = _configured
@@ -211,6 +218,68 @@ def record_logger() -> Any:
     """The logger of the canonical per-record line (bind it to the record's topic and partition)."""
     current = _current()
     return current[1] if current is not None else structlog.get_logger(RECORDS)
+
+
+class RecordLines:
+    """The canonical record lines of one input partition: ``add`` one per record.
+
+    In JSON mode (the production format) a line is rendered here, straight into the sink's buffer:
+    the same bytes as the record logger's chain would write (add_log_level, the timestamp, orjson;
+    ``tests/unit/test_logs.py`` holds the two to each other), without a logger call per record. In
+    any other set-up the lines go through ``record_logger()``.
+    """
+
+    __slots__ = ("_buffer", "_logger", "_prefix")
+
+    def __init__(self, topic: str, partition: int, **context: Any) -> None:
+        current = _current()
+        self._buffer: list[bytes] | None = None
+        self._logger: Any = None
+        if current is not None and current[2] is not None:
+            if current[3] <= logging.INFO:
+                self._buffer = current[2].pending
+            bound = orjson.dumps({"topic": topic, "partition": partition, **context})
+            self._prefix = bound[:-1] + b","
+        else:
+            self._logger = record_logger().bind(topic=topic, partition=partition, **context)
+            self._prefix = b""
+
+    def add(self, offset: int, record_index: int, error_code: str | None, event_id: str) -> None:
+        """One record's line: where it was read, what it became, its event id."""
+        buffer = self._buffer
+        if buffer is not None:
+            buffer.append(
+                b'%s"offset":%d,"record_index":%d,%s"event_id":%s,"event":"record","level":"info",'
+                b'"timestamp":"%s"}\n'
+                % (self._prefix, offset, record_index, _OUTCOME[error_code], orjson.dumps(event_id), _stamp())
+            )
+        elif self._logger is not None:
+            self._logger.info(
+                "record",
+                offset=offset,
+                record_index=record_index,
+                outcome="article" if error_code is None else "dead_letter",
+                error_code=error_code,
+                event_id=event_id,
+            )
+
+
+class _Outcomes(dict[str | None, bytes]):
+    """The outcome fields of a record line by error code, rendered once."""
+
+    def __missing__(self, code: str | None) -> bytes:
+        fields = {"outcome": "article" if code is None else "dead_letter", "error_code": code}
+        rendered = self[code] = orjson.dumps(fields)[1:-1] + b","
+        return rendered
+
+
+_OUTCOME = _Outcomes()
+_clock = _IsoTime()
+
+
+def _stamp() -> bytes:
+    """Now, as ``_IsoTime`` writes it."""
+    return _clock.now().encode()
 
 
 def flush_records() -> None:
@@ -253,7 +322,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             logger_factory=factory,
             cache_logger_on_first_use=True,
         )
-        _configured = (factory, structlog.get_logger(RECORDS), None)
+        _configured = (factory, structlog.get_logger(RECORDS), None, logging.getLevelName(level))
         stdlib_stream: Any = _SafeStream(sys.stderr)
     else:
         # structlog's own lines skip the str round trip: orjson renders bytes, written to the binary
@@ -275,7 +344,7 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
             processors=[structlog.processors.add_log_level, stamp, own_renderer],
             wrapper_class=wrapper,
         ).bind()
-        _configured = (factory, records, sink)
+        _configured = (factory, records, sink, logging.getLevelName(level))
         stdlib_stream = _TextToSink(sink)
     handler = logging.StreamHandler(stdlib_stream)
     handler.setFormatter(

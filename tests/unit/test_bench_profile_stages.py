@@ -82,8 +82,8 @@ HANDED_OVER = _frame("AtLeastOnce.handed_over", "service/delivery/modes/at_least
         ([RUN_ONCE, HANDLE, _frame("Sender._send_produce_req", "aiokafka/producer/sender.py"),
           _frame("AIOKafkaConnection.send", "aiokafka/conn.py"),
           _frame("_SelectorSocketTransport.write", "asyncio/selector_events.py")], "socket writes"),
-        ([RUN_ONCE, HANDLE, LOOP, PROCESS, _frame("_log_record", "service/delivery/pipeline.py"),
-          _frame("BoundLoggerBase._process_event", "structlog/_base.py")], "logging"),
+        ([RUN_ONCE, HANDLE, LOOP, PROCESS, _frame("RecordLines.add", "service/ops/logs.py"),
+          _frame("_stamp", "service/ops/logs.py")], "logging"),
         ([RUN_ONCE, HANDLE, LOOP, _frame("AIOKafkaConsumer.getmany", "aiokafka/consumer/consumer.py")],
          "fetch and unpack"),
         ([RUN_ONCE, HANDLE, LOOP, HANDED_OVER],
@@ -104,10 +104,10 @@ def test_a_sample_goes_to_the_stage_of_its_innermost_named_frame(frames: list[st
 def test_a_function_outranks_its_module_in_one_frame() -> None:
     stages = (
         profile.Stage("module", "", ("service.delivery.pipeline",)),
-        profile.Stage("function", "", ("service.delivery.pipeline._log_record",)),
+        profile.Stage("function", "", ("service.delivery.pipeline._send",)),
     )
     filing = profile.Filing(stages)
-    assert filing.stage_of([_frame("_log_record", "service/delivery/pipeline.py")]) == "function"
+    assert filing.stage_of([_frame("_send", "service/delivery/pipeline.py")]) == "function"
     assert filing.stage_of([_frame("Pipeline.run", "service/delivery/pipeline.py")]) == "module"
 
 

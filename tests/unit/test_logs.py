@@ -104,3 +104,48 @@ def test_a_broken_log_stream_never_raises_and_is_counted(monkeypatch: pytest.Mon
     service.ops.logs.record_logger().info("record", offset=1)
     service.ops.logs.flush_records()
     assert log_write_errors() > before
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_record_lines_render_what_the_record_loggers_chain_renders(
+    monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """In JSON mode the canonical record line is rendered without a logger call per record: its
+    bytes are the record logger's (structlog's chain: the level, the timestamp, orjson), but for the
+    timestamp; at WARNING there is none."""
+    stderr = _Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("json", level)
+    lines = service.ops.logs.RecordLines("news.raw", 3)
+    lines.add(7, 0, None, "news.raw:3:7:0")
+    lines.add(7, 1, "invalid_field", "news.raw:3:7:1")
+    logger = service.ops.logs.record_logger().bind(topic="news.raw", partition=3)
+    logger.info(
+        "record",
+        offset=7,
+        record_index=0,
+        outcome="article",
+        error_code=None,
+        event_id="news.raw:3:7:0",
+    )
+    logger.info(
+        "record",
+        offset=7,
+        record_index=1,
+        outcome="dead_letter",
+        error_code="invalid_field",
+        event_id="news.raw:3:7:1",
+    )
+    service.ops.logs.flush_records()
+    raw = stderr.buffer.getvalue().splitlines()  # type: ignore[attr-defined]
+    if level == "WARNING":
+        assert raw == []
+        return
+    fast, chain = raw[:2], raw[2:]
+
+    def without_time(line: bytes) -> tuple[bytes, str]:
+        head, _, stamp = line.rpartition(b',"timestamp":"')
+        return head, stamp.decode()
+
+    assert [without_time(line)[0] for line in fast] == [without_time(line)[0] for line in chain]
+    assert all(len(without_time(line)[1]) == len("2024-01-24T08:15:02.123456Z") + 2 for line in fast)
