@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from asyncio import selector_events
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,14 @@ RATE = 200
 """py-spy samples per second."""
 REST = "rest"
 IDLE = "idle: waiting in epoll"
+
+# The transport's write-when-ready callback: ``_write_ready`` up to Python 3.11; from 3.12 an
+# instance attribute bound to ``_write_send`` or ``_write_sendmsg``, the methods that hold the code.
+_WRITE_READY = tuple(
+    f"asyncio.selector_events._SelectorSocketTransport.{name}"
+    for name in ("_write_ready", "_write_send", "_write_sendmsg")
+    if name in vars(selector_events._SelectorSocketTransport)
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ STAGES: tuple[Stage, ...] = (
         "requests written through asyncio's transport (the send system call)",
         (
             "asyncio.selector_events._SelectorSocketTransport.write",
-            "asyncio.selector_events._SelectorSocketTransport._write_ready",
+            *_WRITE_READY,
             "asyncio.streams.StreamWriter",
         ),
     ),

@@ -78,8 +78,11 @@ async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
     with contextlib.suppress(TimeoutError):
         return await asyncio.wait_for(asyncio.shield(task), max(0.0, ingestor.grace.left()))
     # The grace period is over: cancel the loop wherever it waits (a frozen broker answers nothing);
-    # it logs stop.grace_expired, and the clients get STOP_MARGIN_SECONDS to stop.
-    task.cancel()
+    # it logs stop.grace_expired, and the clients get STOP_MARGIN_SECONDS to stop. A run already
+    # past its loop (its work done, its clients closing) is not cancelled: closing has that margin.
+    if ingestor.pipeline is None or not ingestor.pipeline.finished:
+        ingestor.grace.expired = True
+        task.cancel()
     try:
         return await asyncio.wait_for(task, STOP_MARGIN_SECONDS + 1)
     except (TimeoutError, asyncio.CancelledError):

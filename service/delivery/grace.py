@@ -29,6 +29,10 @@ class Grace:
         self.grace_seconds = grace_seconds
         self._requested = asyncio.Event()
         self._deadline: float | None = None
+        self.expired = False
+        """Set by whoever cancels the run because the grace period is over (``serve``): the
+        cancellation is then the grace period's end, not a clock reading that may come a hair
+        early (the event loop fires timers up to its clock resolution ahead)."""
 
     def request(self) -> bool:
         """Request the stop; True the first time (nothing is logged here: a signal handler calls it,

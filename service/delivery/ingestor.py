@@ -199,8 +199,7 @@ class Ingestor:
             await self.pipeline.run()
         except asyncio.CancelledError:
             # serve() cancels the run wherever it waits once the grace period is over.
-            remaining = self.grace.remaining()
-            if remaining is None or remaining > 0:
+            if not self.grace.expired:
                 raise
             raise GraceExpired from None
         finally:
@@ -212,7 +211,7 @@ class Ingestor:
             probe = self._drain_check.probe
             await stop_quietly(self.producer, self.consumer, probe, limit_seconds=self.grace.stop_budget())
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.offsets.close(), 2.0)
+                await asyncio.wait_for(self.offsets.close(), min(2.0, self.grace.stop_budget()))
 
     async def _watch_fetches(self, pipeline: Pipeline) -> None:
         """Keep ``/readyz``'s view of the broker's fetch answers fresh (``/readyz`` is answered on

@@ -159,11 +159,14 @@ async def test_a_stop_that_cannot_finish_fires_an_alert_that_outlives_the_proces
                 start_prometheus, targets=[f"127.0.0.1:{port}"], rule_files=[rules]
             )
             await wait_until(lambda: svc.count("record") >= 500, within=90, interval=0.05, detail=svc.tail)
-            await wait_until(lambda: asyncio.to_thread(prometheus.targets_up), within=30, what="a scrape")
-            assert _value(prometheus, "marker_ingest_stop_grace_used_ratio") == 0, "running: no stop"
-
+            # The service drains the backlog in a few seconds: hold it mid-stream (SIGSTOP) while the
+            # broker is frozen under it, so what it has read can be neither acknowledged nor committed.
+            svc.pause()
             own.nodes[0].pause()
+            svc.resume()
             try:
+                await wait_until(lambda: asyncio.to_thread(prometheus.targets_up), within=30, what="a scrape")
+                assert _value(prometheus, "marker_ingest_stop_grace_used_ratio") == 0, "running: no stop"
                 svc.terminate()
                 assert await svc.wait_exit(within=grace + 15) == 1, svc.tail()
             finally:

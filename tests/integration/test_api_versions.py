@@ -164,7 +164,8 @@ async def test_every_request_is_a_version_the_broker_accepts(
     kafka = tapped_kafka
     wire, log = tmp_path / "wire.jsonl", tmp_path / "clients.log"
     topics = Topics.unique("api-versions")
-    plain = service_env(kafka.bootstrap, topics, idempotence=True)
+    # One redrive key for the service and the redrive tool: the redriven copies carry a tag it verifies.
+    plain = service_env(kafka.bootstrap, topics, idempotence=True, INGEST_REDRIVE_KEY="k" * 32)
 
     # The service creates its topics (and checks them) on an empty input, then exits: burst mode.
     create = {**plain, "INGEST_CREATE_TOPICS": "true"}
