@@ -40,6 +40,8 @@ def test_every_local_link_resolves() -> None:
                 continue
             path, _, anchor = target.partition("#")
             resolved = (doc.parent / path).resolve() if path else doc.resolve()
+            if path and not anchor and resolved == doc.resolve():
+                broken.append(f"{doc.name}: {target} (the page itself: name a heading or another page)")
             if not resolved.exists() or (anchor and anchor not in headings.get(resolved, {anchor})):
                 broken.append(f"{doc.name}: {target}")
     assert not broken, broken
