@@ -43,8 +43,9 @@ class ServiceState:
 
 def readiness(state: ServiceState) -> tuple[bool, dict[str, Any]]:
     """Whether to take traffic: connected, partitions assigned, not paused; else the first reason,
-    in this order: stopping, authentication_failed, connecting, fetch_failing, send_failing,
-    no_group_coordinator, safety_switch_tripped, no_partitions_assigned."""
+    in this order: stopping, authentication_failed, connecting, fetch_failing (a fetch error),
+    send_failing, fetch_failing (the broker silent to fetches), no_group_coordinator,
+    safety_switch_tripped, no_partitions_assigned."""
     if state.stopping:
         return False, {"reason": "stopping", "detail": "the service is shutting down"}
     if state.access_refused is not None:
@@ -53,13 +54,15 @@ def readiness(state: ServiceState) -> tuple[bool, dict[str, Any]]:
         return False, {"reason": "connecting", "detail": "the broker has not answered yet"}
     if state.fetch_error is not None:
         return False, {"reason": "fetch_failing", "detail": state.fetch_error}
+    # A send that fails explains a fetch silence (the loop stops taking records while it waits for
+    # acknowledgements, and the consumer stops fetching once its buffer is full): the cause first.
+    if state.send_error is not None:
+        return False, {"reason": "send_failing", "detail": state.send_error}
     if state.fetch_silent_seconds > FETCH_SILENCE_SECONDS:
         return False, {
             "reason": "fetch_failing",
             "detail": f"the broker has answered no fetch for {state.fetch_silent_seconds:.0f}s",
         }
-    if state.send_error is not None:
-        return False, {"reason": "send_failing", "detail": state.send_error}
     if state.coordinator_error is not None:
         return False, {"reason": "no_group_coordinator", "detail": state.coordinator_error}
     trip = state.safety_pause

@@ -34,6 +34,15 @@ def test_each_cause_of_not_ready_is_named(change: dict[str, object], reason: str
     assert why["detail"]
 
 
+def test_a_failing_send_is_named_before_the_fetch_silence_it_causes() -> None:
+    """Events that are not acknowledged stop the loop taking records, and the consumer then stops
+    fetching: the silence is the consequence, the send the cause (two brokers of three down)."""
+    stalled = replace(READY, send_error="events to t not acknowledged for 10s", fetch_silent_seconds=30.0)
+    assert readiness(stalled)[1]["reason"] == "send_failing"
+    failing = replace(stalled, fetch_error="GroupAuthorizationFailedError")
+    assert readiness(failing)[1]["reason"] == "fetch_failing"
+
+
 def test_a_refused_login_says_which_setting_to_check() -> None:
     refused = {"cause": "authentication", "setting": "KAFKA_SASL_PASSWORD", "detail": "refused"}
     ready, why = readiness(replace(READY, access_refused=refused, send_error="x"))
