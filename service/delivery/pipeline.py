@@ -132,10 +132,12 @@ class Pipeline:
     def fetch_silence(self) -> float:
         """Seconds since the broker last answered a fetch of an assigned, unpaused partition, or
         since those partitions last changed (a partition just assigned or resumed has not been
-        answered yet). Read on the event loop's thread: the consumer's state is not thread-safe."""
-        consumer, now = self.consumer, time.time()
+        answered yet). A partition paused until the broker answers for it (``Delivery.starting``:
+        its committed offsets) counts as fetched. Read on the event loop's thread: the consumer's
+        state is not thread-safe."""
+        consumer, now, starting = self.consumer, time.time(), self.delivery.starting
         paused = consumer.paused()
-        fetchable = frozenset(tp for tp in consumer.assignment() if tp not in paused)
+        fetchable = frozenset(tp for tp in consumer.assignment() if tp not in paused or tp in starting)
         if fetchable != self._fetchable:
             self._fetchable, self._fetchable_since = fetchable, now
         newest = self._fetchable_since

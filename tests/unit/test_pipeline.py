@@ -296,3 +296,40 @@ def test_the_brokers_silence_counts_from_its_last_answer_or_from_when_a_partitio
     r.consumer.paused_partitions = set()
     clock[0] += 1
     assert r.pipeline.fetch_silence() == 0.0, "just resumed: counts from now"
+
+
+def test_partitions_paused_until_the_broker_gives_their_offsets_count_as_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Assigned partitions are held paused while their committed offsets are read: a broker that
+    freezes then must not look like an idle, healthy one to ``/readyz``."""
+    r, clock = rig([]), [1000.0]
+    monkeypatch.setattr("service.delivery.pipeline.time.time", lambda: clock[0])
+    r.consumer.paused_partitions = {IN0, IN1}
+    r.pipeline.delivery.starting.update({IN0, IN1})
+    assert r.pipeline.fetch_silence() == 0.0
+    clock[0] += 7
+    assert r.pipeline.fetch_silence() == 7.0, "7 s without the offsets: the broker is silent"
+    r.pipeline.delivery.starting.clear()
+    assert r.pipeline.fetch_silence() == 0.0, "read and still paused (the safety switch): no silence"
+
+
+async def test_the_offsets_read_marks_the_partitions_starting_until_they_resume() -> None:
+    r = rig([])
+    offsets: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[set[TopicPartition]] = []
+    asked = asyncio.Event()
+
+    async def slow_fetch(partitions: object) -> dict[TopicPartition, int | None]:
+        seen.append(set(r.pipeline.delivery.starting))
+        asked.set()
+        await offsets
+        return {IN0: 5}
+
+    r.pipeline.delivery._offsets.fetch = slow_fetch  # type: ignore[method-assign]
+    task = asyncio.create_task(r.pipeline.delivery.assigned([IN0]))
+    await asyncio.wait_for(asked.wait(), 5)
+    assert seen == [{IN0}]
+    offsets.set_result(None)
+    await task
+    assert r.pipeline.delivery.starting == set()

@@ -55,6 +55,10 @@ class Delivery:
         self.refusal: Failure | None = None
         """A refusal that no retry can cure, which stops the service (None while there is none)."""
         self._done: list[Delivered] = []
+        self.starting: set[TopicPartition] = set()
+        """Assigned partitions held paused until the broker answers for them (their committed
+        offsets; in exactly-once, their producers first): ``/readyz`` counts the broker's silence
+        over them as over a fetch."""
 
     @property
     def in_flight(self) -> int:
@@ -87,10 +91,12 @@ class Delivery:
         partitions = list(partitions)
         if partitions:
             self._consumer.pause(*partitions)  # before any await: nothing is fetched from a stale offset
+            self.starting.update(partitions)
             await self._read_from_committed(partitions)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """``partitions`` move away, once everything handed over is settled."""
+        self.starting.difference_update(partitions)
 
     async def stop(self, budget: float) -> None:
         """The service is stopping: complete nothing more; release the mode's own clients within
@@ -114,6 +120,7 @@ class Delivery:
             if offset is not None:
                 self._consumer.seek(tp, offset)
         self._consumer.resume(*partitions)
+        self.starting.difference_update(partitions)
 
     def _delivered(self, batch: Batch, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Record a committed batch (or the committed ``partitions`` of it) for the pipeline, and

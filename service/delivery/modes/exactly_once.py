@@ -290,6 +290,7 @@ class ExactlyOnce(Delivery):
         if not partitions:
             return
         self._consumer.pause(*partitions)  # before any await: nothing is fetched from a stale offset
+        self.starting.update(partitions)
         self._fenced.difference_update(partitions)
         retry, waiting = self._retries.new("connect"), partitions
         while waiting and not self._grace.requested and self.refusal is None:
@@ -314,6 +315,7 @@ class ExactlyOnce(Delivery):
         """Stop the producers of partitions that moved away (their last batch is committed)."""
         async with self._lock:
             for tp in partitions:
+                self.starting.discard(tp)
                 producer = self._producers.pop(tp, None)
                 self._fenced.discard(tp)
                 if producer is not None:
