@@ -1,6 +1,7 @@
-"""What every ``marker-ingest`` sub-command shares: exit statuses, the connection flags, and the
-settings built from the environment and the flags (with the one-line error and the warnings about
-unknown variables). ``cli`` and the operator tools import it; it imports neither.
+"""What every ``marker-ingest`` sub-command shares: the connection flags, and the settings built
+from the environment and the flags (with the one-line error and the warnings about unknown
+variables). ``cli`` and the operator tools import it; it imports neither. The exit statuses are
+``service.errors.ExitStatus``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Callable
 
 from service.core.kafka_names import topic_name_problem
 from service.settings import Settings, describe_unknown, load_settings, unknown_variables
-
-EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
-"""0: done; 1: dead letters found, something refused or failed; 2: usage or configuration error."""
 
 _FLAG_TO_FIELD = {
     "bootstrap_servers": "kafka_bootstrap_servers",

@@ -29,12 +29,10 @@ from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
 from service.core.limits import Limits
 from service.core.parser import Problem, scan
+from service.errors import ExitStatus
 from service.ops.logs import configure_logging
 from service.settings import Settings
 from service.tools.command import (
-    EXIT_DEAD_LETTERS,
-    EXIT_OK,
-    EXIT_USAGE,
     add_connection_flags,
     build_settings,
     describe_kafka_error,
@@ -46,9 +44,6 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from service.tools.progress import ProgressBar
-
-EXIT_REFUSED = EXIT_DEAD_LETTERS
-"""Exit status when a file was refused or a send failed."""
 
 Message = tuple[bytes | None, bytes]
 """A (key, value) pair to send."""
@@ -383,7 +378,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Run ``marker-ingest produce``."""
     from aiokafka.errors import KafkaError
 
-    from service.errors import ExitStatus
     from service.kafka.clients import Kafka
     from service.kafka.connection import explain, preflight
     from service.kafka.failures import Stage
@@ -392,19 +386,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
     topic: str = args.topic or settings.input_topic
     if topic in (settings.output_topic, settings.dlq_topic):
         sys.stderr.write("marker-ingest produce: --topic must not be the output or dead-letter topic\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     try:
         files = collect_files(args.paths)
     except BadPath as exc:
         path, why = exc.args
         sys.stderr.write(f"marker-ingest produce: cannot read {display_name(path)}: {why}\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except NothingToPush as exc:
         sys.stderr.write(
             f"marker-ingest produce: nothing to push under {display_name(str(exc))} "
             "(no files; hidden files and directories are skipped)\n"
         )
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     total = 0
     for path in files:
         with contextlib.suppress(OSError):
@@ -434,11 +428,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest produce: send failed: {describe_kafka_error(exc)}\n")
-            return EXIT_REFUSED
+            return ExitStatus.FAILED
     for path, why in report.refused:
         sys.stderr.write(f"refused {shown(path)}: {why}\n")
     for path, why in report.failed:
         sys.stderr.write(f"failed {shown(path)}: {why}\n")
     sys.stdout.write(render_summary(report, topic))
     sys.stdout.flush()
-    return EXIT_REFUSED if report.refused or report.failed else EXIT_OK
+    # FAILED: a file was refused (unreadable, or by --lint) or a send failed.
+    return ExitStatus.FAILED if report.refused or report.failed else ExitStatus.OK

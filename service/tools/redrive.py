@@ -35,9 +35,9 @@ from schemas.errors import ErrorCode
 from schemas.events import (
     REDRIVE_COUNT_HEADER,
 )
+from service.errors import ExitStatus
 from service.settings import Settings
 from service.tools.command import (
-    EXIT_USAGE,
     add_connection_flags,
     build_settings,
     describe_kafka_error,
@@ -45,7 +45,6 @@ from service.tools.command import (
 )
 from service.tools.redrive_plan import (
     DEFAULT_MAX_REDRIVES,
-    EXIT_INCOMPLETE,
     DeadLetterRecord,
     Decision,
     Filters,
@@ -592,7 +591,6 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
 
-    from service.errors import ExitStatus
     from service.kafka.clients import Kafka
     from service.kafka.connection import explain, preflight
     from service.kafka.failures import Stage
@@ -602,11 +600,11 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     options = options_from(args)
     if isinstance(options, str):
         sys.stderr.write(f"marker-ingest redrive: {options}\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     settings = build_settings(args)
     if options.target_topic in (settings.output_topic, settings.dlq_topic):
         sys.stderr.write("marker-ingest redrive: --to-topic must not be the output or dead-letter topic\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if settings.redrive_key is None and not options.dry_run:
         sys.stderr.write(f"marker-ingest redrive: {NO_KEY}\n")
         return ExitStatus.USAGE
@@ -621,19 +619,19 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             sys.stderr.write(
                 f"marker-ingest redrive: the dead-letter topic {exc.topic!r} ({given}) does not exist\n"
             )
-            return EXIT_USAGE
+            return ExitStatus.USAGE
         except Refused as exc:
             if (failure := explain(exc.error, exc.stage, Kafka.of(settings), exc.resource)) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc.error)}\n")
-            return EXIT_INCOMPLETE
+            return ExitStatus.FAILED  # the redrive is incomplete
         except KafkaError as exc:
             if (failure := explain(exc, Stage.FETCH, Kafka.of(settings))) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc)}\n")
-            return EXIT_INCOMPLETE
+            return ExitStatus.FAILED  # the redrive is incomplete
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     sys.stdout.flush()
     return report.exit_status

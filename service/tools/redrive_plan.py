@@ -38,13 +38,8 @@ from service.core.events import Source, origin_tag, process_payload, rfc3339, st
 from service.core.limits import Limits
 from service.core.parser import Problem, scan_markers
 from service.delivery.routing import SERVICE_HEADER_PREFIX, carried_headers, record_size, redrive_count
-from service.tools.command import (
-    EXIT_DEAD_LETTERS,
-)
 
 DEFAULT_MAX_REDRIVES = 3
-
-EXIT_INCOMPLETE = EXIT_DEAD_LETTERS
 
 
 class SkipReason(StrEnum):

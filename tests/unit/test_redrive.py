@@ -14,10 +14,11 @@ from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
-from service.cli import EXIT_USAGE, main
+from service.cli import main
 from service.core.events import Source, origin_of, process_payload
 from service.core.limits import Limits
 from service.delivery.routing import Routes, redrive_count, route
+from service.errors import ExitStatus
 from service.tools import redrive as rd
 from service.tools import redrive_plan as plan
 from service.tools.redrive import parse_time
@@ -497,7 +498,7 @@ def test_a_bad_time_is_a_usage_error() -> None:
 def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code == EXIT_USAGE
+    assert exc.value.code == ExitStatus.USAGE
     assert "marker-ingest redrive: error:" in capsys.readouterr().err
 
 
@@ -513,13 +514,13 @@ def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
 def test_inconsistent_options_exit_2_before_any_connection(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["redrive", "--bootstrap-servers", "127.0.0.1:1", *argv]) == EXIT_USAGE
+    assert main(["redrive", "--bootstrap-servers", "127.0.0.1:1", *argv]) == ExitStatus.USAGE
     assert message in capsys.readouterr().err
 
 
 def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    assert main(["redrive", "--dry-run"]) == EXIT_USAGE
+    assert main(["redrive", "--dry-run"]) == ExitStatus.USAGE
     assert "KAFKA_SASL_MECHANISM" in capsys.readouterr().err
 
 
