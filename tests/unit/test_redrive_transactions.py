@@ -1,7 +1,8 @@
 """``redrive`` with INGEST_DELIVERY=exactly-once, over a fake transactional producer: each input is
 committed with its marker or not at all; a failure commits nothing more; a fenced run stops.
 
-The real broker's side (fencing, read_committed, a second run) is in tests/integration/test_redrive.py.
+The real broker's side (fencing, read_committed, a second run) is in
+tests/integration/test_redrive_command.py.
 """
 
 from __future__ import annotations
