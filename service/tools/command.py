@@ -7,12 +7,13 @@ variables). ``cli`` and the operator tools import it; it imports neither. The ex
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from service.core.kafka_names import topic_name_problem
-from service.settings import Settings, describe_unknown, load_settings, unknown_variables
+from service.settings import PREFIXES, VARIABLES, Settings, load_settings
 
 _FLAG_TO_FIELD = {
     "bootstrap_servers": "kafka_bootstrap_servers",
@@ -27,6 +28,27 @@ _FLAG_TO_FIELD = {
     "log_level": "log_level",
     "max_payload_bytes": "max_payload_bytes",
 }
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The ``KAFKA_*`` and ``INGEST_*`` variables (in any case) that are no setting, with the nearest
+    setting's name (None when none is near): a typo would otherwise be ignored in silence."""
+    env = os.environ if environ is None else environ
+    known = list(VARIABLES)
+    found = []
+    for name in sorted(env):
+        if name in VARIABLES or not name.upper().startswith(PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        found.append((name, nearest[0] if nearest else None))
+    return found
+
+
+def describe_unknown(name: str, nearest: str | None) -> str:
+    """The warning line for one unknown variable."""
+    hint = f" (did you mean {nearest}?)" if nearest else ""
+    return f"unknown setting {name} ignored{hint}"
+
 
 Warn = Callable[[str, str | None], None]
 """Told each unknown ``KAFKA_*``/``INGEST_*`` variable and the nearest setting's name."""
