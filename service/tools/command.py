@@ -1,18 +1,23 @@
-"""What every ``marker-ingest`` sub-command shares: the connection flags, and the settings built
-from the environment and the flags (with the one-line error and the warnings about unknown
-variables). ``cli`` and the operator tools import it; it imports neither. The exit statuses are
-``service.errors.ExitStatus``.
+"""What every ``marker-ingest`` sub-command shares: the connection flags, the settings built from
+the environment and the flags (with the one-line error and the warnings about unknown variables),
+and the logging of an operator tool. ``cli`` and the operator tools import it; it imports neither.
+The exit statuses are ``service.errors.ExitStatus``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+
+import structlog
 
 from service.core.kafka_names import topic_name_problem
+from service.ops.logs import configure_logging
 from service.settings import PREFIXES, VARIABLES, Settings, load_settings
 
 _FLAG_TO_FIELD = {
@@ -125,3 +130,25 @@ CONFIGURATION_EPILOG = (
     "logging and safety switch. Each is listed with its default in docs/configuration.md. "
     "An invalid value stops the command with exit status 2 and one line naming it."
 )
+
+
+@contextlib.contextmanager
+def tool_logging(settings: Settings) -> Iterator[None]:
+    """Logging for an operator tool (the Kafka client's warnings on stderr), restored afterwards.
+
+    The tools print their reports themselves; restoring the configuration keeps an in-process call
+    (as the tests make) from changing how the rest of the process logs.
+    """
+    configured, config = structlog.is_configured(), structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**config)
+        else:
+            structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -27,7 +27,8 @@ from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.tools.broker import EmbeddedBroker
 from service.tools.command import describe_kafka_error, display_name
-from service.tools.produce import BadPath, NothingToPush, collect_files, produce_files, shown
+from service.tools.produce import produce_files
+from service.tools.produce_messages import BadPath, NothingToPush, collect_files, shown
 
 SAMPLE_FEED = Path(__file__).parent.parent / "samples" / "feed"
 

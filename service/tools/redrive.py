@@ -41,6 +41,7 @@ from service.tools.command import (
     add_connection_flags,
     build_settings,
     describe_kafka_error,
+    tool_logging,
     topic_name,
 )
 from service.tools.redrive_plan import (
@@ -595,7 +596,6 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     from service.kafka.connection import explain, preflight
     from service.kafka.failures import Stage
     from service.kafka.topics import TopicNotFound
-    from service.tools.produce import tool_logging
 
     options = options_from(args)
     if isinstance(options, str):

@@ -17,18 +17,16 @@ from service.cli import main
 from service.core.limits import Limits
 from service.errors import ExitStatus
 from service.settings import Settings
-from service.tools.command import display_name
-from service.tools.produce import (
+from service.tools.command import display_name, tool_logging
+from service.tools.produce import PushReport, render_summary
+from service.tools.produce_messages import (
     STDIN,
     BadPath,
     NothingToPush,
-    PushReport,
     collect_files,
     file_messages,
     first_problem,
-    render_summary,
     split_records,
-    tool_logging,
 )
 from service.tools.progress import ProgressBar
 
