@@ -44,16 +44,18 @@ from service.tools.command import (
     tool_logging,
     topic_name,
 )
-from service.tools.redrive_plan import (
-    DEFAULT_MAX_REDRIVES,
+from service.tools.redrive_messages import (
     DeadLetterRecord,
-    Decision,
-    Filters,
     InputRecord,
     InputRef,
     MarkerMessage,
-    Plan,
     RedriveMessage,
+)
+from service.tools.redrive_plan import (
+    DEFAULT_MAX_REDRIVES,
+    Decision,
+    Filters,
+    Plan,
     plan_redrive,
     recover,
     redrive_marker,

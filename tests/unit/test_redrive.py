@@ -13,7 +13,7 @@ from markertext import NOW, VERSION, record
 from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
-from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
+from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
 from service.cli import main
 from service.core.events import Source, origin_of, process_payload
 from service.core.limits import Limits
@@ -22,15 +22,19 @@ from service.errors import ExitStatus
 from service.tools import redrive as rd
 from service.tools import redrive_plan as plan
 from service.tools.redrive import parse_time
-from service.tools.redrive_plan import (
+from service.tools.redrive_messages import (
     DeadLetterRecord,
+    RedriveMessage,
+    original_bytes,
+    original_key,
+    parse_dead_letter,
+    redriven_headers,
+)
+from service.tools.redrive_plan import (
     Filters,
     SkipReason,
-    original_bytes,
-    parse_dead_letter,
     plan_redrive,
     recover,
-    redriven_headers,
     would_succeed,
 )
 from service.tools.redrive_report import build_report, render_json, render_text
@@ -83,7 +87,7 @@ class DLQ:
         return added
 
 
-def _event(rec: DeadLetterRecord) -> plan.RecordDeadLettered:
+def _event(rec: DeadLetterRecord) -> RecordDeadLettered:
     event = parse_dead_letter(rec.value)
     assert event is not None
     return event
@@ -143,14 +147,14 @@ def test_a_raw_copy_shorter_than_its_size_gives_nothing() -> None:
     [rec] = DLQ().add(NO_MARKERS)
     event = orjson.loads(rec.value or b"")
     event["raw"]["size_bytes"] += 1
-    assert original_bytes(plan.RecordDeadLettered.model_validate(event)) is None
+    assert original_bytes(RecordDeadLettered.model_validate(event)) is None
 
 
 def test_the_original_key_comes_from_key_base64() -> None:
     [rec] = DLQ().add(NO_MARKERS, key=b"\x00binary key")
-    assert plan.original_key(_event(rec)) == b"\x00binary key"
+    assert original_key(_event(rec)) == b"\x00binary key"
     [rec] = DLQ().add(NO_MARKERS, key=None)
-    assert plan.original_key(_event(rec)) is None
+    assert original_key(_event(rec)) is None
 
 
 @pytest.mark.parametrize(
@@ -543,7 +547,7 @@ def test_key_base64_of_an_empty_key() -> None:
     q = DLQ()
     [rec] = q.add(NO_MARKERS, key=b"")
     assert _event(rec).source.key_base64 == base64.b64encode(b"").decode()
-    assert plan.original_key(_event(rec)) == b""
+    assert original_key(_event(rec)) == b""
 
 
 def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key() -> None:
@@ -559,8 +563,8 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
         now=dt.datetime.now(dt.UTC),
         version="t",
     )
-    assert plan.parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
-    record = plan.DeadLetterRecord(0, 0, outcome.key, outcome.value)
+    assert parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
+    record = DeadLetterRecord(0, 0, outcome.key, outcome.value)
     [(_, message)] = plan.plan_redrive([record], plan.Filters()).messages
     assert message.key == key
     assert message.value == b"no markers here"
@@ -569,7 +573,7 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
 # --- redriving twice, what the bytes mean, null values ---------------------------------------------
 
 
-def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
+def _service_dead_letters(q: DLQ, msg: RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
     """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
     source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers, msg.value, KEY))
     added = []

@@ -21,11 +21,10 @@ from schemas.events import (
 )
 from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.tools.redrive_messages import DeadLetterRecord, parse_marker
 from service.tools.redrive_plan import (
-    DeadLetterRecord,
     Decision,
     Filters,
-    parse_marker,
     plan_redrive,
     redrive_marker,
 )

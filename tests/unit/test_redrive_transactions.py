@@ -25,7 +25,8 @@ from structlog.testing import capture_logs
 from schemas.errors import ErrorCode
 from service.kafka.failures import Stage
 from service.tools import redrive as rd
-from service.tools.redrive_plan import Decision, RedriveMessage
+from service.tools.redrive_messages import RedriveMessage
+from service.tools.redrive_plan import Decision
 
 NOW = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
 
