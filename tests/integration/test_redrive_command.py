@@ -540,7 +540,7 @@ async def test_in_exactly_once_a_redrive_fences_an_earlier_run_that_never_finish
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import ProducerFenced
 
-    from service.tools.redrive import redrive_transactional_id
+    from service.tools.redrive_publish import redrive_transactional_id
 
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("redrive-eos-zombie").create(bootstrap)
