@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
     log_level: LogLevel = "INFO"
 
-    # Redrive: the key of the origin tags (service/core/events.py, origin_tag)
+    # Redrive: the key of the origin tags (service/core/origin.py, origin_tag)
     redrive_key: SecretStr | None = None
 
     # Safety switch

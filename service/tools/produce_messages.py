@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from service import __version__
-from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
+from service.core.events import Source, describe_dead_letter, process_payload
 from service.core.limits import Limits
+from service.core.message import strip_bom
 from service.core.parser import Problem, scan
 from service.tools.command import display_name
 

@@ -24,7 +24,7 @@ from schemas.events import (
     RecordDeadLettered,
     RecordRedriven,
 )
-from service.core.events import strip_bom
+from service.core.message import strip_bom
 from service.core.parser import Problem, scan_markers
 from service.delivery.routing import SERVICE_HEADER_PREFIX
 

@@ -28,8 +28,10 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service import __version__
-from service.core.events import Source, origin_tag, process_payload, rfc3339
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.message import rfc3339
+from service.core.origin import origin_tag
 from service.delivery.routing import carried_headers, record_size, redrive_count
 from service.tools.redrive_messages import (
     DeadLetterRecord,

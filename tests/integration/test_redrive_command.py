@@ -22,7 +22,7 @@ from schemas.events import (
     REDRIVEN_HEADER,
 )
 from service.cli import main
-from service.core.events import origin_tag
+from service.core.origin import origin_tag
 from service.delivery.ingestor import Ingestor
 from service.kafka.topics import create_topics
 from tests.conftest import BrokerHandle

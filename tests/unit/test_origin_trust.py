@@ -13,8 +13,9 @@ from pydantic import SecretStr
 
 from schemas.events import ORIGIN_HEADER, ORIGIN_TAG_HEADER
 from service.cli import main
-from service.core.events import Origin, Source, origin_of, origin_tag, process_payload
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.origin import Origin, origin_of, origin_tag
 from service.settings import Settings, SettingsError, load_settings
 from service.tools.redrive_messages import DeadLetterRecord
 from service.tools.redrive_plan import Filters, plan_redrive

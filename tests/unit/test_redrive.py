@@ -15,8 +15,9 @@ from pydantic import SecretStr
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
 from service.cli import main
-from service.core.events import Source, origin_of, process_payload
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.origin import origin_of
 from service.delivery.routing import Routes, redrive_count, route
 from service.errors import ExitStatus
 from service.tools import redrive as rd
