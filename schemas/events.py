@@ -22,6 +22,10 @@ REDRIVE_MARKER_TYPE = "io.markeringest.record.redriven.v1"
 ARTICLE_DATASCHEMA = "urn:marker-ingest:schema:article-ingested:v1"
 DEAD_LETTER_SCHEMA = "urn:marker-ingest:schema:record-dead-lettered:v1"
 REDRIVE_MARKER_SCHEMA = "urn:marker-ingest:schema:record-redriven:v1"
+# The JSON Schema file of each model, beside this module (written by ``python -m schemas.generate``).
+ARTICLE_SCHEMA_FILE = "article-ingested.v1.schema.json"
+DEAD_LETTER_SCHEMA_FILE = "record-dead-lettered.v1.schema.json"
+REDRIVE_MARKER_SCHEMA_FILE = "record-redriven.v1.schema.json"
 
 ERROR_CODE_HEADER = "marker-ingest-error-code"
 """The header every dead letter carries: its error code (the input's own headers are kept too)."""

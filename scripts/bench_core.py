@@ -50,8 +50,9 @@ from pydantic import BaseModel, Field
 
 from schemas.events import ArticleData
 from service.core import events
-from service.core.events import Outcome, Source, _new_outcome, process_payload, process_payload_reference
+from service.core.events import Outcome, Source, process_payload, process_payload_reference
 from service.core.limits import Limits
+from service.core.message import new_outcome
 from service.core.parser import SPEEDUPS, scan_clean
 from service.core.validation import content_digest
 
@@ -248,7 +249,7 @@ def floor_record(value: bytes) -> Outcome:
             },
         }
     )
-    return _new_outcome(Outcome, (0, "t:0:0:0", b"k", event, None, article.fn))
+    return new_outcome(Outcome, (0, "t:0:0:0", b"k", event, None, article.fn))
 
 
 _from_iso = dt.date.fromisoformat
@@ -298,7 +299,7 @@ def time_components(repeat: int) -> list[dict[str, Any]]:
         ("serialize the event (orjson)", lambda: orjson.dumps(event)),
         (
             "build the Outcome",
-            lambda: _new_outcome(Outcome, (0, event["id"], b"2433", outcome.value, None, data["fn"])),
+            lambda: new_outcome(Outcome, (0, event["id"], b"2433", outcome.value, None, data["fn"])),
         ),
     ]
     compiled = events._compiled

@@ -41,17 +41,16 @@ from dataclasses import dataclass, field
 
 from service.core import events
 from service.core.events import (
-    ARTICLE_RECORD_RESERVE,
-    Origin,
     Outcome,
     Source,
     compiled_articles,
     process_payload,
     process_payload_reference,
-    strip_bom,
     valid_traceparent,
 )
 from service.core.limits import Limits
+from service.core.message import ARTICLE_RECORD_RESERVE, strip_bom
+from service.core.origin import Origin
 from service.core.parser import _scan_clean_py
 from service.core.validation import _BLANK_LETTERS, REQUIRED
 

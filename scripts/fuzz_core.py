@@ -53,8 +53,9 @@ from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
 from service.core import events as core_events
 from service.core import parser as core_parser
-from service.core.events import Outcome, Source, process_payload, process_payload_reference, strip_bom
+from service.core.events import Outcome, Source, process_payload, process_payload_reference
 from service.core.limits import Limits
+from service.core.message import strip_bom
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=dt.UTC)
@@ -556,6 +557,7 @@ def _reimport_instrumented(atheris: Any) -> None:
         import schemas.events
         import service.core.events
         import service.core.limits
+        import service.core.message
         import service.core.parser
     globals().update(
         ErrorCode=schemas.errors.ErrorCode,
@@ -566,7 +568,7 @@ def _reimport_instrumented(atheris: Any) -> None:
         process_payload=service.core.events.process_payload,
         process_payload_reference=service.core.events.process_payload_reference,
         core_events=service.core.events,
-        strip_bom=service.core.events.strip_bom,
+        strip_bom=service.core.message.strip_bom,
         core_parser=service.core.parser,
         Limits=service.core.limits.Limits,
     )

@@ -1,8 +1,8 @@
 """The ``marker-ingest`` command: translates arguments into calls, and nothing more.
 
 Sub-commands: ``run`` (the service), ``parse`` (the core over files, offline), ``demo``, and the
-operator tools registered by their modules (``produce``, ``redrive``). What they share (exit
-statuses, connection flags, settings) is in ``service.tools.command``.
+operator tools registered by their modules (``produce``, ``redrive``). What they share (connection
+flags, settings) is in ``service.tools.command``; how they end, in ``service.errors.ExitStatus``.
 """
 
 from __future__ import annotations
@@ -20,18 +20,15 @@ from typing import IO
 from service import __version__
 from service.core.events import Source, describe_dead_letter, process_payload
 from service.core.limits import Limits
-from service.errors import MarkerIngestError
+from service.errors import ExitStatus, MarkerIngestError
 from service.tools.command import (
     CONFIGURATION_EPILOG,
-    EXIT_DEAD_LETTERS,
-    EXIT_OK,
-    EXIT_USAGE,
     add_connection_flags,
     build_settings,
     display_name,
 )
 
-__all__ = ["EXIT_DEAD_LETTERS", "EXIT_OK", "EXIT_USAGE", "main", "make_parser"]
+__all__ = ["main", "make_parser"]
 
 DESCRIPTION = (
     "marker-ingest reads marker-text news records from a Kafka topic and publishes one article event "
@@ -83,7 +80,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         except OSError as exc:
             name = display_name(args.dead_letters)
             _write(sys.stderr, f"marker-ingest parse: cannot write {name}: {exc.strerror}")
-            return EXIT_USAGE
+            return ExitStatus.USAGE
     try:
         return _parse_to(args.files, settings.limits, dead_out)
     except _CannotWrite as exc:
@@ -93,7 +90,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if not isinstance(error, BrokenPipeError):
             _write(sys.stderr, f"marker-ingest parse: cannot write {output.name}: {error.strerror}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
 
 def _parse_to(paths: list[str], limits: Limits, dead_file: IO[bytes] | None) -> int:
@@ -108,7 +105,7 @@ def _parse_to(paths: list[str], limits: Limits, dead_file: IO[bytes] | None) -> 
                 payload = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
             except OSError as exc:
                 _write(sys.stderr, f"marker-ingest parse: cannot read {display_name(path)}: {exc.strerror}")
-                return EXIT_USAGE
+                return ExitStatus.USAGE
             name = "stdin" if path == "-" else display_name(path)
             source = Source(topic=name, partition=0, offset=index)
             for outcome in process_payload(payload, source, limits, now=now, version=__version__):
@@ -138,7 +135,7 @@ def _parse_to(paths: list[str], limits: Limits, dead_file: IO[bytes] | None) -> 
         f"{len(paths)} file(s), {articles + dead} record(s): {articles} article(s), {dead} dead letter(s)"
         + (f" ({by_code})" if by_code else ""),
     )
-    return EXIT_DEAD_LETTERS if dead else EXIT_OK
+    return ExitStatus.FAILED if dead else ExitStatus.OK  # FAILED: a record was dead-lettered
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -6,12 +6,12 @@ matched case-sensitively; no other name counts. In Python a field is given by it
 (``Settings(input_topic=...)``). Every variable is documented in docs/configuration.md with its default.
 Invalid values and combinations fail here, at start-up, as a ``SettingsError`` whose one line names
 the variables; every number has a documented range (finite: no ``inf`` or ``nan``); secrets are
-``SecretStr`` and never logged or echoed.
+``SecretStr`` and never logged or echoed. The Kafka clients' arguments are made of these settings in
+``service.kafka.clients``; the commands warn of unknown variables (``service.tools.command``).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import ssl
 from collections.abc import Mapping
@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
     log_level: LogLevel = "INFO"
 
-    # Redrive: the key of the origin tags (service/core/events.py, origin_tag)
+    # Redrive: the key of the origin tags (service/core/origin.py, origin_tag)
     redrive_key: SecretStr | None = None
 
     # Safety switch
@@ -315,35 +315,6 @@ class Settings(BaseSettings):
         """The effective settings for the start-up log line: secrets shown as '**********'."""
         return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
 
-    def kafka_client_kwargs(self) -> dict[str, Any]:
-        """Connection and security arguments shared by aiokafka's consumer, producer and admin."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers,
-            "client_id": self.kafka_client_id,
-            "security_protocol": self.kafka_security_protocol,
-            "request_timeout_ms": self.kafka_request_timeout_ms,
-        }
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            context = create_ssl_context(
-                cafile=self.kafka_ssl_cafile,
-                certfile=self.kafka_ssl_certfile,
-                keyfile=self.kafka_ssl_keyfile,
-                password=self.kafka_ssl_key_password.get_secret_value()
-                if self.kafka_ssl_key_password
-                else None,
-            )
-            context.check_hostname = self.kafka_ssl_check_hostname
-            kwargs["ssl_context"] = context
-        if self.kafka_security_protocol.startswith("SASL_"):
-            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
-            kwargs["sasl_plain_username"] = self.kafka_sasl_username
-            kwargs["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        return kwargs
-
 
 VARIABLES: dict[str, str] = {variable_name(field): field for field in Settings.model_fields}
 """Every environment variable marker-ingest reads, and the field it sets."""
@@ -410,23 +381,3 @@ def _reason(err: Any) -> str:
         return message
     shown = repr(value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "...")
     return f"{message}, got {shown}"
-
-
-def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
-    """The ``KAFKA_*`` and ``INGEST_*`` variables (in any case) that are no setting, with the nearest
-    setting's name (None when none is near): a typo would otherwise be ignored in silence."""
-    env = os.environ if environ is None else environ
-    known = list(VARIABLES)
-    found = []
-    for name in sorted(env):
-        if name in VARIABLES or not name.upper().startswith(PREFIXES):
-            continue
-        nearest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
-        found.append((name, nearest[0] if nearest else None))
-    return found
-
-
-def describe_unknown(name: str, nearest: str | None) -> str:
-    """The warning line for one unknown variable."""
-    hint = f" (did you mean {nearest}?)" if nearest else ""
-    return f"unknown setting {name} ignored{hint}"

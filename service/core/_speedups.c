@@ -1133,7 +1133,7 @@ check_record(Rec *r, const unsigned char *s, const Field *fields, Py_ssize_t cou
     return 1;
 }
 
-/* The constant parts of the event, as orjson writes them; they must stay as in events._article and
+/* The constant parts of the event, as orjson writes them; they must stay as in reference._article and
  * schemas/events.py (ARTICLE_EVENT_TYPE, ARTICLE_DATASCHEMA): the differential tests say if not. */
 #define J_HEAD "{\"specversion\":\"1.0\",\"id\":\""
 #define J_SOURCE "\",\"source\":\""

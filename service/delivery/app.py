@@ -17,6 +17,7 @@ import structlog
 
 from service.delivery.grace import STOP_MARGIN_SECONDS
 from service.delivery.ingestor import Ingestor
+from service.errors import ExitStatus
 from service.ops.logs import configure_logging, flush_records
 from service.settings import Settings
 
@@ -65,7 +66,7 @@ async def _watchdog(ingestor: Ingestor) -> None:
 def _hard_exit() -> None:
     with contextlib.suppress(Exception):
         os.write(2, b'{"event": "stop.hard_exit", "level": "error", "detail": "the grace period ran out"}\n')
-    os._exit(1)
+    os._exit(ExitStatus.FAILED)
 
 
 async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
@@ -87,4 +88,4 @@ async def _run_with_grace(task: asyncio.Task[int], ingestor: Ingestor) -> int:
         return await asyncio.wait_for(task, STOP_MARGIN_SECONDS + 1)
     except (TimeoutError, asyncio.CancelledError):
         log.error("stop.forced", detail="the service did not stop within the grace period")
-        return 1
+        return ExitStatus.FAILED

@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from service import __version__
-from service.core.events import Source, origin_of, process_payload
+from service.core.events import Source, process_payload
+from service.core.origin import origin_of
 from service.delivery.batch import Batch
 from service.delivery.burst import DrainCheck
 from service.delivery.grace import Grace

@@ -25,6 +25,36 @@ TOOL_LINGER_MS = 5
 """The operator tools push one message at a time and linger, as upstream producers do."""
 
 
+def _connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection and security arguments shared by aiokafka's consumer, producer and admin (the TLS
+    context is made here: ``Kafka.of`` calls this once)."""
+    s = settings
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": s.kafka_bootstrap_servers,
+        "client_id": s.kafka_client_id,
+        "security_protocol": s.kafka_security_protocol,
+        "request_timeout_ms": s.kafka_request_timeout_ms,
+    }
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(
+            cafile=s.kafka_ssl_cafile,
+            certfile=s.kafka_ssl_certfile,
+            keyfile=s.kafka_ssl_keyfile,
+            password=s.kafka_ssl_key_password.get_secret_value() if s.kafka_ssl_key_password else None,
+        )
+        context.check_hostname = s.kafka_ssl_check_hostname
+        kwargs["ssl_context"] = context
+    if s.kafka_security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = s.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = s.kafka_sasl_username
+        kwargs["sasl_plain_password"] = (
+            s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
+        )
+    return kwargs
+
+
 def max_request_size(settings: Settings) -> int:
     """The largest produce request: room for an event of twice the largest payload, plus a MiB."""
     return 2 * settings.max_payload_bytes + 1024 * 1024
@@ -42,7 +72,7 @@ class Kafka:
     @classmethod
     def of(cls, settings: Settings) -> Kafka:
         """Build the connection arguments (loading the TLS files once) and the access."""
-        return cls(settings, access_from(settings), settings.kafka_client_kwargs())
+        return cls(settings, access_from(settings), _connection_kwargs(settings))
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection and security arguments shared by aiokafka's consumer, producer and admin

@@ -112,7 +112,23 @@ async def diagnose(kafka: Kafka) -> tuple[Failure | None, str | None]:
 def preflight(kafka: Kafka) -> Failure | None:
     """For the operator tools, before they start a client: the ``Failure`` of the connection, if
     it has one (an unreachable broker is left to the tool's own error)."""
-    return asyncio.run(diagnose(kafka))[0]
+    return asyncio.run(_diagnose_quietly(kafka))[0]
+
+
+async def _diagnose_quietly(kafka: Kafka) -> tuple[Failure | None, str | None]:
+    asyncio.get_running_loop().set_exception_handler(_unless_left_by_a_closed_connection)
+    return await diagnose(kafka)
+
+
+def _unless_left_by_a_closed_connection(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The probe's loop's exception handler, without asyncio's report of a connection error that
+    nobody retrieved: a connection the broker closed in its TLS handshake leaves the error on its
+    stream's closing future. asyncio retrieves it when the stream protocol is freed first; when the
+    garbage collector frees the future first (its timing depends on what was allocated before), it
+    was reported, as a traceback after the tool's one line. The failure is the probe's result."""
+    unretrieved = context.get("message") == "Future exception was never retrieved"
+    if not (unretrieved and isinstance(context.get("exception"), OSError)):
+        loop.default_exception_handler(context)
 
 
 def explain(exc: BaseException, stage: Stage, kafka: Kafka, topic: str | None = None) -> Failure | None:

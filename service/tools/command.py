@@ -1,20 +1,24 @@
-"""What every ``marker-ingest`` sub-command shares: exit statuses, the connection flags, and the
-settings built from the environment and the flags (with the one-line error and the warnings about
-unknown variables). ``cli`` and the operator tools import it; it imports neither.
+"""What every ``marker-ingest`` sub-command shares: the connection flags, the settings built from
+the environment and the flags (with the one-line error and the warnings about unknown variables),
+and the logging of an operator tool. ``cli`` and the operator tools import it; it imports neither.
+The exit statuses are ``service.errors.ExitStatus``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+
+import structlog
 
 from service.core.kafka_names import topic_name_problem
-from service.settings import Settings, describe_unknown, load_settings, unknown_variables
-
-EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE = 0, 1, 2
-"""0: done; 1: dead letters found, something refused or failed; 2: usage or configuration error."""
+from service.ops.logs import configure_logging
+from service.settings import PREFIXES, VARIABLES, Settings, load_settings
 
 _FLAG_TO_FIELD = {
     "bootstrap_servers": "kafka_bootstrap_servers",
@@ -29,6 +33,27 @@ _FLAG_TO_FIELD = {
     "log_level": "log_level",
     "max_payload_bytes": "max_payload_bytes",
 }
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The ``KAFKA_*`` and ``INGEST_*`` variables (in any case) that are no setting, with the nearest
+    setting's name (None when none is near): a typo would otherwise be ignored in silence."""
+    env = os.environ if environ is None else environ
+    known = list(VARIABLES)
+    found = []
+    for name in sorted(env):
+        if name in VARIABLES or not name.upper().startswith(PREFIXES):
+            continue
+        nearest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        found.append((name, nearest[0] if nearest else None))
+    return found
+
+
+def describe_unknown(name: str, nearest: str | None) -> str:
+    """The warning line for one unknown variable."""
+    hint = f" (did you mean {nearest}?)" if nearest else ""
+    return f"unknown setting {name} ignored{hint}"
+
 
 Warn = Callable[[str, str | None], None]
 """Told each unknown ``KAFKA_*``/``INGEST_*`` variable and the nearest setting's name."""
@@ -105,3 +130,25 @@ CONFIGURATION_EPILOG = (
     "logging and safety switch. Each is listed with its default in docs/configuration.md. "
     "An invalid value stops the command with exit status 2 and one line naming it."
 )
+
+
+@contextlib.contextmanager
+def tool_logging(settings: Settings) -> Iterator[None]:
+    """Logging for an operator tool (the Kafka client's warnings on stderr), restored afterwards.
+
+    The tools print their reports themselves; restoring the configuration keeps an in-process call
+    (as the tests make) from changing how the rest of the process logs.
+    """
+    configured, config = structlog.is_configured(), structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**config)
+        else:
+            structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -26,11 +26,11 @@ from service.kafka.topics import create_topics, read_topic
 from service.ops.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.tools.broker import EmbeddedBroker
-from service.tools.command import EXIT_USAGE, describe_kafka_error, display_name
-from service.tools.produce import BadPath, NothingToPush, collect_files, produce_files, shown
+from service.tools.command import describe_kafka_error, display_name
+from service.tools.produce import produce_files
+from service.tools.produce_messages import BadPath, NothingToPush, collect_files, shown
 
 SAMPLE_FEED = Path(__file__).parent.parent / "samples" / "feed"
-EXIT_FAILED = 1
 
 
 def _say(line: str = "") -> None:
@@ -134,10 +134,10 @@ def _run_demo(paths: list[str], bootstrap_servers: str | None) -> int:
     except BadPath as exc:
         path, why = exc.args
         _fail(f"cannot read {display_name(path)}: {why}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except NothingToPush as exc:
         _fail(f"nothing to push under {display_name(str(exc))} (no files; hidden ones are skipped)")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     overrides: dict[str, object] = {
         "input_topic": "demo.news.raw",
         "output_topic": "demo.news.articles",
@@ -164,7 +164,7 @@ def _run_demo(paths: list[str], bootstrap_servers: str | None) -> int:
             return ExitStatus.USAGE
         where = bootstrap_servers or "the embedded broker"
         _fail(f"the broker at {where} failed: {describe_kafka_error(exc)}")
-        return EXIT_FAILED
+        return ExitStatus.FAILED
     except _NoBroker as exc:
         _fail(str(exc))
-        return EXIT_FAILED
+        return ExitStatus.FAILED

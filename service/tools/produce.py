@@ -4,6 +4,8 @@ One message per file (key = the file's path as named: ``d1/a.txt`` and ``d2/a.tx
 ``-``, has no key), or with ``--per-record`` one per record as the core's scanner splits it (key =
 the record's FN). ``--lint`` runs the core over every message first and
 refuses a file whose messages it would dead-letter. A progress bar is drawn on a terminal.
+
+The files and the messages they become are ``produce_messages``; this module sends them and reports.
 """
 
 from __future__ import annotations
@@ -11,116 +13,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import errno
-import logging
-import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from service import __version__
-from service.core.events import Source, describe_dead_letter, process_payload, strip_bom
-from service.core.limits import Limits
-from service.core.parser import Problem, scan
-from service.ops.logs import configure_logging
+from service.errors import ExitStatus
 from service.settings import Settings
 from service.tools.command import (
-    EXIT_DEAD_LETTERS,
-    EXIT_OK,
-    EXIT_USAGE,
     add_connection_flags,
     build_settings,
     describe_kafka_error,
     display_name,
+    tool_logging,
     topic_name,
+)
+from service.tools.produce_messages import (
+    STDIN,
+    BadPath,
+    Message,
+    NothingToPush,
+    collect_files,
+    file_messages,
+    first_problem,
+    key_of,
+    shown,
 )
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from service.tools.progress import ProgressBar
-
-EXIT_REFUSED = EXIT_DEAD_LETTERS
-"""Exit status when a file was refused or a send failed."""
-
-Message = tuple[bytes | None, bytes]
-"""A (key, value) pair to send."""
-
-
-STDIN = Path("/dev/stdin")
-"""What ``-`` stands for among the paths: read from ``sys.stdin``, sent without a key."""
-
-
-class NothingToPush(Exception):
-    """A directory named on the command line holds no file to push (hidden ones are skipped)."""
-
-
-class BadPath(Exception):
-    """A path named on the command line cannot be pushed: ``args`` are the path and why not."""
-
-
-def collect_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, and the files under directories named (sorted); ``-`` is stdin (``STDIN``).
-
-    A path named is read whatever it is but a directory (a regular file, a FIFO, ``/dev/null``,
-    ``<(command)``); below a named directory only regular files are taken, and hidden files and
-    directories (a name starting with a dot) are skipped; the path of the named directory itself
-    may have any name (``../feed``, ``~/.cache/feed``). Raises ``BadPath`` for a path that cannot be
-    read (missing, a symbolic link loop, no permission; stdin named twice) and ``NothingToPush``
-    for a directory without a file to push.
-    """
-    files: list[Path] = []
-    for raw in paths:
-        if str(raw) == "-":
-            if STDIN in files:
-                raise BadPath("-", "stdin is named more than once")
-            files.append(STDIN)
-            continue
-        path = Path(raw)
-        try:
-            mode = path.stat().st_mode
-        except OSError as exc:
-            raise BadPath(str(path), _why_not(path, exc)) from None
-        if not stat.S_ISDIR(mode):
-            files.append(path)
-            continue
-        found = [
-            p
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
-        ]
-        if not found:
-            raise NothingToPush(str(path))
-        files.extend(found)
-    return files
-
-
-def _why_not(path: Path, exc: OSError) -> str:
-    why = exc.strerror or str(exc)
-    if exc.errno == errno.ENOENT and path.is_symlink():
-        return f"{why} (a symbolic link to a missing file)"
-    return why
-
-
-def key_of(path: Path) -> str | None:
-    """The key a file's message gets: its path as named (stdin has none)."""
-    return None if path == STDIN else str(path)
-
-
-def shown(path: Path) -> str:
-    """A file as messages name it: ``stdin``, or its path as printable text."""
-    return "stdin" if path == STDIN else display_name(path)
-
-
-def _read(path: Path) -> bytes:
-    return sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
 
 
 @dataclass
@@ -142,52 +68,6 @@ class PushReport:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
 
-# --------------------------------------------------------------------------------------- the core
-
-
-def split_records(data: bytes, name: str | None) -> list[Message]:
-    """One message per record of ``data``, keyed by its FN (else by ``name``, if any).
-
-    Records are split by the core's scanner (``rec.start..rec.end``, trimmed). A file the scanner
-    cannot split (not UTF-8, no markers) stays one message keyed by ``name``, so the service
-    dead-letters it with the precise reason.
-    """
-    fallback = None if name is None else os.fsencode(name)
-    whole: list[Message] = [(fallback, data)]
-    try:
-        text = strip_bom(data).decode("utf-8")
-    except UnicodeDecodeError:
-        return whole
-    records = scan(text, len(text) + 1)
-    if isinstance(records, Problem):
-        return whole
-    messages: list[Message] = []
-    for rec in records:
-        chunk = text[rec.start : rec.end].strip()
-        fn = rec.fields.get("fn")
-        key = fn.value.encode() if fn is not None and fn.value else fallback
-        messages.append((key, chunk.encode()))
-    return messages or whole
-
-
-def file_messages(data: bytes, name: str | None, *, per_record: bool) -> list[Message]:
-    """The messages a file becomes; ``name`` is its key (None: no key)."""
-    if per_record:
-        return split_records(data, name)
-    return [(None if name is None else os.fsencode(name), data)]
-
-
-def first_problem(messages: Iterable[Message], limits: Limits, *, name: str) -> str | None:
-    """The first dead letter the core would make of these messages, described; None when all pass."""
-    now = dt.datetime.now(dt.UTC)
-    for index, (key, value) in enumerate(messages):
-        source = Source(topic=name, partition=0, offset=index, key=key)
-        for outcome in process_payload(value, source, limits, now=now, version=__version__):
-            if outcome.error is not None:
-                return f"message {index} record {outcome.record_index}: {describe_dead_letter(outcome.value)}"
-    return None
-
-
 def render_summary(report: PushReport, topic: str) -> str:
     """The summary printed at the end."""
     refused = f"; refused {len(report.refused)} file(s)" if report.refused else ""
@@ -200,6 +80,10 @@ def render_summary(report: PushReport, topic: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- the shell
+
+
+def _read(path: Path) -> bytes:
+    return sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
 
 
 def producer_for(settings: Settings) -> AIOKafkaProducer:
@@ -328,28 +212,6 @@ async def produce_files(
     return report
 
 
-@contextlib.contextmanager
-def tool_logging(settings: Settings) -> Iterator[None]:
-    """Logging for an operator tool (the Kafka client's warnings on stderr), restored afterwards.
-
-    The tools print their reports themselves; restoring the configuration keeps an in-process call
-    (as the tests make) from changing how the rest of the process logs.
-    """
-    configured, config = structlog.is_configured(), structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(settings.log_format, settings.log_level)
-    try:
-        yield
-    finally:
-        if configured:
-            structlog.configure(**config)
-        else:
-            structlog.reset_defaults()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 # ------------------------------------------------------------------------------------ the command
 
 
@@ -383,7 +245,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
     """Run ``marker-ingest produce``."""
     from aiokafka.errors import KafkaError
 
-    from service.errors import ExitStatus
     from service.kafka.clients import Kafka
     from service.kafka.connection import explain, preflight
     from service.kafka.failures import Stage
@@ -392,19 +253,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
     topic: str = args.topic or settings.input_topic
     if topic in (settings.output_topic, settings.dlq_topic):
         sys.stderr.write("marker-ingest produce: --topic must not be the output or dead-letter topic\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     try:
         files = collect_files(args.paths)
     except BadPath as exc:
         path, why = exc.args
         sys.stderr.write(f"marker-ingest produce: cannot read {display_name(path)}: {why}\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except NothingToPush as exc:
         sys.stderr.write(
             f"marker-ingest produce: nothing to push under {display_name(str(exc))} "
             "(no files; hidden files and directories are skipped)\n"
         )
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     total = 0
     for path in files:
         with contextlib.suppress(OSError):
@@ -434,11 +295,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"marker-ingest produce: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest produce: send failed: {describe_kafka_error(exc)}\n")
-            return EXIT_REFUSED
+            return ExitStatus.FAILED
     for path, why in report.refused:
         sys.stderr.write(f"refused {shown(path)}: {why}\n")
     for path, why in report.failed:
         sys.stderr.write(f"failed {shown(path)}: {why}\n")
     sys.stdout.write(render_summary(report, topic))
     sys.stdout.flush()
-    return EXIT_REFUSED if report.refused or report.failed else EXIT_OK
+    # FAILED: a file was refused (unreadable, or by --lint) or a send failed.
+    return ExitStatus.FAILED if report.refused or report.failed else ExitStatus.OK

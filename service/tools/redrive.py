@@ -13,53 +13,51 @@ input and marker commit in one transaction of a producer that fences earlier run
 ``--dry-run`` re-parses instead of publishing and reports how many would now succeed; it alone runs
 without the key.
 
-Functional core, imperative shell: ``redrive_plan`` and ``redrive_report`` decide and never do
-I/O; ``redrive`` reads the topic and publishes; ``cmd_redrive`` translates arguments.
+Functional core, imperative shell: ``redrive_messages``, ``redrive_plan`` and ``redrive_report``
+decide and never do I/O; ``redrive_read`` reads the topics and ``redrive_publish`` publishes;
+``redrive`` here drives them, and ``cmd_redrive`` translates arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import structlog
+from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.events import (
     REDRIVE_COUNT_HEADER,
 )
+from service.errors import ExitStatus
 from service.settings import Settings
 from service.tools.command import (
-    EXIT_USAGE,
     add_connection_flags,
     build_settings,
     describe_kafka_error,
+    tool_logging,
     topic_name,
 )
 from service.tools.redrive_plan import (
     DEFAULT_MAX_REDRIVES,
-    EXIT_INCOMPLETE,
-    DeadLetterRecord,
-    Decision,
     Filters,
-    InputRecord,
-    InputRef,
-    MarkerMessage,
     Plan,
-    RedriveMessage,
     plan_redrive,
     recover,
-    redrive_marker,
     skip_too_large,
     would_succeed,
 )
+from service.tools.redrive_publish import (
+    Refused,
+    publish,
+    publish_in_transactions,
+    transactional_producer,
+)
+from service.tools.redrive_read import read_dead_letters, read_inputs, record_limits
 from service.tools.redrive_report import (
     Report,
     build_report,
@@ -72,11 +70,6 @@ NO_KEY = (
     "given the same key, can verify (--dry-run needs none)"
 )
 
-if TYPE_CHECKING:
-    from service.kafka.failures import Stage
-
-log = structlog.get_logger("marker_ingest")
-
 # --------------------------------------------------------------------------------------- the shell
 
 
@@ -88,307 +81,6 @@ class RedriveOptions:
     target_topic: str | None = None
     max_redrives: int = DEFAULT_MAX_REDRIVES
     dry_run: bool = False
-
-
-async def read_dead_letters(settings: Settings) -> list[DeadLetterRecord]:
-    """Every record of the dead-letter topic, without joining a consumer group."""
-    from service.kafka.topics import read_topic
-
-    kwargs = _client_kwargs(settings)
-    bootstrap = kwargs.pop("bootstrap_servers")
-    kwargs["max_partition_fetch_bytes"] = max(1024 * 1024, settings.max_event_bytes + 65536)
-    # Dead letters of aborted transactions (INGEST_DELIVERY=exactly-once) never happened: skip them.
-    kwargs["isolation_level"] = "read_committed"
-    records = await read_topic(bootstrap, settings.dlq_topic, client_kwargs=kwargs)
-    return [DeadLetterRecord(r.partition, r.offset, r.key, r.value, tuple(r.headers or ())) for r in records]
-
-
-INPUT_QUIET_SECONDS = 6.0
-"""How long a partition may answer no fetch with records or a watermark before reading it stops."""
-
-
-async def read_inputs(settings: Settings, wanted: Iterable[InputRef]) -> dict[InputRef, InputRecord]:
-    """The input messages at ``wanted`` (topic, partition, offset), read back without a consumer
-    group, as a read_committed consumer sees them; one that is gone (a topic or partition that does
-    not exist, an offset retention deleted or compaction removed) is missing from the result."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import OffsetOutOfRangeError
-
-    from service.kafka.clients import max_request_size
-    from service.kafka.topics import started
-
-    by_partition: dict[tuple[str, int], set[int]] = {}
-    for topic, partition, offset in wanted:
-        by_partition.setdefault((topic, partition), set()).add(offset)
-    found: dict[InputRef, InputRecord] = {}
-    if not by_partition:
-        return found
-    consumer = AIOKafkaConsumer(
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="none",  # an offset out of range is gone: say so, never read elsewhere
-        max_partition_fetch_bytes=max(1024 * 1024, max_request_size(settings)),
-        **_client_kwargs(settings),
-    )
-    loop = asyncio.get_running_loop()
-    async with started(consumer):
-        for (topic, partition), offsets in sorted(by_partition.items()):
-            if partition not in await _partitions(consumer, topic):
-                continue
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            for offset in sorted(offsets):
-                if (topic, partition, offset) in found:
-                    continue
-                consumer.seek(tp, offset)
-                quiet_since = loop.time()
-                while loop.time() - quiet_since < INPUT_QUIET_SECONDS:
-                    try:
-                        batch = await consumer.getmany(tp, timeout_ms=200)
-                    except OffsetOutOfRangeError:
-                        break
-                    records = batch.get(tp, [])
-                    for r in records:
-                        if r.offset in offsets:
-                            found[(topic, partition, r.offset)] = InputRecord(
-                                r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
-                            )
-                    if records and records[-1].offset >= offset:
-                        break
-                    if records:
-                        quiet_since = loop.time()
-                        continue
-                    end = consumer.last_stable_offset(tp)
-                    if end is not None and await consumer.position(tp) >= end:
-                        break
-    return found
-
-
-async def record_limits(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
-    """Each topic's ``max.message.bytes`` as the broker enforces it; a topic whose configuration
-    cannot be read (no DESCRIBE_CONFIGS, a broker without DescribeConfigs) is left out."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-    from aiokafka.errors import KafkaError
-
-    wanted = [
-        ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in sorted(set(topics))
-    ]
-    admin = AIOKafkaAdminClient(**_client_kwargs(settings))
-    limits: dict[str, int] = {}
-    try:
-        await admin.start()
-        for response in await admin.describe_configs(wanted):
-            for error, _, _, name, entries, *_ in response.resources:
-                values = [entry[1] for entry in entries if entry[0] == "max.message.bytes"]
-                if error == 0 and values and str(values[0]).isdigit():
-                    limits[name] = int(values[0])
-    except KafkaError:
-        return {}
-    finally:
-        await admin.close()
-    return limits
-
-
-async def _partitions(consumer: Any, topic: str) -> set[int]:
-    """The partitions of ``topic``; none when the cluster's metadata does not name it within 2 s."""
-    for _ in range(20):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    return set()
-
-
-class Refused(Exception):
-    """The broker refused what ``redrive`` must do (an ACL, or no transactions): for ``explain``."""
-
-    def __init__(self, error: BaseException, stage: Stage, resource: str) -> None:
-        super().__init__(str(error))
-        self.error, self.stage, self.resource = error, stage, resource
-
-
-def _refusal(error: BaseException) -> bool:
-    """True for an error no retry cures that the operator must hear about (a missing ACL)."""
-    from aiokafka import errors as ke
-
-    return isinstance(
-        error,
-        ke.TopicAuthorizationFailedError
-        | ke.TransactionalIdAuthorizationFailed
-        | ke.ClusterAuthorizationFailedError,
-    )
-
-
-async def _send(producer: Any, topic: str, msg: RedriveMessage | MarkerMessage) -> asyncio.Future[Any]:
-    partition = msg.partition if isinstance(msg, MarkerMessage) else None
-    future: asyncio.Future[Any] = await producer.send(
-        topic, msg.value, key=msg.key, headers=list(msg.headers), partition=partition
-    )
-    return future
-
-
-async def _outcomes(futures: Sequence[asyncio.Future[Any]]) -> list[BaseException | None]:
-    """Each future's exception, or None once it was acknowledged."""
-    results = await asyncio.gather(*futures, return_exceptions=True)
-    return [r if isinstance(r, BaseException) else None for r in results]
-
-
-def _producer_config(settings: Settings, limits: dict[str, int]) -> dict[str, Any]:
-    """The tools' producer, its batches no larger than any topic it writes to accepts: the broker
-    refuses a whole batch over ``max.message.bytes``, and aiokafka neither splits it nor recovers
-    the partition's idempotent sequence after it."""
-    from service.kafka.clients import TOOL_LINGER_MS, Kafka
-
-    config = Kafka.of(settings).producer_config(linger_ms=TOOL_LINGER_MS)
-    config["max_batch_size"] = min([config["max_batch_size"], *limits.values()])
-    return config
-
-
-async def publish(
-    settings: Settings,
-    topic: str,
-    messages: Sequence[tuple[Decision, RedriveMessage]],
-    *,
-    now: dt.datetime,
-    limits: dict[str, int],
-) -> tuple[set[str], int]:
-    """At-least-once: publish every message and wait for the acknowledgements, then write the marker
-    of each one acknowledged (never before: a marker must not claim a redrive that failed). Returns
-    the ids that failed and how many were published but left without a marker."""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
-
-    from service.kafka.failures import Stage
-    from service.kafka.topics import started
-
-    failed: set[str] = set()
-    if not messages:
-        return failed, 0
-    async with started(AIOKafkaProducer(**_producer_config(settings, limits))) as producer:
-        sent: list[tuple[Decision, RedriveMessage, asyncio.Future[Any]]] = []
-        for decision, msg in messages:
-            try:
-                sent.append((decision, msg, await _send(producer, topic, msg)))
-            except KafkaError:
-                failed.add(decision.dead_letter_id)
-        done = []
-        for (decision, _, _), error in zip(sent, await _outcomes([f for *_, f in sent]), strict=True):
-            if error is None:
-                done.append(decision)
-            elif _refusal(error):
-                raise Refused(error, Stage.SEND, topic)
-            else:
-                failed.add(decision.dead_letter_id)
-        markers = []
-        for decision in done:
-            try:
-                markers.append(await _send(producer, settings.dlq_topic, _marker(decision, topic, now)))
-            except KafkaError:
-                continue
-        errors = await _outcomes(markers)
-        if refused := next((e for e in errors if e is not None and _refusal(e)), None):
-            raise Refused(refused, Stage.SEND, settings.dlq_topic)
-        return failed, len(done) - errors.count(None)
-
-
-def _marker(decision: Decision, topic: str, now: dt.datetime) -> MarkerMessage:
-    return redrive_marker(decision, target_topic=topic, now=now)
-
-
-TRANSACTION_SIZE = 500
-"""Dead letters redriven per transaction: a failure costs at most this many a retry."""
-
-
-def redrive_transactional_id(settings: Settings) -> str:
-    """The one transactional id of every ``redrive`` over a dead-letter topic (exactly-once): a run
-    fences the last one, finished, crashed or still running, before it reads."""
-    prefix = settings.transactional_id_prefix or settings.group_id
-    return f"{prefix}.redrive.{settings.dlq_topic}"
-
-
-async def publish_in_transactions(
-    producer: Any,
-    dlq_topic: str,
-    topic: str,
-    messages: Sequence[tuple[Decision, RedriveMessage]],
-    *,
-    now: dt.datetime,
-) -> set[str]:
-    """Exactly-once: publish the messages, each with its marker, in transactions of at most
-    ``TRANSACTION_SIZE``; return the ids that were not committed. A fenced producer (a later run
-    took over) commits nothing more."""
-    from aiokafka.errors import KafkaError, ProducerFenced
-
-    from service.kafka.failures import Stage
-
-    failed: set[str] = set()
-    for first in range(0, len(messages), TRANSACTION_SIZE):
-        chunk = messages[first : first + TRANSACTION_SIZE]
-        try:
-            failed |= await _transaction(producer, dlq_topic, topic, chunk, now)
-        except (KafkaError, AssertionError) as exc:
-            left = {d.dead_letter_id for d, _ in messages[first:]}
-            if isinstance(exc, ProducerFenced | AssertionError):
-                # A later run started the same transactional id: it redrives what this one did not.
-                # (aiokafka's fenced producer refuses to change state with a bare AssertionError.)
-                log.warning("redrive.fenced", not_committed=len(left))
-            else:
-                await _abort(producer)
-                if _refusal(exc):
-                    raise Refused(exc, Stage.SEND, topic) from exc
-                log.warning("redrive.transaction_failed", error=repr(exc), not_committed=len(left))
-            failed |= left
-            break
-    return failed
-
-
-async def _transaction(
-    producer: Any,
-    dlq_topic: str,
-    topic: str,
-    chunk: Sequence[tuple[Decision, RedriveMessage]],
-    now: dt.datetime,
-) -> set[str]:
-    """One transaction of messages and their markers; the ids of the messages the producer refused
-    (too large for a request), which are left out. Raises ``KafkaError`` when anything sent fails:
-    the caller aborts, and commits nothing more (aiokafka's idempotent producer does not recover
-    the partition's sequence after a batch the broker refused)."""
-    from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
-
-    await producer.begin_transaction()
-    failed: set[str] = set()
-    futures: list[asyncio.Future[Any]] = []
-    ended: BaseException | None = None
-    for decision, msg in chunk:
-        try:
-            futures.append(await _send(producer, topic, msg))
-        except KafkaError:  # refused before it was sent: nothing of it is in the transaction
-            failed.add(decision.dead_letter_id)
-            continue
-        except IllegalOperation as exc:  # the transaction ended under it: fenced, see the sends
-            ended = exc
-            break
-        try:
-            futures.append(await _send(producer, dlq_topic, _marker(decision, topic, now)))
-        except (KafkaError, IllegalOperation) as exc:
-            ended = exc
-            break
-    errors = [e for e in await _outcomes(futures) if e is not None]
-    if errors:
-        raise next((e for e in errors if isinstance(e, ProducerFenced) or _refusal(e)), errors[0])
-    if ended is not None:
-        raise KafkaError(f"the transaction ended before it was committed: {ended!r}")
-    await producer.commit_transaction()
-    return failed
-
-
-async def _abort(producer: Any) -> None:
-    """Abort the open transaction, if the producer still can (a fenced one cannot, and need not)."""
-    with contextlib.suppress(Exception):
-        await producer.abort_transaction()
 
 
 async def _plan(settings: Settings, options: RedriveOptions, target: str, limits: dict[str, int]) -> Plan:
@@ -432,7 +124,7 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
             d.dead_letter_id for d, msg in plan.messages if would_succeed(msg, core, topic=target, now=now)
         }
     elif settings.delivery == "exactly-once":
-        async with _transactional_producer(settings, limits) as producer:
+        async with transactional_producer(settings, limits) as producer:
             plan = await _plan(settings, options, target, limits)
             failed = await publish_in_transactions(
                 producer, settings.dlq_topic, target, plan.messages, now=now
@@ -457,38 +149,6 @@ def _unless(fenced: type[BaseException], loop: asyncio.AbstractEventLoop, contex
     The class is bound beforehand: the handler also runs as the interpreter shuts down."""
     if not isinstance(context.get("exception"), fenced):
         loop.default_exception_handler(context)
-
-
-@contextlib.asynccontextmanager
-async def _transactional_producer(settings: Settings, limits: dict[str, int]) -> AsyncIterator[Any]:
-    """The started transactional producer of ``redrive_transactional_id``. Starting it is
-    InitProducerId: the broker aborts what an earlier run left open, and fences that run."""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
-
-    from service.kafka.clients import TRANSACTION_TIMEOUT_MS
-    from service.kafka.failures import Stage
-
-    transactional_id = redrive_transactional_id(settings)
-    producer = AIOKafkaProducer(
-        **{
-            **_producer_config(settings, limits),
-            "enable_idempotence": True,
-            "transactional_id": transactional_id,
-            "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
-        }
-    )
-    try:
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            raise Refused(exc, Stage.START_PRODUCER, transactional_id) from exc
-        yield producer
-    finally:
-        try:
-            await producer.stop()
-        except Exception as exc:  # a fenced producer may fail to stop cleanly: the report still counts
-            log.warning("redrive.producer_stop_failed", error=repr(exc))
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -592,21 +252,19 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
 
-    from service.errors import ExitStatus
     from service.kafka.clients import Kafka
     from service.kafka.connection import explain, preflight
     from service.kafka.failures import Stage
     from service.kafka.topics import TopicNotFound
-    from service.tools.produce import tool_logging
 
     options = options_from(args)
     if isinstance(options, str):
         sys.stderr.write(f"marker-ingest redrive: {options}\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     settings = build_settings(args)
     if options.target_topic in (settings.output_topic, settings.dlq_topic):
         sys.stderr.write("marker-ingest redrive: --to-topic must not be the output or dead-letter topic\n")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if settings.redrive_key is None and not options.dry_run:
         sys.stderr.write(f"marker-ingest redrive: {NO_KEY}\n")
         return ExitStatus.USAGE
@@ -621,26 +279,19 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             sys.stderr.write(
                 f"marker-ingest redrive: the dead-letter topic {exc.topic!r} ({given}) does not exist\n"
             )
-            return EXIT_USAGE
+            return ExitStatus.USAGE
         except Refused as exc:
             if (failure := explain(exc.error, exc.stage, Kafka.of(settings), exc.resource)) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc.error)}\n")
-            return EXIT_INCOMPLETE
+            return ExitStatus.FAILED  # the redrive is incomplete
         except KafkaError as exc:
             if (failure := explain(exc, Stage.FETCH, Kafka.of(settings))) is not None:
                 sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
                 return ExitStatus.USAGE
             sys.stderr.write(f"marker-ingest redrive: Kafka error: {describe_kafka_error(exc)}\n")
-            return EXIT_INCOMPLETE
+            return ExitStatus.FAILED  # the redrive is incomplete
     sys.stdout.write(render_json(report) if args.json else render_text(report))
     sys.stdout.flush()
     return report.exit_status
-
-
-def _client_kwargs(settings: Settings) -> dict[str, Any]:
-    """The connection arguments of a client of the tool."""
-    from service.kafka.clients import Kafka
-
-    return Kafka.of(settings).client_kwargs()

@@ -10,11 +10,8 @@ from typing import Any
 
 import orjson
 
-from service.tools.command import (
-    EXIT_OK,
-)
+from service.errors import ExitStatus
 from service.tools.redrive_plan import (
-    EXIT_INCOMPLETE,
     Plan,
     SkipReason,
 )
@@ -52,9 +49,10 @@ class Report:
     """Redriven without their marker (at-least-once: writing it failed): a next run redrives them again."""
 
     @property
-    def exit_status(self) -> int:
-        """0 when every selected dead letter was (or would be) redriven and marked, else 1."""
-        return EXIT_INCOMPLETE if self.skipped or self.unmarked else EXIT_OK
+    def exit_status(self) -> ExitStatus:
+        """OK (0) when every selected dead letter was (or would be) redriven and marked, else FAILED
+        (1): the redrive is incomplete."""
+        return ExitStatus.FAILED if self.skipped or self.unmarked else ExitStatus.OK
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready values."""

@@ -7,6 +7,7 @@ from structlog.testing import capture_logs
 
 from service.delivery.ingestor import Ingestor
 from service.errors import ExitStatus
+from service.kafka.clients import Kafka
 from service.kafka.topics import create_topics, topic_problems
 from tests.conftest import BrokerHandle
 from tests.support import Ledger, Topics, expected_outcomes, feed, produce, settings_for
@@ -30,7 +31,7 @@ async def test_a_misspelled_output_topic_is_an_error_at_start_up_naming_it(broke
     [line] = [e for e in logs if e["log_level"] == "error"]
     assert (line["event"], line["topic"], line["setting"]) == ("topic.missing", typo, "INGEST_OUTPUT_TOPIC")
     assert "INGEST_CREATE_TOPICS" in line["detail"]
-    kwargs = settings.kafka_client_kwargs()
+    kwargs = Kafka.of(settings).client_kwargs()
     assert await topic_problems([typo], kwargs) == {typo: "UnknownTopicOrPartitionError"}
     assert not [e for e in logs if e["event"] == "record"], "records were consumed"
 

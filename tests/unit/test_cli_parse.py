@@ -13,7 +13,8 @@ import pytest
 from markertext import FIXTURES, record
 
 from schemas.events import ArticleIngested, RecordDeadLettered
-from service.cli import EXIT_DEAD_LETTERS, EXIT_OK, EXIT_USAGE, main
+from service.cli import main
+from service.errors import ExitStatus
 
 SEED = FIXTURES / "seed_2433.txt"
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,16 @@ def mixed(tmp_path: Path) -> Path:
     return path
 
 
-def test_exit_codes_are_0_1_2() -> None:
-    assert (EXIT_OK, EXIT_DEAD_LETTERS, EXIT_USAGE) == (0, 1, 2)
+def test_exit_codes_are_0_1_2_and_commands_return_them(tmp_path: Path) -> None:
+    assert (ExitStatus.OK, ExitStatus.FAILED, ExitStatus.USAGE) == (0, 1, 2)
+    (tmp_path / "bad.txt").write_bytes(b"no markers")
+    statuses = [
+        main(["parse", str(SEED)]),
+        main(["parse", str(tmp_path / "bad.txt")]),
+        main(["parse", str(tmp_path / "missing.txt")]),
+    ]
+    assert statuses == [ExitStatus.OK, ExitStatus.FAILED, ExitStatus.USAGE]
+    assert all(type(status) is ExitStatus for status in statuses), "one name for each status"
 
 
 def test_a_clean_file_exits_0_and_prints_its_article(capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,11 +219,11 @@ def test_a_file_name_that_is_not_utf8_is_parsed_like_any_other(
     good.write_bytes(record(fn="7").encode())
     bad = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xffname.txt"))
     bad.write_bytes(b"no markers")
-    assert main(["parse", str(good)]) == EXIT_OK
+    assert main(["parse", str(good)]) == ExitStatus.OK
     out, _ = capsys.readouterr()
     [article] = _lines(out)
     assert article["kafkatopic"] == f"{tmp_path}/good\\xffname.txt"
-    assert main(["parse", str(bad)]) == EXIT_DEAD_LETTERS
+    assert main(["parse", str(bad)]) == ExitStatus.FAILED
     err = capsys.readouterr().err
     assert err.startswith(f"{tmp_path}/bad\\xffname.txt: record 0: no_markers")
 
@@ -260,7 +269,7 @@ def test_a_dead_letters_path_that_cannot_be_written_exits_2_before_reading(
 ) -> None:
     path = tmp_path / "nonexistent" / "x" if where == "missing folder" else tmp_path
     reason = "No such file or directory" if where == "missing folder" else "Is a directory"
-    assert main(["parse", "--dead-letters", str(path), str(SEED)]) == EXIT_USAGE
+    assert main(["parse", "--dead-letters", str(path), str(SEED)]) == ExitStatus.USAGE
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"marker-ingest parse: cannot write {path}: {reason}\n"
@@ -282,14 +291,14 @@ def _parse_process(argv: list[str], **kwargs: object) -> subprocess.CompletedPro
 def test_stdout_on_a_full_disk_is_one_line_and_exit_2() -> None:
     with open("/dev/full", "wb") as full:
         done = _parse_process([str(SEED)], stdout=full)
-    assert done.returncode == EXIT_USAGE
+    assert done.returncode == ExitStatus.USAGE
     assert done.stderr == b"marker-ingest parse: cannot write stdout: No space left on device\n"
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_dead_letters_on_a_full_disk_are_one_line_and_exit_2(mixed: Path) -> None:
     done = _parse_process(["--dead-letters", "/dev/full", str(mixed)], stdout=subprocess.DEVNULL)
-    assert done.returncode == EXIT_USAGE
+    assert done.returncode == ExitStatus.USAGE
     assert done.stderr == b"marker-ingest parse: cannot write /dev/full: No space left on device\n"
 
 
@@ -300,5 +309,5 @@ def test_stdout_closed_by_its_reader_ends_quietly_with_exit_2() -> None:
         done = _parse_process([str(SEED)], stdout=write_end)
     finally:
         os.close(write_end)
-    assert done.returncode == EXIT_USAGE
+    assert done.returncode == ExitStatus.USAGE
     assert done.stderr == b""

@@ -27,16 +27,16 @@ from test_speedups import CASES
 from schemas.events import ArticleData, ArticleIngested
 from service.core import events
 from service.core.events import (
-    Origin,
     Outcome,
     Source,
     compiled_articles,
     process_payload,
     process_payload_reference,
-    strip_bom,
     valid_traceparent,
 )
 from service.core.limits import Limits
+from service.core.message import ARTICLE_RECORD_RESERVE, strip_bom
+from service.core.origin import Origin
 from service.core.parser import _scan_clean_py
 from service.core.validation import _BLANK_LETTERS, REQUIRED, has_visible_character
 
@@ -309,7 +309,7 @@ def test_a_dead_letter_carries_no_traceparent() -> None:
 )
 def test_the_size_of_an_event_at_its_limit(payload: bytes, delta: int) -> None:
     [reference] = process_payload_reference(payload, SOURCE, Limits(), now=NOW, version=VERSION)
-    limits = Limits(max_event_bytes=len(reference.value) + events.ARTICLE_RECORD_RESERVE + delta)
+    limits = Limits(max_event_bytes=len(reference.value) + ARTICLE_RECORD_RESERVE + delta)
     got = assert_same(payload, limits=limits)
     assert (got is not None) == (delta >= 0)
 

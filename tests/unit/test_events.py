@@ -39,8 +39,10 @@ from schemas.events import (
     RecordDeadLettered,
 )
 from service.core.dead_letters import fit_dead_letter
-from service.core.events import Origin, Source, origin_of, origin_tag, rfc3339
+from service.core.events import Source
 from service.core.limits import Limits
+from service.core.message import rfc3339
+from service.core.origin import Origin, origin_of, origin_tag
 
 
 def _digest(*parts: str) -> str:

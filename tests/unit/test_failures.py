@@ -8,6 +8,7 @@ import ssl
 import pytest
 from aiokafka import errors as ke
 
+from service.kafka.clients import Kafka
 from service.kafka.failures import Access, Kind, Stage, classify, classify_closed, fatal_at_startup
 from service.ops.logs import hide_credentials
 from service.settings import Settings
@@ -145,8 +146,8 @@ def test_hostname_check_is_on_by_default_and_off_warns(tmp_path: object) -> None
     assert Settings().warnings() == []
     off = Settings(kafka_security_protocol="SSL", kafka_ssl_check_hostname=False)
     assert "KAFKA_SSL_CHECK_HOSTNAME=false" in off.warnings()[0]
-    assert off.kafka_client_kwargs()["ssl_context"].check_hostname is False
-    assert Settings(kafka_security_protocol="SSL").kafka_client_kwargs()["ssl_context"].check_hostname
+    assert Kafka.of(off).client_kwargs()["ssl_context"].check_hostname is False
+    assert Kafka.of(Settings(kafka_security_protocol="SSL")).client_kwargs()["ssl_context"].check_hostname
 
 
 def test_sasl_requests_are_hidden_from_debug_logs() -> None:

@@ -13,10 +13,12 @@ from pydantic import SecretStr
 
 from schemas.events import ORIGIN_HEADER, ORIGIN_TAG_HEADER
 from service.cli import main
-from service.core.events import Origin, Source, origin_of, origin_tag, process_payload
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.origin import Origin, origin_of, origin_tag
 from service.settings import Settings, SettingsError, load_settings
-from service.tools.redrive_plan import DeadLetterRecord, Filters, plan_redrive
+from service.tools.redrive_messages import DeadLetterRecord
+from service.tools.redrive_plan import Filters, plan_redrive
 
 KEY = SecretStr("redrive-key-0123456789-abcdefghij")
 OTHER_KEY = SecretStr("redrive-key-9876543210-jihgfedcba")

@@ -13,21 +13,20 @@ import pytest
 import structlog
 from markertext import record
 
-from service.cli import EXIT_USAGE, main
+from service.cli import main
 from service.core.limits import Limits
+from service.errors import ExitStatus
 from service.settings import Settings
-from service.tools.command import display_name
-from service.tools.produce import (
+from service.tools.command import display_name, tool_logging
+from service.tools.produce import PushReport, render_summary
+from service.tools.produce_messages import (
     STDIN,
     BadPath,
     NothingToPush,
-    PushReport,
     collect_files,
     file_messages,
     first_problem,
-    render_summary,
     split_records,
-    tool_logging,
 )
 from service.tools.progress import ProgressBar
 
@@ -335,7 +334,7 @@ def test_a_directory_with_nothing_to_push_is_an_error_not_a_silent_success(
         with pytest.raises(NothingToPush):
             collect_files([tmp_path / folder])
         argv = ["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path / folder)]
-        assert main(argv) == EXIT_USAGE
+        assert main(argv) == ExitStatus.USAGE
         assert capsys.readouterr().err == (
             f"marker-ingest produce: nothing to push under {tmp_path / folder} "
             "(no files; hidden files and directories are skipped)\n"
@@ -354,7 +353,7 @@ def test_a_file_name_that_is_not_utf8_is_its_key_byte_for_byte() -> None:
 def test_a_missing_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "ok.txt").write_text(record(fn="1"))
     argv = ["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path), str(tmp_path / "missing.txt")]
-    assert main(argv) == EXIT_USAGE
+    assert main(argv) == ExitStatus.USAGE
     assert capsys.readouterr().err == (
         f"marker-ingest produce: cannot read {tmp_path / 'missing.txt'}: No such file or directory\n"
     )
@@ -382,7 +381,7 @@ def test_a_path_that_cannot_be_read_says_precisely_why(tmp_path: Path) -> None:
 
 def test_a_symlink_loop_exits_2_naming_the_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    assert main(["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path / "loop")]) == EXIT_USAGE
+    assert main(["produce", "--bootstrap-servers", "127.0.0.1:1", str(tmp_path / "loop")]) == ExitStatus.USAGE
     assert capsys.readouterr().err == (
         f"marker-ingest produce: cannot read {tmp_path / 'loop'}: Too many levels of symbolic links\n"
     )
@@ -436,14 +435,14 @@ async def test_stdin_is_pushed_without_a_key(monkeypatch: pytest.MonkeyPatch) ->
 def test_no_path_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["produce"])
-    assert exc.value.code == EXIT_USAGE
+    assert exc.value.code == ExitStatus.USAGE
 
 
 @pytest.mark.parametrize("topic", ["news.articles", "news.dead-letters"])
 def test_pushing_to_an_output_topic_exits_2(
     topic: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["produce", "--topic", topic, str(tmp_path)]) == EXIT_USAGE
+    assert main(["produce", "--topic", topic, str(tmp_path)]) == ExitStatus.USAGE
     assert "--topic must not be the output or dead-letter topic" in capsys.readouterr().err
 
 

@@ -19,9 +19,10 @@ from markertext import decode
 
 from schemas.errors import ErrorCode
 from schemas.events import ArticleIngested, RecordDeadLettered
-from service.core.events import Outcome, Source, _articles, _Builder, process_payload
+from service.core.events import Outcome, Source, process_payload
 from service.core.limits import Limits
 from service.core.parser import find_markers, scan_clean, scan_markers
+from service.core.reference import _articles, _Builder
 
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
 REQUIRED = ("fn", "date", "title", "text")

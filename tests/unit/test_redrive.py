@@ -13,23 +13,29 @@ from markertext import NOW, VERSION, record
 from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
-from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER
-from service.cli import EXIT_USAGE, main
-from service.core.events import Source, origin_of, process_payload
+from schemas.events import DROPPED_HEADER, ORIGIN_HEADER, REDRIVE_COUNT_HEADER, RecordDeadLettered
+from service.cli import main
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.origin import origin_of
 from service.delivery.routing import Routes, redrive_count, route
+from service.errors import ExitStatus
 from service.tools import redrive as rd
 from service.tools import redrive_plan as plan
 from service.tools.redrive import parse_time
-from service.tools.redrive_plan import (
+from service.tools.redrive_messages import (
     DeadLetterRecord,
+    RedriveMessage,
+    original_bytes,
+    original_key,
+    parse_dead_letter,
+    redriven_headers,
+)
+from service.tools.redrive_plan import (
     Filters,
     SkipReason,
-    original_bytes,
-    parse_dead_letter,
     plan_redrive,
     recover,
-    redriven_headers,
     would_succeed,
 )
 from service.tools.redrive_report import build_report, render_json, render_text
@@ -82,7 +88,7 @@ class DLQ:
         return added
 
 
-def _event(rec: DeadLetterRecord) -> plan.RecordDeadLettered:
+def _event(rec: DeadLetterRecord) -> RecordDeadLettered:
     event = parse_dead_letter(rec.value)
     assert event is not None
     return event
@@ -142,14 +148,14 @@ def test_a_raw_copy_shorter_than_its_size_gives_nothing() -> None:
     [rec] = DLQ().add(NO_MARKERS)
     event = orjson.loads(rec.value or b"")
     event["raw"]["size_bytes"] += 1
-    assert original_bytes(plan.RecordDeadLettered.model_validate(event)) is None
+    assert original_bytes(RecordDeadLettered.model_validate(event)) is None
 
 
 def test_the_original_key_comes_from_key_base64() -> None:
     [rec] = DLQ().add(NO_MARKERS, key=b"\x00binary key")
-    assert plan.original_key(_event(rec)) == b"\x00binary key"
+    assert original_key(_event(rec)) == b"\x00binary key"
     [rec] = DLQ().add(NO_MARKERS, key=None)
-    assert plan.original_key(_event(rec)) is None
+    assert original_key(_event(rec)) is None
 
 
 @pytest.mark.parametrize(
@@ -497,7 +503,7 @@ def test_a_bad_time_is_a_usage_error() -> None:
 def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code == EXIT_USAGE
+    assert exc.value.code == ExitStatus.USAGE
     assert "marker-ingest redrive: error:" in capsys.readouterr().err
 
 
@@ -513,13 +519,13 @@ def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
 def test_inconsistent_options_exit_2_before_any_connection(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["redrive", "--bootstrap-servers", "127.0.0.1:1", *argv]) == EXIT_USAGE
+    assert main(["redrive", "--bootstrap-servers", "127.0.0.1:1", *argv]) == ExitStatus.USAGE
     assert message in capsys.readouterr().err
 
 
 def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    assert main(["redrive", "--dry-run"]) == EXIT_USAGE
+    assert main(["redrive", "--dry-run"]) == ExitStatus.USAGE
     assert "KAFKA_SASL_MECHANISM" in capsys.readouterr().err
 
 
@@ -542,7 +548,7 @@ def test_key_base64_of_an_empty_key() -> None:
     q = DLQ()
     [rec] = q.add(NO_MARKERS, key=b"")
     assert _event(rec).source.key_base64 == base64.b64encode(b"").decode()
-    assert plan.original_key(_event(rec)) == b""
+    assert original_key(_event(rec)) == b""
 
 
 def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key() -> None:
@@ -558,8 +564,8 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
         now=dt.datetime.now(dt.UTC),
         version="t",
     )
-    assert plan.parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
-    record = plan.DeadLetterRecord(0, 0, outcome.key, outcome.value)
+    assert parse_dead_letter(outcome.value).source.key_base64 is None  # type: ignore[union-attr]
+    record = DeadLetterRecord(0, 0, outcome.key, outcome.value)
     [(_, message)] = plan.plan_redrive([record], plan.Filters()).messages
     assert message.key == key
     assert message.value == b"no markers here"
@@ -568,7 +574,7 @@ def test_a_key_too_long_to_copy_into_the_dead_letter_is_taken_from_its_kafka_key
 # --- redriving twice, what the bytes mean, null values ---------------------------------------------
 
 
-def _service_dead_letters(q: DLQ, msg: plan.RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
+def _service_dead_letters(q: DLQ, msg: RedriveMessage, *, offset: int) -> list[DeadLetterRecord]:
     """What the service dead-letters when it reads the redriven ``msg`` at ``offset``, added to ``q``."""
     source = Source(INPUT, 0, offset, 1_706_100_000_000, msg.key, origin_of(msg.headers, msg.value, KEY))
     added = []

@@ -12,21 +12,26 @@ from jsonschema import Draft202012Validator
 from markertext import NOW, VERSION
 
 from schemas import generate
-from schemas.events import ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER, REDRIVEN_HEADER, RecordRedriven
+from schemas.events import (
+    ERROR_CODE_HEADER,
+    REDRIVE_COUNT_HEADER,
+    REDRIVE_MARKER_SCHEMA_FILE,
+    REDRIVEN_HEADER,
+    RecordRedriven,
+)
 from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.tools.redrive_messages import DeadLetterRecord, parse_marker
 from service.tools.redrive_plan import (
-    DeadLetterRecord,
     Decision,
     Filters,
-    parse_marker,
     plan_redrive,
     redrive_marker,
 )
 from service.tools.redrive_report import build_report, render_json, render_text
 
 INPUT = "news.raw"
-SCHEMA = Path(generate.__file__).parent / generate.REDRIVE_MARKER_SCHEMA_FILE
+SCHEMA = Path(generate.__file__).parent / REDRIVE_MARKER_SCHEMA_FILE
 
 
 class Topic:

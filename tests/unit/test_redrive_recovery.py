@@ -12,17 +12,15 @@ from pydantic import SecretStr
 
 from schemas.errors import ErrorCode
 from schemas.events import DROPPED_HEADER, ERROR_CODE_HEADER, ORIGIN_TAG_HEADER, REDRIVE_COUNT_HEADER
-from service.core.events import Origin, Source, origin_of, origin_tag, process_payload
+from service.core.events import Source, process_payload
 from service.core.limits import Limits
+from service.core.origin import Origin, origin_of, origin_tag
+from service.tools.redrive_messages import DeadLetterRecord, InputRecord, parse_dead_letter, recovered_bytes
 from service.tools.redrive_plan import (
-    DeadLetterRecord,
     Filters,
-    InputRecord,
     SkipReason,
-    parse_dead_letter,
     plan_redrive,
     recover,
-    recovered_bytes,
 )
 
 TOPIC = "news.raw"

@@ -1,7 +1,8 @@
 """``redrive`` with INGEST_DELIVERY=exactly-once, over a fake transactional producer: each input is
 committed with its marker or not at all; a failure commits nothing more; a fenced run stops.
 
-The real broker's side (fencing, read_committed, a second run) is in tests/integration/test_redrive.py.
+The real broker's side (fencing, read_committed, a second run) is in
+tests/integration/test_redrive_command.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from structlog.testing import capture_logs
 
 from schemas.errors import ErrorCode
 from service.kafka.failures import Stage
-from service.tools import redrive as rd
-from service.tools.redrive_plan import Decision, RedriveMessage
+from service.tools import redrive_publish as publishing
+from service.tools.redrive_messages import RedriveMessage
+from service.tools.redrive_plan import Decision
 
 NOW = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC)
 
@@ -87,13 +89,13 @@ def _marked(producer: FakeTxnProducer) -> list[int]:
 
 
 async def _publish(producer: FakeTxnProducer, n: int) -> set[str]:
-    return await rd.publish_in_transactions(producer, "dlq", "in", _messages(n), now=NOW)
+    return await publishing.publish_in_transactions(producer, "dlq", "in", _messages(n), now=NOW)
 
 
 async def test_inputs_and_their_markers_commit_together_in_transactions_of_bounded_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(rd, "TRANSACTION_SIZE", 2)
+    monkeypatch.setattr(publishing, "TRANSACTION_SIZE", 2)
     producer = FakeTxnProducer()
     assert await _publish(producer, 5) == set()
     assert producer.calls == ["begin", "commit"] * 3
@@ -111,7 +113,7 @@ async def test_a_message_the_producer_refuses_is_left_out_and_the_rest_commit() 
 
 
 async def test_a_failed_send_aborts_and_commits_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rd, "TRANSACTION_SIZE", 2)
+    monkeypatch.setattr(publishing, "TRANSACTION_SIZE", 2)
     producer = FakeTxnProducer(fail={b"payload 3": UnknownError("refused")})
     with capture_logs() as logs:
         failed = await _publish(producer, 6)
@@ -124,7 +126,7 @@ async def test_a_failed_send_aborts_and_commits_nothing_more(monkeypatch: pytest
 async def test_a_fenced_run_stops_without_aborting(monkeypatch: pytest.MonkeyPatch) -> None:
     """A later run's InitProducerId fenced this one: what it did not commit is that run's to redrive,
     and aiokafka's fenced producer cannot abort anyway."""
-    monkeypatch.setattr(rd, "TRANSACTION_SIZE", 2)
+    monkeypatch.setattr(publishing, "TRANSACTION_SIZE", 2)
     producer = FakeTxnProducer(fail={b"payload 2": ProducerFenced()})
     with capture_logs() as logs:
         failed = await _publish(producer, 4)
@@ -146,7 +148,7 @@ async def test_a_run_fenced_between_two_sends_stops_without_a_traceback() -> Non
 
 async def test_a_refused_write_is_raised_for_the_operator() -> None:
     producer = FakeTxnProducer(fail={b"payload 0": TopicAuthorizationFailedError({"in"})})
-    with pytest.raises(rd.Refused) as refused:
+    with pytest.raises(publishing.Refused) as refused:
         await _publish(producer, 2)
     assert (refused.value.stage, refused.value.resource) == (Stage.SEND, "in")
     assert producer.calls == ["begin", "abort"]

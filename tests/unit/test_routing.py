@@ -22,8 +22,9 @@ from schemas.events import (
     REDRIVE_COUNT_HEADER,
     RecordDeadLettered,
 )
-from service.core.events import ARTICLE_RECORD_RESERVE, Outcome, Source, process_payload
+from service.core.events import Outcome, Source, process_payload
 from service.core.limits import Limits
+from service.core.message import ARTICLE_RECORD_RESERVE
 from service.delivery.routing import Destination, Routes, carried_headers, record_size, route
 
 ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from schemas import generate
 from schemas.errors import ErrorCode
+from schemas.events import ARTICLE_SCHEMA_FILE, DEAD_LETTER_SCHEMA_FILE
 from service.core.events import Outcome, Source, process_payload
 from service.core.limits import Limits
 from service.settings import Settings
@@ -45,8 +46,8 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=FORMATS)
 
 
-ARTICLE = _validator(generate.ARTICLE_SCHEMA_FILE)
-DEAD_LETTER = _validator(generate.DEAD_LETTER_SCHEMA_FILE)
+ARTICLE = _validator(ARTICLE_SCHEMA_FILE)
+DEAD_LETTER = _validator(DEAD_LETTER_SCHEMA_FILE)
 
 
 def _asyncapi() -> dict[str, Any]:
@@ -75,9 +76,9 @@ def test_check_mode_names_the_file_that_differs(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text, encoding="utf-8")
     assert generate.stale_files(tmp_path) == []
     (tmp_path / generate.ASYNCAPI_FILE).write_text("asyncapi: 3.0.0\n", encoding="utf-8")
-    (tmp_path / generate.ARTICLE_SCHEMA_FILE).unlink()
+    (tmp_path / ARTICLE_SCHEMA_FILE).unlink()
     assert sorted(p.name for p in generate.stale_files(tmp_path)) == sorted(
-        [generate.ASYNCAPI_FILE, generate.ARTICLE_SCHEMA_FILE]
+        [generate.ASYNCAPI_FILE, ARTICLE_SCHEMA_FILE]
     )
 
 

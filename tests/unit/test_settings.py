@@ -17,7 +17,9 @@ from structlog.testing import capture_logs
 
 from service.cli import main, make_parser
 from service.core.kafka_names import broker_address_problem
-from service.settings import VARIABLES, Settings, unknown_variables, variable_name
+from service.kafka.clients import Kafka
+from service.settings import VARIABLES, Settings, variable_name
+from service.tools.command import unknown_variables
 
 CONFIGURATION = Path(__file__).parents[2] / "docs" / "configuration.md"
 SEED = FIXTURES / "seed_2433.txt"
@@ -84,7 +86,7 @@ def test_sasl_scram_settings_reach_the_client_and_stay_out_of_logs() -> None:
         kafka_sasl_username="ingest",
         kafka_sasl_password="hunter2",  # type: ignore[arg-type]
     )
-    kwargs = s.kafka_client_kwargs()
+    kwargs = Kafka.of(s).client_kwargs()
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kwargs["sasl_plain_password"] == "hunter2"
     assert "hunter2" not in repr(s)

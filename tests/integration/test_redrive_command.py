@@ -22,7 +22,7 @@ from schemas.events import (
     REDRIVEN_HEADER,
 )
 from service.cli import main
-from service.core.events import origin_tag
+from service.core.origin import origin_tag
 from service.delivery.ingestor import Ingestor
 from service.kafka.topics import create_topics
 from tests.conftest import BrokerHandle
@@ -540,7 +540,7 @@ async def test_in_exactly_once_a_redrive_fences_an_earlier_run_that_never_finish
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import ProducerFenced
 
-    from service.tools.redrive import redrive_transactional_id
+    from service.tools.redrive_publish import redrive_transactional_id
 
     bootstrap = broker.bootstrap_servers
     topics = await Topics.unique("redrive-eos-zombie").create(bootstrap)
