@@ -182,10 +182,23 @@ def asyncapi() -> dict[str, Any]:
                                 "Copied onto the message's dead letters; a malformed one is not, and "
                                 "counts as 0.",
                             },
+                            "traceparent": {
+                                "type": "string",
+                                "description": "W3C Trace Context: when valid, passed on to each of the "
+                                "message's events (a header, and the article's CloudEvents traceparent "
+                                "attribute); an invalid one (or two of them) is ignored, "
+                                "never a dead letter.",
+                            },
+                            "tracestate": {
+                                "type": "string",
+                                "description": "W3C Trace Context: passed on with a valid traceparent "
+                                "(several are joined by commas; one over 512 bytes or not ASCII is dropped).",
+                            },
                         },
                         "additionalProperties": {
                             "description": "Not read; copied onto the message's dead letters, if any, "
-                            "except content-type, ce_* and the service's own marker-ingest-* headers."
+                            "except content-type, ce_*, traceparent, tracestate and the service's own "
+                            "marker-ingest-* headers."
                         },
                     },
                     "payload": {"type": "string", "description": "Marker text."},
@@ -221,7 +234,18 @@ def asyncapi() -> dict[str, Any]:
                                 "const": CLOUDEVENTS_CONTENT_TYPE,
                                 "description": "CloudEvents' Kafka protocol binding, structured content "
                                 "mode: the value is the whole event in the JSON event format.",
-                            }
+                            },
+                            "traceparent": {
+                                "type": "string",
+                                "description": "The input's W3C traceparent, when it had a valid one, "
+                                "as it came (left out only when the record would not fit "
+                                "INGEST_MAX_EVENT_BYTES; the event's traceparent attribute still names it).",
+                            },
+                            "tracestate": {
+                                "type": "string",
+                                "description": "The input's tracestate, with its traceparent (left out "
+                                "first when the record would not fit).",
+                            },
                         },
                         "additionalProperties": False,
                     },
@@ -316,7 +340,8 @@ def asyncapi() -> dict[str, Any]:
                         },
                         "additionalProperties": {
                             "description": "The input message's other headers, copied (not content-type, "
-                            "ce_* or any other marker-ingest-* header)."
+                            "ce_* or any other marker-ingest-* header), then its trace context "
+                            "(traceparent, tracestate) when it had a valid one; an invalid one is not copied."
                         },
                     },
                     "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+TRACEPARENT_CHARS = 55
+"""The length of a version ``00`` ``traceparent``, and of a later version's first four fields."""
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
 _ZERO_TRACE = b"0" * 32
@@ -36,6 +38,12 @@ class TraceContext(NamedTuple):
     trace_id: int
     span_id: int
     sampled: bool
+
+    @property
+    def attribute(self) -> str:
+        """The ``traceparent`` as the CloudEvents distributed-tracing attribute: version ``00``'s
+        55 characters (of a later version, its first four fields, which a receiver reads alone)."""
+        return self.traceparent[:TRACEPARENT_CHARS].decode()
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The context as Kafka headers, ``traceparent`` first."""

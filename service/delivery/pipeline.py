@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from service import __version__
 from service.core.events import Source, process_payload
 from service.core.origin import origin_of
+from service.core.trace_context import trace_context
 from service.delivery.batch import Batch
 from service.delivery.burst import DrainCheck
 from service.delivery.grace import Grace
@@ -201,9 +202,17 @@ class Pipeline:
                     await asyncio.sleep(0)
                 headers = msg.headers
                 origin = origin_of(headers, msg.value, redrive_key) if headers and redrive_key else None
+                context = trace_context(headers) if headers else None
                 source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
-                outcomes = process_payload(msg.value, source, limits, now=now, version=__version__)
-                sends = [_send(tp, msg.offset, route(o, headers, routes)) for o in outcomes]
+                outcomes = process_payload(
+                    msg.value,
+                    source,
+                    limits,
+                    now=now,
+                    version=__version__,
+                    traceparent=None if context is None else context.attribute,
+                )
+                sends = [_send(tp, msg.offset, route(o, headers, routes, context)) for o in outcomes]
                 dead = await current.add(tp, msg, outcomes, sends)
                 if switch is not None:
                     switch.observe(len(outcomes), dead)

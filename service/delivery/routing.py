@@ -18,6 +18,7 @@ from typing import NamedTuple
 from schemas.events import CLOUDEVENTS_CONTENT_TYPE, DROPPED_HEADER, ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER
 from service.core.dead_letters import fit_dead_letter
 from service.core.events import Outcome
+from service.core.trace_context import TRACEPARENT, TRACESTATE, TraceContext
 
 CONTENT_TYPE_HEADER = "content-type"
 
@@ -75,8 +76,10 @@ def carried_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, byt
     Left out: ``content-type`` and ``ce_*`` (in any case), which describe the input, or would make
     the dead letter look like a CloudEvent to CloudEvents readers (a dead letter is plain JSON); and
     the service's own ``marker-ingest-*`` headers, except the last ``marker-ingest-redrive-count``
-    when it is well-formed (else the dead letter has none, and ``redrive`` counts 0). Every other
-    header (``traceparent`` and ``tracestate`` included) is kept as it came, for ``redrive``.
+    when it is well-formed (else the dead letter has none, and ``redrive`` counts 0); and
+    ``traceparent`` and ``tracestate``, for which ``route`` puts the input's valid trace context,
+    if it has one (an invalid one is never passed on). Every other header is kept as it came, for
+    ``redrive``.
     """
     kept = []
     count = None
@@ -85,11 +88,14 @@ def carried_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, byt
         if folded.startswith(SERVICE_HEADER_PREFIX):
             if name == REDRIVE_COUNT_HEADER:
                 count = value
-        elif folded != "content-type" and not folded.startswith("ce_"):
+        elif folded not in _REPLACED and not folded.startswith("ce_"):
             kept.append((name, value))
     if count is not None and _COUNT.fullmatch(count):
         kept.append((REDRIVE_COUNT_HEADER, count))
     return kept
+
+
+_REPLACED = frozenset({"content-type", TRACEPARENT, TRACESTATE})
 
 
 def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int:
@@ -102,12 +108,19 @@ def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int:
     return int(value) if value is not None and _COUNT.fullmatch(value) else 0
 
 
-def route(outcome: Outcome, input_headers: Headers, routes: Routes) -> Destination:
-    """The destination, key, value and headers of one outcome of a message with ``input_headers``."""
+def route(
+    outcome: Outcome, input_headers: Headers, routes: Routes, context: TraceContext | None = None
+) -> Destination:
+    """The destination, key, value and headers of one outcome of a message with ``input_headers``
+    and the trace ``context`` read from them (``trace_context``), which each event passes on."""
     if outcome.error is None:
-        return Destination(routes.output_topic, outcome.key, outcome.value, ARTICLE_HEADERS)
+        if context is None:
+            return Destination(routes.output_topic, outcome.key, outcome.value, ARTICLE_HEADERS)
+        return _article(outcome, routes, context)
     own = [(ERROR_CODE_HEADER, outcome.error.value.encode())]
     copied = carried_headers(input_headers)
+    if context is not None:
+        copied.extend(context.headers())
     key, value = outcome.key, outcome.value
     headers = [*copied, *own]
     if record_size(key, value, headers) <= routes.max_record_bytes:
@@ -130,6 +143,21 @@ def route(outcome: Outcome, input_headers: Headers, routes: Routes) -> Destinati
             return Destination(routes.dlq_topic, cand_key, fitted, cand_headers)
     # Not even the service's own event fits: it still goes, as small as the core could make it.
     return Destination(routes.dlq_topic, None, value, [*own, (DROPPED_HEADER, b"key,headers")])
+
+
+def _article(outcome: Outcome, routes: Routes, context: TraceContext) -> Destination:
+    """An article event with the input's trace context after ``content-type``. The core keeps the
+    event within ``INGEST_MAX_EVENT_BYTES`` with room for its key and ``content-type`` only: a
+    ``tracestate`` that would not fit is left out, then the ``traceparent`` (the event's own
+    ``traceparent`` attribute still names the trace)."""
+    key, value = outcome.key, outcome.value
+    for headers in (
+        [*ARTICLE_HEADERS, *context.headers()],
+        [*ARTICLE_HEADERS, (TRACEPARENT, context.traceparent)],
+    ):
+        if record_size(key, value, headers) <= routes.max_record_bytes:
+            return Destination(routes.output_topic, key, value, headers)
+    return Destination(routes.output_topic, key, value, ARTICLE_HEADERS)
 
 
 def _loses_something(dropped: str, key: bytes | None, copied: list[tuple[str, bytes]]) -> bool:

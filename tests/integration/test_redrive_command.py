@@ -454,8 +454,8 @@ async def test_a_dead_letter_keeps_no_cloudevents_header_and_a_forged_count_does
     await _ingest(broker, topics)
     [dead] = await read_all(bootstrap, topics.dlq)
     assert list(dead.headers) == [
-        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         ("feed", b"bbc"),
+        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         (ERROR_CODE_HEADER, b"no_markers"),
     ]
 

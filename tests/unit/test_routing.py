@@ -25,7 +25,8 @@ from schemas.events import (
 from service.core.events import Outcome, Source, process_payload
 from service.core.limits import Limits
 from service.core.message import ARTICLE_RECORD_RESERVE
-from service.delivery.routing import Destination, Routes, carried_headers, record_size, route
+from service.core.trace_context import trace_context
+from service.delivery.routing import ARTICLE_HEADERS, Destination, Routes, carried_headers, record_size, route
 
 ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)
 SOURCE = Source("news.raw", 2, 40, timestamp_ms=1_706_054_400_123, key=b"feed-7")
@@ -110,8 +111,6 @@ def test_a_dead_letter_does_not_pass_for_a_cloudevent() -> None:
         ROUTES,
     )
     assert list(dest.headers) == [
-        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        ("tracestate", b"congo=t61rcWkgMzE"),
         ("feed", b"bbc"),
         ("concept", b"not a ce_ prefix"),
         (ERROR_CODE_HEADER, b"no_markers"),
@@ -253,3 +252,55 @@ def test_an_article_record_fits_the_limit_with_its_key_and_header() -> None:
         assert outcome.is_article is is_article, limit
         dest = route(outcome, [], Routes("o", "d", limit))
         assert record_size(dest.key, dest.value, dest.headers) <= limit
+
+
+PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+STATE = b"congo=t61rcWkgMzE"
+
+
+def test_an_article_carries_the_inputs_trace_context_after_its_content_type() -> None:
+    [outcome] = _outcomes(record().encode())
+    headers = [("tracestate", STATE), ("traceparent", PARENT), ("feed", b"bbc")]
+    dest = route(outcome, headers, ROUTES, trace_context(headers))
+    assert list(dest.headers) == [*ARTICLE_HEADERS, ("traceparent", PARENT), ("tracestate", STATE)]
+    assert route(outcome, headers, ROUTES).headers is ARTICLE_HEADERS, "no context: the shared list"
+
+
+def test_an_article_at_its_size_limit_leaves_the_tracestate_then_the_traceparent_out() -> None:
+    [outcome] = _outcomes(record().encode())
+    context = trace_context([("traceparent", PARENT), ("tracestate", b"x" * 400)])
+    plain = record_size(outcome.key, outcome.value, ARTICLE_HEADERS)
+    for room, names in [
+        (10_000, ["content-type", "traceparent", "tracestate"]),
+        (plain + 100, ["content-type", "traceparent"]),
+        (plain, ["content-type"]),
+    ]:
+        dest = route(outcome, [], Routes("o", "d", room), context)
+        assert [name for name, _ in dest.headers] == names
+        assert record_size(dest.key, dest.value, dest.headers) <= room
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"), ("tracestate", STATE)],
+        [("traceparent", PARENT), ("traceparent", PARENT)],
+        [("TraceParent", b"garbage"), ("tracestate", STATE)],
+    ],
+)
+def test_a_dead_letter_never_passes_on_an_invalid_trace_context(given: list[tuple[str, bytes]]) -> None:
+    [outcome] = _outcomes(b"no markers here")
+    dest = route(outcome, [*given, ("feed", b"bbc")], ROUTES, trace_context(given))
+    assert list(dest.headers) == [("feed", b"bbc"), (ERROR_CODE_HEADER, b"no_markers")]
+
+
+def test_a_dead_letter_keeps_a_valid_context_in_place_of_the_inputs_trace_headers() -> None:
+    [outcome] = _outcomes(b"no markers here")
+    given = [("traceparent", PARENT), ("feed", b"bbc"), ("tracestate", b"a=1"), ("tracestate", b"b=2")]
+    dest = route(outcome, given, ROUTES, trace_context(given))
+    assert list(dest.headers) == [
+        ("feed", b"bbc"),
+        ("traceparent", PARENT),
+        ("tracestate", b"a=1,b=2"),
+        (ERROR_CODE_HEADER, b"no_markers"),
+    ]
