@@ -66,7 +66,7 @@ def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int
     against ``max.message.bytes``."""
     size = BATCH_OVERHEAD + RECORD_OVERHEAD + len(key or b"") + len(value or b"")
     for name, header in headers:
-        size += HEADER_OVERHEAD + len(name.encode()) + len(header)
+        size += HEADER_OVERHEAD + len(name.encode()) + len(header or b"")  # a null value is None
     return size
 
 

@@ -304,3 +304,13 @@ def test_a_dead_letter_keeps_a_valid_context_in_place_of_the_inputs_trace_header
         ("tracestate", b"a=1,b=2"),
         (ERROR_CODE_HEADER, b"no_markers"),
     ]
+
+
+def test_a_header_with_a_null_value_is_carried_onto_a_dead_letter_without_a_crash() -> None:
+    """Kafka headers may have a null value (aiokafka reads it as None): routing such a message's
+    dead letter raised TypeError in ``record_size``."""
+    [outcome] = _outcomes(b"no markers here")
+    dest = route(outcome, [("feed", None), ("traceparent", None)], ROUTES)  # type: ignore[list-item]
+    assert list(dest.headers) == [("feed", None), (ERROR_CODE_HEADER, b"no_markers")]
+    small = route(outcome, [("feed", None)], Routes("o", "d", 400))  # type: ignore[list-item]
+    assert small.topic == "d"
