@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 
 from tests.chaos import network, reader
+from tests.chaos.nemesis import CLUSTER_FAULTS
 from tests.chaos.network import CLIENT, Network
+from tests.chaos.run import replay_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +42,7 @@ def run(
     instances: int = 3,
     rate: float = 60.0,
     keep: bool = False,
+    without: frozenset[str] = frozenset(),
 ) -> int:
     """Make the network, run the chaos inside it (a child process in the client namespace), and
     remove the network whatever happens; returns the run's exit status."""
@@ -51,6 +54,7 @@ def run(
     cmd = [*net.prefix(CLIENT), sys.executable, "-m", "tests.chaos.run", "--tag", net.tag]
     cmd += ["--seed", str(seed), "--mode", mode, "--seconds", f"{seconds:g}", "--dir", str(folder)]
     cmd += ["--instances", str(instances), "--rate", f"{rate:g}"]
+    cmd += [arg for kind in sorted(without) for arg in ("--without", kind)]
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT)
         try:
@@ -70,10 +74,7 @@ def run(
             shutil.rmtree(data, ignore_errors=True)
     elif code != 0:
         print(f"chaos run failed (status {code}): seed {seed}; history kept in {folder}", file=sys.stderr)
-        print(
-            f"replay: python -m tests.chaos --seconds {seconds:g} --seed {seed} --mode {mode}",
-            file=sys.stderr,
-        )
+        print(f"replay: {replay_command(seconds, seed, mode, without)}", file=sys.stderr)
     return code
 
 
@@ -89,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=60.0, help="input messages per second (default 60)")
     parser.add_argument("--dir", type=Path, help="the run's folder (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the brokers' data of a run that passed")
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=sorted(CLUSTER_FAULTS),
+        help="leave this cluster fault out of the schedule (repeatable)",
+    )
     args = parser.parse_args(argv)
     reason = unavailable_reason()
     if reason is not None:
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         instances=args.instances,
         rate=args.rate,
         keep=args.keep,
+        without=frozenset(args.without),
     )
 
 

@@ -65,8 +65,11 @@ class Nemesis:
         history: History,
         seconds: float,
         instances: int,
+        without: frozenset[str] = frozenset(),
     ) -> None:
         self.cluster, self.net, self.fleet, self.history = cluster, net, fleet, history
+        self.cluster_kinds = set(CLUSTER_FAULTS) - without
+        """The cluster faults drawn (``without`` leaves some out: ``python -m tests.chaos --without``)."""
         self.instances = instances
         self.deadline = time.monotonic() + seconds
         self.cluster_rng = random.Random(f"{seed}:cluster")
@@ -101,7 +104,7 @@ class Nemesis:
         await asyncio.sleep(min(rng.uniform(3.0, 8.0), max(0.0, self._left())))
         # A broker restarted late would still be recovering when the schedule ends: stop earlier.
         while self._left() > 20:
-            kind = _draw(rng, CLUSTER_FAULTS, set(CLUSTER_FAULTS))
+            kind = _draw(rng, CLUSTER_FAULTS, self.cluster_kinds)
             hold = self._hold(rng, CLUSTER_FAULTS, kind)
             target = CONTROLLER if kind.startswith("controller") else rng.choice(BROKERS)
             self.history.event("fault", kind=kind, target=target, hold=round(hold, 1))

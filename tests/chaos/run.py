@@ -33,7 +33,7 @@ from tests.chaos import check, reader
 from tests.chaos.feed import Feed
 from tests.chaos.fleet import Fleet
 from tests.chaos.history import History
-from tests.chaos.nemesis import SLOW_SECONDS, Nemesis
+from tests.chaos.nemesis import CLUSTER_FAULTS, SLOW_SECONDS, Nemesis
 from tests.chaos.network import BROKERS, CLIENT, CONTROLLER, Network
 from tests.faults.harness import committed, wait_until
 from tests.kafka.cluster import KafkaCluster, kafka_version
@@ -57,10 +57,17 @@ class Plan:
     partitions: int = 6
     rate: float = 60.0
     drain_seconds: float = 300.0
+    without: frozenset[str] = frozenset()
 
     def replay(self) -> str:
         """The command that replays this run."""
-        return f"python -m tests.chaos --seconds {self.seconds:g} --seed {self.seed} --mode {self.mode}"
+        return replay_command(self.seconds, self.seed, self.mode, self.without)
+
+
+def replay_command(seconds: float, seed: int, mode: str, without: frozenset[str]) -> str:
+    """The command line of ``python -m tests.chaos`` that replays a run."""
+    command = f"python -m tests.chaos --seconds {seconds:g} --seed {seed} --mode {mode}"
+    return command + "".join(f" --without {kind}" for kind in sorted(without))
 
 
 def place(cluster: KafkaCluster, net: Network) -> None:
@@ -247,6 +254,7 @@ async def chaos(plan: Plan) -> int:
             history=history,
             seconds=plan.seconds,
             instances=plan.instances,
+            without=plan.without,
         )
         try:
             await nemesis.run()
@@ -350,9 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--rate", type=float, default=60.0)
+    parser.add_argument("--without", action="append", default=[], choices=sorted(CLUSTER_FAULTS))
     args = parser.parse_args(argv)
     plan = Plan(
-        args.seed, args.mode, args.seconds, args.tag, args.dir, instances=args.instances, rate=args.rate
+        args.seed,
+        args.mode,
+        args.seconds,
+        args.tag,
+        args.dir,
+        instances=args.instances,
+        rate=args.rate,
+        without=frozenset(args.without),
     )
     # The run's own Kafka clients (the feed, the drain's polls) warn about every broker that goes away.
     logging.basicConfig(
