@@ -22,12 +22,11 @@ import time
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from service.tools.broker import accepts_connections, free_port
 from tests.backends.otlp import Span, decode_json
-from tests.backends.process import BackendProcess, BackendUnavailable, answers, http_get
+from tests.backends.process import BackendUnavailable, Server, answers, http_get
 from tests.kafka.cluster import cache_dir
 
 JAEGER_VERSION = "v1.75.0"
@@ -119,7 +118,7 @@ exporters:
 """
 
 
-class Jaeger:
+class Jaeger(Server):
     """A Jaeger server on 127.0.0.1 with in-memory storage; a context manager that starts and stops it."""
 
     def __init__(self, workdir: Path) -> None:
@@ -132,7 +131,6 @@ class Jaeger:
         """OTLP/gRPC endpoint."""
         self.url = f"http://127.0.0.1:{self.query_port}"
         """The query service (UI and ``/api/v3``)."""
-        self.process: BackendProcess | None = None
 
     def start(self, within: float = 60) -> Jaeger:
         """Start the server and wait until its query service and OTLP receiver answer."""
@@ -143,30 +141,15 @@ class Jaeger:
             _config(self.otlp_http_port, self.otlp_grpc_port, self.query_port, self.query_grpc_port)
         )
         cmd = [str(path), "--config", f"file:{config}"]
-        self.process = BackendProcess("jaeger", cmd, self.workdir / "jaeger.log").start()
-        try:
-            self.process.wait_until(
-                lambda: answers(f"{self.url}/api/v3/services") and accepts_connections(self.otlp_http_port),
-                within=within,
-                what="the query service and the OTLP receiver",
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self.launch(
+            "jaeger",
+            cmd,
+            self.workdir / "jaeger.log",
+            lambda: answers(f"{self.url}/api/v3/services") and accepts_connections(self.otlp_http_port),
+            within=within,
+            what="the query service and the OTLP receiver",
+        )
         return self
-
-    def stop(self) -> None:
-        """Stop the server (what it stored is gone)."""
-        if self.process is not None:
-            self.process.stop()
-
-    def __enter__(self) -> Jaeger:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ reading back (API v3)
 

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 
 class BackendUnavailable(RuntimeError):
@@ -160,3 +161,37 @@ def _proc_ip(hex_ip: str) -> str:
 def is_loopback(address: str) -> bool:
     """True for 127.0.0.0/8 and ::1."""
     return ipaddress.ip_address(address).is_loopback
+
+
+class Server:
+    """What the backends share: a ``BackendProcess`` started until it is ready, stopped on the way
+    out (a context manager); each subclass's ``start`` builds its command line."""
+
+    process: BackendProcess | None = None
+
+    def launch(
+        self, name: str, cmd: list[str], log: Path, ready: Callable[[], bool], *, within: float, what: str
+    ) -> None:
+        """Start ``cmd`` and wait until ``ready()``; stop it if it never is."""
+        self.process = BackendProcess(name, cmd, log).start()
+        try:
+            self.process.wait_until(ready, within=within, what=what)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the process (what it wrote to its working folder stays)."""
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

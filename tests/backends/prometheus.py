@@ -14,13 +14,12 @@ import subprocess
 import time
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from service.tools.broker import free_port
-from tests.backends.process import BackendProcess, BackendUnavailable, answers, http_json
+from tests.backends.process import BackendUnavailable, Server, answers, http_json
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "alerts.yml"
 """The shipped rules."""
@@ -68,7 +67,7 @@ def shortened(rules_text: str, factor: float) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-class Prometheus:
+class Prometheus(Server):
     """A Prometheus server on 127.0.0.1; a context manager that starts and stops it.
 
     ``targets`` are ``host:port`` addresses scraped (``/metrics``) as job ``job`` every
@@ -91,7 +90,6 @@ class Prometheus:
         self.interval = interval
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: BackendProcess | None = None
 
     def _config(self) -> dict[str, Any]:
         every = f"{max(1, round(self.interval * 1000))}ms"
@@ -118,26 +116,15 @@ class Prometheus:
             "--storage.tsdb.retention.time=1d",
             "--log.level=info",
         ]
-        self.process = BackendProcess("prometheus", cmd, self.workdir / "prometheus.log").start()
-        try:
-            self.process.wait_until(lambda: answers(f"{self.url}/-/ready"), within=within, what="/-/ready")
-        except BaseException:
-            self.stop()
-            raise
+        self.launch(
+            "prometheus",
+            cmd,
+            self.workdir / "prometheus.log",
+            lambda: answers(f"{self.url}/-/ready"),
+            within=within,
+            what="/-/ready",
+        )
         return self
-
-    def stop(self) -> None:
-        """Stop the server (its data and log stay in ``workdir``)."""
-        if self.process is not None:
-            self.process.stop()
-
-    def __enter__(self) -> Prometheus:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ the HTTP API
 

@@ -21,11 +21,10 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from service.tools.broker import free_port
-from tests.backends.process import BackendProcess, BackendUnavailable, answers, http_get, http_json
+from tests.backends.process import BackendUnavailable, Server, answers, http_get, http_json
 from tests.kafka.cluster import cache_dir
 
 ZIPKIN_VERSION = "3.5.1"
@@ -77,14 +76,13 @@ def ensure_jar() -> Path:
     return jar
 
 
-class Zipkin:
+class Zipkin(Server):
     """A Zipkin server on 127.0.0.1 with in-memory storage; a context manager that starts and stops it."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: BackendProcess | None = None
 
     @property
     def spans_endpoint(self) -> str:
@@ -106,26 +104,15 @@ class Zipkin:
             "--armeria.ports[0].protocols[0]=http",
             "--logging.level.root=WARN",
         ]
-        self.process = BackendProcess("zipkin", cmd, self.workdir / "zipkin.log").start()
-        try:
-            self.process.wait_until(lambda: answers(f"{self.url}/health"), within=within, what="/health")
-        except BaseException:
-            self.stop()
-            raise
+        self.launch(
+            "zipkin",
+            cmd,
+            self.workdir / "zipkin.log",
+            lambda: answers(f"{self.url}/health"),
+            within=within,
+            what="/health",
+        )
         return self
-
-    def stop(self) -> None:
-        """Stop the server (what it stored is gone)."""
-        if self.process is not None:
-            self.process.stop()
-
-    def __enter__(self) -> Zipkin:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ reading back
 
