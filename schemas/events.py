@@ -38,6 +38,11 @@ message's records the ids that follow it, so a record redriven twice keeps one i
 ORIGIN_TAG_HEADER = "marker-ingest-origin-tag"
 """Set by ``redrive`` beside the origin: HMAC-SHA256 keyed with ``INGEST_REDRIVE_KEY`` over the
 origin and the message value, as 64 lower-case hex digits. Without it, or wrong, the origin is ignored."""
+ORIGIN_TRACEPARENT_HEADER = "marker-ingest-origin-traceparent"
+"""On a dead letter: the trace its record started (the CloudEvents ``traceparent`` its article would
+have had: the input's ``traceparent``, the service's ``process`` span when tracing is on, or a
+redriven record's original one). ``redrive`` copies it onto the message it publishes, bound into
+``marker-ingest-origin-tag``, and the article made from it keeps that trace."""
 REDRIVEN_HEADER = "marker-ingest-redriven"
 """On a redrive marker, and never on a dead letter: ``<partition>:<offset>`` of the dead letter it
 marks. Readers of the dead-letter topic tell markers from dead letters by it (or by the absence of

@@ -4,7 +4,8 @@
     ├── UsageError               exit 2: the command cannot run as it was told
     │   ├── SettingsError        a setting is invalid (the line names the variable or the flag)
     │   ├── Misconfigured        the cluster refuses the configuration or the credentials
-    │   └── TopicsMissing        a topic the service needs does not exist, or its name is invalid
+    │   ├── TopicsMissing        a topic the service needs does not exist, or its name is invalid
+    │   └── TracingUnavailable   OTEL_TRACES_EXPORTER asks for tracing the install cannot give
     └── Failed                   exit 1: the command ran, and could not finish its work
         ├── GraceExpired         the grace period ended before in-flight work was acknowledged
         ├── BrokerUnreachable    a burst run found no broker answering within its time
@@ -70,6 +71,11 @@ class TopicsMissing(UsageError):
     def __init__(self, problems: Mapping[str, tuple[str, str]]) -> None:
         super().__init__(", ".join(f"{setting}={topic}: {why}" for setting, (topic, why) in problems.items()))
         self.problems = dict(problems)
+
+
+class TracingUnavailable(UsageError):
+    """``OTEL_TRACES_EXPORTER`` asks for tracing that cannot be set up: the SDK (the ``tracing``
+    extra) or the named exporter is not installed, or an ``OTEL_*`` variable is invalid."""
 
 
 class Failed(MarkerIngestError):

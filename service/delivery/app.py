@@ -19,6 +19,7 @@ from service.delivery.grace import STOP_MARGIN_SECONDS
 from service.delivery.ingestor import Ingestor
 from service.errors import ExitStatus
 from service.ops.logs import configure_logging, flush_records
+from service.ops.tracing import EXPORTER_VARIABLE, Tracer, start_tracing
 from service.settings import Settings
 
 HARD_STOP_MARGIN_SECONDS = 4.0
@@ -27,18 +28,28 @@ HARD_STOP_MARGIN_SECONDS = 4.0
 log = structlog.get_logger("marker_ingest")
 
 
+TRACE_FLUSH_SECONDS = 3.0
+"""How long a stopping service waits for its last spans to be exported."""
+
+
 def run_service(settings: Settings) -> int:
-    """Entry point of ``marker-ingest run``."""
+    """Entry point of ``marker-ingest run``. Raises ``TracingUnavailable`` before anything starts
+    when ``OTEL_TRACES_EXPORTER`` asks for tracing that cannot be set up."""
     configure_logging(settings.log_format, settings.log_level)
+    tracer = start_tracing(os.environ, max_links=settings.batch_max_messages)
+    if tracer is not None:
+        log.info("tracing.on", exporters=os.environ.get(EXPORTER_VARIABLE, "").strip())
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, tracer))
     finally:
         flush_records()
+        if tracer is not None:
+            tracer.shutdown(TRACE_FLUSH_SECONDS)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, tracer: Tracer | None = None) -> int:
     """Run the service in the current event loop, with its signal handlers."""
-    ingestor = Ingestor(settings)
+    ingestor = Ingestor(settings, tracer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ingestor.request_stop)

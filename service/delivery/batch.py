@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from schemas.errors import ErrorCode
 from service.core.events import Outcome
 from service.delivery.outbox import Send
+from service.delivery.tracing import PartitionTrace
 
 
 class Sink(Protocol):
@@ -67,7 +68,17 @@ class Batch:
     broker has not acknowledged yet.
     """
 
-    __slots__ = ("_books", "_last", "_sends", "_timestamps", "acked_at", "in_flight", "sink", "started")
+    __slots__ = (
+        "_books",
+        "_last",
+        "_sends",
+        "_timestamps",
+        "acked_at",
+        "in_flight",
+        "sink",
+        "started",
+        "traces",
+    )
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -79,6 +90,8 @@ class Batch:
         self._last: tuple[TopicPartition, _Books] | None = None
         self._sends: list[Send] = []
         self._timestamps: list[int | None] = []
+        self.traces: dict[TopicPartition, PartitionTrace] = {}
+        """Per input partition, its spans (tracing on only)."""
 
     async def add(
         self, tp: TopicPartition, message: Any, outcomes: Sequence[Outcome], sends: list[Send]
@@ -140,6 +153,17 @@ class Batch:
         """The batch's first offset of ``tp`` (where an aborted transaction goes back to)."""
         books = self._books.get(tp)
         return None if books is None else books.first
+
+    def end_traces(
+        self, partitions: Iterable[TopicPartition] | None = None, error: str | None = None
+    ) -> None:
+        """The ``send`` spans of the batch (or of ``partitions``) end: delivered, or ``error``."""
+        traces = self.traces
+        if traces:
+            for tp in list(traces) if partitions is None else partitions:
+                trace = traces.pop(tp, None)
+                if trace is not None:
+                    trace.delivered(error)
 
     def delivered(self, partitions: Iterable[TopicPartition] | None = None) -> Delivered:
         """What committing the batch (or only ``partitions`` of it) delivers."""

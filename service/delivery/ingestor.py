@@ -43,6 +43,7 @@ from service.ops.logs import log_write_errors, on_library_line
 from service.ops.metrics import Metrics
 from service.ops.readiness import ServiceState, readiness
 from service.ops.routes import LoopWatch, operator_routes
+from service.ops.tracing import Tracer
 from service.settings import Settings
 
 FETCH_WATCH_SECONDS = 0.5
@@ -54,11 +55,14 @@ log = structlog.get_logger("marker_ingest")
 class Ingestor:
     """The service: one consumer, one producer (or one per input partition), one pipeline."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: Tracer | None = None) -> None:
         self.settings = settings
         self.kafka = Kafka.of(settings)
         self.grace = Grace(settings.shutdown_grace_seconds)
         self.metrics = Metrics(__version__)
+        self.tracer = tracer
+        if tracer is not None:
+            tracer.count_dropped(self.metrics.count_spans_dropped)
         self.retries = Retries(
             self.grace, self.metrics, (settings.retry_initial_seconds, settings.retry_max_seconds)
         )
@@ -191,6 +195,7 @@ class Ingestor:
             safety=self.safety,
             fetch_retry=self.retries.new("fetch"),
             drain_check=self._drain_check,
+            tracer=self.tracer,
         )
         self.consumer.subscribe([s.input_topic], listener=RebalanceListener(self.pipeline))
         log.info("service.started", input_topic=s.input_topic, group_id=s.group_id, delivery=s.delivery)

@@ -32,11 +32,13 @@ from service.delivery.outbox import Send
 from service.delivery.retry import Retry
 from service.delivery.routing import Routes, route
 from service.delivery.safety_gate import SafetyGate
+from service.delivery.tracing import PartitionTrace
 from service.kafka.clients import Kafka
 from service.kafka.failures import Stage, classify
 from service.kafka.topics import partition_names
 from service.ops.logs import RecordLines, flush_records
 from service.ops.metrics import Metrics
+from service.ops.tracing import Tracer
 
 LAG_REFRESH_SECONDS = 1.0
 YIELD_EVERY = 32
@@ -59,11 +61,13 @@ class Pipeline:
         safety: SafetyGate,
         fetch_retry: Retry,
         drain_check: DrainCheck,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = s = kafka.settings
         self._kafka, self.consumer, self.delivery = kafka, consumer, delivery
         self._grace, self._metrics, self._safety = grace, metrics, safety
         self._fetch_retry, self._drain_check = fetch_retry, drain_check
+        self._tracer = tracer
         self._routes = Routes(s.output_topic, s.dlq_topic, s.max_event_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -194,7 +198,8 @@ class Pipeline:
         # in flight too); computed again after each relief.
         room = ceiling - delivery.in_flight
         for tp, messages in batch.items():
-            record_lines = RecordLines(tp.topic, tp.partition)
+            trace = self._trace(current, tp)
+            record_lines = RecordLines(tp.topic, tp.partition, **({} if trace is None else trace.log_fields))
             for i, msg in enumerate(messages):
                 if i and i % YIELD_EVERY == 0:
                     # Let the producer's sender ship what is ready and acks come back while
@@ -203,16 +208,21 @@ class Pipeline:
                 headers = msg.headers
                 origin = origin_of(headers, msg.value, redrive_key) if headers and redrive_key else None
                 context = trace_context(headers) if headers else None
+                # The trace the record starts: a redriven one's original, the input's, or ours.
+                starting = context.attribute if context is not None else None
+                if origin is not None and origin.traceparent is not None:
+                    starting = origin.traceparent
+                elif starting is None and trace is not None:
+                    starting = trace.traceparent
                 source = Source(tp.topic, tp.partition, msg.offset, msg.timestamp, msg.key, origin)
                 outcomes = process_payload(
-                    msg.value,
-                    source,
-                    limits,
-                    now=now,
-                    version=__version__,
-                    traceparent=None if context is None else context.attribute,
+                    msg.value, source, limits, now=now, version=__version__, traceparent=starting
                 )
-                sends = [_send(tp, msg.offset, route(o, headers, routes, context)) for o in outcomes]
+                if trace is None:
+                    events = [route(o, headers, routes, context, starting) for o in outcomes]
+                else:
+                    events = trace.route(msg.offset, outcomes, headers, context, starting)
+                sends = [_send(tp, msg.offset, event) for event in events]
                 dead = await current.add(tp, msg, outcomes, sends)
                 if switch is not None:
                     switch.observe(len(outcomes), dead)
@@ -226,7 +236,18 @@ class Pipeline:
                     await delivery.relieve(current)
                     self._count()
                     room = ceiling - delivery.in_flight
+            if trace is not None and messages:
+                trace.processed(messages[0].offset, messages[-1].offset, len(messages))
         return current
+
+    def _trace(self, batch: Batch, tp: TopicPartition) -> PartitionTrace | None:
+        """The spans of ``tp``'s share of ``batch`` (None with tracing off)."""
+        if self._tracer is None:
+            return None
+        trace = batch.traces[tp] = PartitionTrace(
+            self._tracer, tp.topic, tp.partition, self.settings.group_id, self._routes
+        )
+        return trace
 
     async def _settle(self) -> None:
         """Deliver everything handed over, and count it."""

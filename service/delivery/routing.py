@@ -15,7 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.events import CLOUDEVENTS_CONTENT_TYPE, DROPPED_HEADER, ERROR_CODE_HEADER, REDRIVE_COUNT_HEADER
+from schemas.events import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    DROPPED_HEADER,
+    ERROR_CODE_HEADER,
+    ORIGIN_TRACEPARENT_HEADER,
+    REDRIVE_COUNT_HEADER,
+)
 from service.core.dead_letters import fit_dead_letter
 from service.core.events import Outcome
 from service.core.trace_context import TRACEPARENT, TRACESTATE, TraceContext
@@ -109,15 +115,25 @@ def redrive_count(headers: Iterable[tuple[str, bytes]]) -> int:
 
 
 def route(
-    outcome: Outcome, input_headers: Headers, routes: Routes, context: TraceContext | None = None
+    outcome: Outcome,
+    input_headers: Headers,
+    routes: Routes,
+    context: TraceContext | None = None,
+    starting: str | None = None,
 ) -> Destination:
-    """The destination, key, value and headers of one outcome of a message with ``input_headers``
-    and the trace ``context`` read from them (``trace_context``), which each event passes on."""
+    """The destination, key, value and headers of one outcome of a message with ``input_headers``.
+
+    ``context`` is the trace context each event passes on: the one read from the input
+    (``trace_context``), or with tracing on the ``send`` span's. ``starting`` is the trace the
+    record started (its article's CloudEvents ``traceparent``), which a dead letter keeps in
+    ``marker-ingest-origin-traceparent`` for ``redrive``."""
     if outcome.error is None:
         if context is None:
             return Destination(routes.output_topic, outcome.key, outcome.value, ARTICLE_HEADERS)
         return _article(outcome, routes, context)
     own = [(ERROR_CODE_HEADER, outcome.error.value.encode())]
+    if starting is not None:
+        own.append((ORIGIN_TRACEPARENT_HEADER, starting.encode()))
     copied = carried_headers(input_headers)
     if context is not None:
         copied.extend(context.headers())

@@ -80,6 +80,13 @@ class Metrics:
             registry=registry,
         )
         self.commits = Counter("marker_ingest_commits", "Offset commits that succeeded.", registry=registry)
+        self.trace_spans_dropped = Counter(
+            "marker_ingest_trace_spans_dropped",
+            "Spans lost before the tracing backend had them (tracing on), by reason: queue_full "
+            "(the export queue, OTEL_BSP_MAX_QUEUE_SIZE, was full) or export_failed.",
+            ["reason"],
+            registry=registry,
+        )
         self.commit_failures = Counter(
             "marker_ingest_commit_failures",
             "Offset commits that failed (refused after a rebalance, or an error that is retried).",
@@ -186,6 +193,10 @@ class Metrics:
             self._stop_grace_used.set_function(
                 lambda: 0.0 if (left := remaining()) is None else 1.0 - left / grace_seconds
             )
+
+    def count_spans_dropped(self, reason: str, spans: int) -> None:
+        """``spans`` were lost before the tracing backend had them (called from the export thread)."""
+        self.trace_spans_dropped.labels(reason).inc(spans)
 
     def count_batch(
         self,

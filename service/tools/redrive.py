@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.errors import ErrorCode
 from schemas.events import (
     REDRIVE_COUNT_HEADER,
 )
-from service.errors import ExitStatus
+from service.errors import ExitStatus, TracingUnavailable
+from service.ops.tracing import RedriveSpan, Tracer, start_tracing
 from service.settings import Settings
 from service.tools.command import (
     add_connection_flags,
@@ -49,6 +52,7 @@ from service.tools.redrive_plan import (
     plan_redrive,
     recover,
     skip_too_large,
+    traced,
     would_succeed,
 )
 from service.tools.redrive_publish import (
@@ -64,6 +68,10 @@ from service.tools.redrive_report import (
     render_json,
     render_text,
 )
+
+T = TypeVar("T")
+TRACE_FLUSH_SECONDS = 3.0
+"""How long the command waits for its span to be exported (tracing on)."""
 
 NO_KEY = (
     "INGEST_REDRIVE_KEY is not set: redriven messages must carry an origin tag that the service, "
@@ -83,9 +91,16 @@ class RedriveOptions:
     dry_run: bool = False
 
 
-async def _plan(settings: Settings, options: RedriveOptions, target: str, limits: dict[str, int]) -> Plan:
-    """Read the dead-letter topic, select, complete what must be read back from the input, and skip
-    what the target topic would refuse (``limits``: ``record_limits``)."""
+async def _plan(
+    settings: Settings,
+    options: RedriveOptions,
+    target: str,
+    limits: dict[str, int],
+    tracer: Tracer | None = None,
+) -> tuple[Plan, RedriveSpan | None]:
+    """Read the dead-letter topic, select, complete what must be read back from the input, put the
+    redrive's span on what it publishes (tracing on), and skip what the target topic would refuse
+    (``limits``: ``record_limits``)."""
     plan = plan_redrive(
         await read_dead_letters(settings),
         options.filters,
@@ -96,12 +111,18 @@ async def _plan(settings: Settings, options: RedriveOptions, target: str, limits
     if wanted := plan.inputs_wanted:
         found = await read_inputs(settings, wanted)
         recover(plan, found, max_redrives=options.max_redrives, key=settings.redrive_key)
+    span = None
+    if tracer is not None and not options.dry_run and plan.messages:
+        # The span's context is known before it has links: they are added when it is made.
+        span = tracer.redrive(target, len(plan.messages))
+        for link in traced(plan, span.traceparent):
+            span.link(link)
     if target in limits:
         skip_too_large(plan, limits[target])
-    return plan
+    return plan, span
 
 
-async def redrive(settings: Settings, options: RedriveOptions) -> Report:
+async def redrive(settings: Settings, options: RedriveOptions, tracer: Tracer | None = None) -> Report:
     """Read the dead-letter topic, then publish (or, in a dry run, re-parse) the selected input.
 
     With ``INGEST_DELIVERY=exactly-once`` the transactional producer starts first, fencing any
@@ -117,21 +138,28 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
     succeeding: set[str] = set()
     unmarked = 0
     limits = await record_limits(settings, [target, settings.dlq_topic])
+    span = None
     if options.dry_run:
-        plan = await _plan(settings, options, target, limits)
+        plan, _ = await _plan(settings, options, target, limits)
         core = settings.limits
         succeeding = {
             d.dead_letter_id for d, msg in plan.messages if would_succeed(msg, core, topic=target, now=now)
         }
     elif settings.delivery == "exactly-once":
         async with transactional_producer(settings, limits) as producer:
-            plan = await _plan(settings, options, target, limits)
-            failed = await publish_in_transactions(
-                producer, settings.dlq_topic, target, plan.messages, now=now
+            plan, span = await _plan(settings, options, target, limits, tracer)
+            failed = await _ending(
+                span,
+                publish_in_transactions(producer, settings.dlq_topic, target, plan.messages, now=now),
+                lambda failed: failed,
             )
     else:
-        plan = await _plan(settings, options, target, limits)
-        failed, unmarked = await publish(settings, target, plan.messages, now=now, limits=limits)
+        plan, span = await _plan(settings, options, target, limits, tracer)
+        failed, unmarked = await _ending(
+            span,
+            publish(settings, target, plan.messages, now=now, limits=limits),
+            lambda result: result[0],
+        )
     return build_report(
         plan,
         dlq_topic=settings.dlq_topic,
@@ -141,6 +169,21 @@ async def redrive(settings: Settings, options: RedriveOptions) -> Report:
         succeeding=succeeding,
         unmarked=unmarked,
     )
+
+
+async def _ending(span: RedriveSpan | None, publishing: Awaitable[T], failures: Callable[[T], Sized]) -> T:
+    """Await ``publishing``; the redrive's span (if any) ends with it, failed if it raised or
+    ``failures`` of its result are not empty."""
+    if span is None:
+        return await publishing
+    try:
+        result = await publishing
+    except BaseException as exc:
+        span.end(repr(exc))
+        raise
+    failed = len(failures(result))
+    span.end(f"{failed} message(s) not published" if failed else None)
+    return result
 
 
 def _unless(fenced: type[BaseException], loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -248,6 +291,16 @@ def options_from(args: argparse.Namespace) -> RedriveOptions | str:
     return RedriveOptions(filters, args.to_topic, args.max_redrives, args.dry_run)
 
 
+@contextlib.contextmanager
+def _shut_down(tracer: Tracer | None) -> Iterator[None]:
+    """Export the command's span when it is done (within ``TRACE_FLUSH_SECONDS``)."""
+    try:
+        yield
+    finally:
+        if tracer is not None:
+            tracer.shutdown(TRACE_FLUSH_SECONDS)
+
+
 def cmd_redrive(args: argparse.Namespace) -> int:
     """Run ``marker-ingest redrive``."""
     from aiokafka.errors import KafkaError
@@ -268,12 +321,17 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     if settings.redrive_key is None and not options.dry_run:
         sys.stderr.write(f"marker-ingest redrive: {NO_KEY}\n")
         return ExitStatus.USAGE
-    with tool_logging(settings):
+    try:
+        tracer = None if options.dry_run else start_tracing(os.environ, max_links=10_000)
+    except TracingUnavailable as exc:
+        sys.stderr.write(f"marker-ingest redrive: {exc}\n")
+        return exc.exit_status
+    with tool_logging(settings), _shut_down(tracer):
         if (failure := preflight(Kafka.of(settings))) is not None:
             sys.stderr.write(f"marker-ingest redrive: {failure.line}\n")
             return ExitStatus.USAGE
         try:
-            report = asyncio.run(redrive(settings, options))
+            report = asyncio.run(redrive(settings, options, tracer))
         except TopicNotFound as exc:
             given = "--dlq-topic" if args.dlq_topic is not None else "INGEST_DLQ_TOPIC"
             sys.stderr.write(

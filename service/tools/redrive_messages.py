@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from schemas.events import (
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
+    ORIGIN_TRACEPARENT_HEADER,
     REDRIVE_COUNT_HEADER,
     REDRIVEN_HEADER,
     RecordDeadLettered,
@@ -26,6 +27,7 @@ from schemas.events import (
 )
 from service.core.message import strip_bom
 from service.core.parser import Problem, scan_markers
+from service.core.trace_context import TRACEPARENT, TRACEPARENT_CHARS, parse_traceparent
 from service.delivery.routing import SERVICE_HEADER_PREFIX
 
 
@@ -110,18 +112,46 @@ def original_key(event: RecordDeadLettered) -> bytes | None:
 
 
 def redriven_headers(
-    headers: Iterable[tuple[str, bytes]], count: int, origin_id: str | None = None, tag: str | None = None
+    headers: Iterable[tuple[str, bytes]],
+    count: int,
+    origin_id: str | None = None,
+    tag: str | None = None,
+    origin_traceparent: bytes | None = None,
 ) -> tuple[tuple[str, bytes], ...]:
     """The input's headers as the dead letter carried them, without the service's own
     (``marker-ingest-*``), with the redrive count set to ``count`` and, when given,
-    ``marker-ingest-origin-id`` set to ``origin_id`` with its ``tag``."""
+    ``marker-ingest-origin-id`` set to ``origin_id`` with the trace it started
+    (``marker-ingest-origin-traceparent``) and its ``tag``."""
     kept = [(k, v) for k, v in headers if not k.lower().startswith(SERVICE_HEADER_PREFIX)]
     if origin_id is not None:
         kept.append((ORIGIN_HEADER, origin_id.encode()))
+        if origin_traceparent is not None:
+            kept.append((ORIGIN_TRACEPARENT_HEADER, origin_traceparent))
         if tag is not None:
             kept.append((ORIGIN_TAG_HEADER, tag.encode()))
     kept.append((REDRIVE_COUNT_HEADER, str(count).encode()))
     return tuple(kept)
+
+
+def origin_traceparent(headers: Iterable[tuple[str, bytes]]) -> bytes | None:
+    """The trace a dead letter's record started (its last ``marker-ingest-origin-traceparent``),
+    when it is a valid version ``00`` ``traceparent``; else None."""
+    value = None
+    for name, raw in headers:
+        if name == ORIGIN_TRACEPARENT_HEADER:
+            value = raw
+    if not isinstance(value, bytes) or len(value) != TRACEPARENT_CHARS or parse_traceparent(value) is None:
+        return None
+    return value
+
+
+def with_traceparent(
+    headers: Iterable[tuple[str, bytes]], traceparent: bytes
+) -> tuple[tuple[str, bytes], ...]:
+    """``headers`` with their ``traceparent`` replaced by ``traceparent`` (put first when there
+    was none); a ``tracestate`` stays."""
+    kept = [(k, v) for k, v in headers if k != TRACEPARENT]
+    return ((TRACEPARENT, traceparent), *kept)
 
 
 def parse_dead_letter(value: bytes | None) -> RecordDeadLettered | None:

@@ -32,13 +32,16 @@ from service.core.events import Source, process_payload
 from service.core.limits import Limits
 from service.core.message import rfc3339
 from service.core.origin import origin_tag
+from service.core.trace_context import trace_context
 from service.delivery.routing import carried_headers, record_size, redrive_count
+from service.ops.tracing import Upstream
 from service.tools.redrive_messages import (
     DeadLetterRecord,
     InputRecord,
     InputRef,
     MarkerMessage,
     RedriveMessage,
+    origin_traceparent,
     original_bytes,
     original_key,
     parse_dead_letter,
@@ -46,6 +49,7 @@ from service.tools.redrive_messages import (
     recovered_bytes,
     redriven_headers,
     was_null,
+    with_traceparent,
 )
 
 DEFAULT_MAX_REDRIVES = 3
@@ -118,6 +122,8 @@ class Recovery:
     """A dead letter whose copy of its input is incomplete, waiting for the input to be read back."""
 
     event: RecordDeadLettered
+    origin_traceparent: bytes | None = None
+    """The trace the dead letter's record started (``marker-ingest-origin-traceparent``)."""
 
     @property
     def ref(self) -> InputRef:
@@ -226,16 +232,18 @@ def _decide(
     dropped = any(name == DROPPED_HEADER for name, _ in rec.headers)
     skip: SkipReason | None = None
     recovery = None
+    trace = origin_traceparent(rec.headers)
     if count >= max_redrives:
         skip = SkipReason.MAX_REDRIVES
     elif (data is None and not null) or dropped:
-        recovery = Recovery(event)
+        recovery = Recovery(event, trace)
     message = None
     if skip is None and recovery is None:
         # A key over 4 KiB is not copied into key_base64; the dead letter's own key is the input's.
         input_key = original_key(event) if event.source.key_base64 is not None else rec.key
-        tag = None if key is None else origin_tag(key, event.id, data)
-        message = RedriveMessage(input_key, data, redriven_headers(rec.headers, count + 1, event.id, tag))
+        tag = None if key is None else origin_tag(key, event.id, data, trace)
+        headers = redriven_headers(rec.headers, count + 1, event.id, tag, trace)
+        message = RedriveMessage(input_key, data, headers)
     return Decision(
         dead_letter_id=event.id,
         dlq_partition=rec.partition,
@@ -278,10 +286,27 @@ def recover(
                 decision, recovery=None, redrive_count=count, skip=SkipReason.MAX_REDRIVES
             )
             continue
-        tag = None if key is None else origin_tag(key, event.id, data)
-        headers = redriven_headers(carried_headers(got.headers), count + 1, event.id, tag)
+        trace = decision.recovery.origin_traceparent
+        tag = None if key is None else origin_tag(key, event.id, data, trace)
+        headers = redriven_headers(carried_headers(got.headers), count + 1, event.id, tag, trace)
         message = RedriveMessage(got.key, data, headers)
         plan.decisions[i] = dataclasses.replace(decision, recovery=None, redrive_count=count, message=message)
+
+
+def traced(plan: Plan, traceparent: bytes) -> list[Upstream]:
+    """Put ``traceparent`` (the redrive's span) on every message to publish, in place of the one
+    it carried; returns those carried contexts, for the span's links."""
+    links = []
+    for i, decision in enumerate(plan.decisions):
+        msg = decision.message
+        if msg is None:
+            continue
+        carried = trace_context(msg.headers)
+        if carried is not None:
+            links.append(Upstream(carried.trace_id, carried.span_id, carried.sampled, carried.tracestate))
+        message = dataclasses.replace(msg, headers=with_traceparent(msg.headers, traceparent))
+        plan.decisions[i] = dataclasses.replace(decision, message=message)
+    return links
 
 
 def skip_too_large(plan: Plan, limit: int) -> None:

@@ -126,6 +126,7 @@ class Delivery:
         """Record a committed batch (or the committed ``partitions`` of it) for the pipeline, and
         count it in the metrics."""
         done = batch.delivered(partitions)
+        batch.end_traces(partitions)
         metrics = self._metrics
         metrics.count_batch(
             messages=done.messages,

@@ -30,6 +30,7 @@ from service.delivery.batch import Batch
 from service.delivery.modes.base import Consumer, Delivery, Offsets
 from service.delivery.outbox import Outbox, Send
 from service.delivery.retry import Retries
+from service.delivery.tracing import PartitionTrace, transaction_span
 from service.errors import GraceExpired
 from service.kafka.failures import Access, Stage, classify
 from service.ops.metrics import Metrics
@@ -170,7 +171,7 @@ class ExactlyOnce(Delivery):
             offsets = batch.offsets()
             results = await asyncio.gather(
                 *(
-                    self._commit(tp, producer, part, sends[tp], offsets[tp])
+                    self._commit(tp, producer, part, sends[tp], offsets[tp], batch.traces.get(tp))
                     for tp, (producer, part) in outbox.by_partition.items()
                 ),
                 return_exceptions=True,
@@ -200,7 +201,13 @@ class ExactlyOnce(Delivery):
                 self.send_error = None
 
     async def _commit(
-        self, tp: TopicPartition, producer: TxnProducer, outbox: Outbox, sends: list[Send], offset: int
+        self,
+        tp: TopicPartition,
+        producer: TxnProducer,
+        outbox: Outbox,
+        sends: list[Send],
+        offset: int,
+        trace: PartitionTrace | None = None,
     ) -> None:
         await outbox.flush()
         failure = self._send_failures.get(tp)
@@ -211,14 +218,17 @@ class ExactlyOnce(Delivery):
                 raise send.error
             if send.future is not None:
                 await self._grace.within(asyncio.shield(send.future))
-        await self._grace.within(producer.send_offsets_to_transaction({tp: offset}, self._group_id))
-        await self._grace.within(producer.commit_transaction())
+        with transaction_span(trace, "commit", offset):
+            await self._grace.within(producer.send_offsets_to_transaction({tp: offset}, self._group_id))
+            await self._grace.within(producer.commit_transaction())
 
     async def _failed(self, tp: TopicPartition, error: BaseException, batch: Batch) -> None:
         """Abort ``tp``'s transaction and rewind it to the batch's first offset (or, fenced, drop its
         producer and pause it until the group assigns it again)."""
         producer = self._producers.pop(tp, None)
         first = batch.first_offset(tp)
+        trace = batch.traces.get(tp)
+        batch.end_traces([tp], repr(error))
         if isinstance(error, ProducerFenced):
             self._metrics.transactions["fenced"].inc()
             self._fenced.add(tp)
@@ -240,7 +250,8 @@ class ExactlyOnce(Delivery):
         aborted = False
         if producer is not None and not isinstance(error, GraceExpired):
             try:
-                await asyncio.wait_for(producer.abort_transaction(), 5.0)
+                with transaction_span(trace, "abort", first if first is not None else -1):
+                    await asyncio.wait_for(producer.abort_transaction(), 5.0)
                 aborted = True
                 self._producers[tp] = producer
             except Exception:
