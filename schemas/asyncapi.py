@@ -23,11 +23,13 @@ from schemas.events import (
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
+    ORIGIN_TRACEPARENT_HEADER,
     REDRIVE_COUNT_HEADER,
     REDRIVE_MARKER_SCHEMA,
     REDRIVE_MARKER_SCHEMA_FILE,
     REDRIVE_MARKER_TYPE,
     REDRIVEN_HEADER,
+    TRACEPARENT_PATTERN,
 )
 
 KAFKA_BINDING_VERSION = "0.5.0"
@@ -173,7 +175,16 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "Set by redrive: HMAC-SHA256, keyed with the secret "
                                 "INGEST_REDRIVE_KEY that the service and redrive share, over the origin "
                                 "and the message value (docs/contracts.md, Who chooses an event id). It "
-                                "proves that redrive set the origin for exactly this value.",
+                                "proves that redrive set the origin (and its trace, "
+                                f"{ORIGIN_TRACEPARENT_HEADER}) for exactly this value.",
+                            },
+                            ORIGIN_TRACEPARENT_HEADER: {
+                                "type": "string",
+                                "pattern": TRACEPARENT_PATTERN,
+                                "description": "Set by redrive, copied from the dead letter: the trace the "
+                                "original record started. With a valid origin tag (which binds it), the "
+                                "article's CloudEvents traceparent attribute is this one, so a redriven "
+                                "record keeps its original trace.",
                             },
                             REDRIVE_COUNT_HEADER: {
                                 "type": "string",
@@ -184,10 +195,11 @@ def asyncapi() -> dict[str, Any]:
                             },
                             "traceparent": {
                                 "type": "string",
-                                "description": "W3C Trace Context: when valid, passed on to each of the "
-                                "message's events (a header, and the article's CloudEvents traceparent "
-                                "attribute); an invalid one (or two of them) is ignored, "
-                                "never a dead letter.",
+                                "description": "W3C Trace Context: when valid, the parent of the "
+                                "message's work: the article's CloudEvents traceparent attribute (the "
+                                "trace the record starts); with tracing off also each event's traceparent "
+                                "header, with tracing on a link of the service's process span. An invalid "
+                                "one (or two of them) is ignored, never a dead letter.",
                             },
                             "tracestate": {
                                 "type": "string",
@@ -237,13 +249,15 @@ def asyncapi() -> dict[str, Any]:
                             },
                             "traceparent": {
                                 "type": "string",
-                                "description": "The input's W3C traceparent, when it had a valid one, "
-                                "as it came (left out only when the record would not fit "
-                                "INGEST_MAX_EVENT_BYTES; the event's traceparent attribute still names it).",
+                                "description": "Tracing on: the context of the service's send span "
+                                "that wrote the event (always). Tracing off: the input's W3C traceparent, "
+                                "when it had a valid one, as it came. Left out only when the record would "
+                                "not fit INGEST_MAX_EVENT_BYTES (the event's traceparent attribute still "
+                                "names the trace).",
                             },
                             "tracestate": {
                                 "type": "string",
-                                "description": "The input's tracestate, with its traceparent (left out "
+                                "description": "The input's tracestate, with the traceparent (left out "
                                 "first when the record would not fit).",
                             },
                         },
@@ -337,11 +351,21 @@ def asyncapi() -> dict[str, Any]:
                                 "description": "The input's last redrive count, when it had a well-formed "
                                 "one; redrive stops at --max-redrives.",
                             },
+                            ORIGIN_TRACEPARENT_HEADER: {
+                                "type": "string",
+                                "pattern": TRACEPARENT_PATTERN,
+                                "description": "The trace the record started: what its article's "
+                                "CloudEvents traceparent attribute would have been (the input's "
+                                "traceparent, a redriven record's original one, or with tracing on the "
+                                "service's process span); absent when there was none. redrive copies it.",
+                            },
                         },
                         "additionalProperties": {
                             "description": "The input message's other headers, copied (not content-type, "
-                            "ce_* or any other marker-ingest-* header), then its trace context "
-                            "(traceparent, tracestate) when it had a valid one; an invalid one is not copied."
+                            "ce_* or any other marker-ingest-* header), then a trace context: tracing "
+                            "on, the service's send span's traceparent (with the input's tracestate); "
+                            "tracing off, the input's traceparent and tracestate when valid (an invalid "
+                            "one is not copied)."
                         },
                     },
                     "payload": {"$ref": f"./{DEAD_LETTER_SCHEMA_FILE}"},

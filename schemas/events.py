@@ -38,6 +38,8 @@ message's records the ids that follow it, so a record redriven twice keeps one i
 ORIGIN_TAG_HEADER = "marker-ingest-origin-tag"
 """Set by ``redrive`` beside the origin: HMAC-SHA256 keyed with ``INGEST_REDRIVE_KEY`` over the
 origin and the message value, as 64 lower-case hex digits. Without it, or wrong, the origin is ignored."""
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+"""A ``traceparent`` as the events carry it (version ``00``'s fields)."""
 ORIGIN_TRACEPARENT_HEADER = "marker-ingest-origin-traceparent"
 """On a dead letter: the trace its record started (the CloudEvents ``traceparent`` its article would
 have had: the input's ``traceparent``, the service's ``process`` span when tracing is on, or a
@@ -114,9 +116,11 @@ class ArticleIngested(_Contract):
     traceparent: Annotated[
         str | SkipJsonSchema[None],
         Field(
-            pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
-            description="Extension (CloudEvents distributed tracing): the W3C Trace Context traceparent "
-            "of the input message, when it carried a valid one; absent otherwise.",
+            pattern=TRACEPARENT_PATTERN,
+            description="Extension (CloudEvents distributed tracing): the trace the record started, set "
+            "once at ingest: the input message's W3C traceparent when it carried a valid one (a "
+            "redriven record's original one, marker-ingest-origin-traceparent); else, with tracing on, "
+            "the service's process span; absent otherwise.",
             json_schema_extra=_no_default,
         ),
     ] = None

@@ -98,6 +98,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run marker-ingest as NAME with these settings (from the tree at DIR); repeatable",
     )
     p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run marker-ingest with tracing on, exporting over OTLP/HTTP to a receiver the bench "
+        "starts: 'tracing-1.0' (every trace sampled) and 'tracing-0.01' (one in a hundred); the "
+        "marker-ingest row is tracing off",
+    )
+    p.add_argument(
+        "--traced-input",
+        action="store_true",
+        help="every input message carries a W3C traceparent header (for every implementation), as "
+        "from a traced producer: tracing on then links each record",
+    )
+    p.add_argument(
         "--service-path",
         type=Path,
         default=service_api.ROOT,
@@ -195,13 +208,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         broker = EmbeddedBroker().start()
         bootstrap, broker_pids = broker.bootstrap_servers, [broker.pid]
+    receiver = None
+    if args.tracing:
+        from tests.backends.otlp import OtlpReceiver
+
+        receiver = OtlpReceiver().start()
+        args.variant = [*(args.variant or []), *tracing_variants(receiver.traces_endpoint)]
     logdir = args.keep_logs or Path(tempfile.mkdtemp(prefix="bench-service-"))
+
     logdir.mkdir(parents=True, exist_ok=True)
     try:
         result = asyncio.run(sitting(args, bootstrap, broker_pids, logdir))
     finally:
         if broker:
             broker.stop()
+        if receiver is not None:
+            spans = len(receiver.spans)
+            receiver.stop()
+            print(f"bench: the OTLP receiver got {spans:,} spans", file=sys.stderr)
         if not args.keep_logs:
             shutil.rmtree(logdir, ignore_errors=True)
     meta = info(args, bootstrap, broker is not None)
@@ -214,6 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json:
         print(report.render(result, meta))
     return 0
+
+
+def tracing_variants(endpoint: str) -> list[str]:
+    """The ``--tracing`` rows: OTLP/HTTP to ``endpoint``, every trace sampled and one in a hundred."""
+    common = (
+        f"OTEL_TRACES_EXPORTER=otlp,OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={endpoint},"
+        "OTEL_TRACES_SAMPLER=traceidratio"
+    )
+    return [
+        f"tracing-1.0:{common},OTEL_TRACES_SAMPLER_ARG=1.0",
+        f"tracing-0.01:{common},OTEL_TRACES_SAMPLER_ARG=0.01",
+    ]
 
 
 def info(args: argparse.Namespace, bootstrap: str, started: bool) -> dict[str, Any]:
@@ -253,6 +289,7 @@ def info(args: argparse.Namespace, bootstrap: str, started: bool) -> dict[str, A
         "latency_seconds": args.latency_seconds,
         "latency_rate": args.latency_rate,
         "variants": args.variant or [],
+        "traced_input": args.traced_input,
         "instruments": "aiokafka"
         if args.aiokafka_instruments or not has("confluent_kafka")
         else "confluent-kafka",

@@ -45,6 +45,8 @@ class Dataset:
     payloads: list[bytes]
     keys: list[bytes]
     dead: list[bool]
+    traced: bool = False
+    """Every message carries a ``traceparent`` header (``--traced-input``)."""
 
     @property
     def messages(self) -> int:
@@ -113,10 +115,14 @@ async def preload(bootstrap: str, ds: Dataset) -> float:
     await producer.start()
     start = time.perf_counter()
     try:
-        futures = [
-            await producer.send(ds.topic, value, key=key)
-            for value, key in zip(ds.payloads, ds.keys, strict=True)
-        ]
+        rng = random.Random(ds.topic)
+        futures = []
+        for value, key in zip(ds.payloads, ds.keys, strict=True):
+            headers = None
+            if ds.traced:
+                parent = f"00-{rng.getrandbits(128) | 1:032x}-{rng.getrandbits(64) | 1:016x}-01"
+                headers = [("traceparent", parent.encode())]
+            futures.append(await producer.send(ds.topic, value, key=key, headers=headers))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

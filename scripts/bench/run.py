@@ -87,6 +87,7 @@ async def sitting(args: argparse.Namespace, bootstrap: str, broker_pids: list[in
             for name, share in shares:
                 topic = f"{bench.tag}.input.{name}.p{partitions}"
                 ds = make_dataset(name, args.messages, share, topic, partitions)
+                ds.traced = args.traced_input
                 await bench.create({ds.topic: partitions})
                 progress(f"pre-loading {ds.messages:,} messages ({ds.bytes / 1e6:.0f} MB) into {ds.topic}")
                 preload_s[ds.topic] = await preload(bootstrap, ds)
