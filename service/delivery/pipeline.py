@@ -219,10 +219,12 @@ class Pipeline:
                     msg.value, source, limits, now=now, version=__version__, traceparent=starting
                 )
                 if trace is None:
-                    events = [route(o, headers, routes, context, starting) for o in outcomes]
+                    sends = [
+                        _send(tp, msg.offset, route(o, headers, routes, context, starting)) for o in outcomes
+                    ]
                 else:
                     events = trace.route(msg.offset, outcomes, headers, context, starting)
-                sends = [_send(tp, msg.offset, event) for event in events]
+                    sends = [_send(tp, msg.offset, event) for event in events]
                 dead = await current.add(tp, msg, outcomes, sends)
                 if switch is not None:
                     switch.observe(len(outcomes), dead)

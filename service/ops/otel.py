@@ -104,8 +104,18 @@ def tracer_from_environment(environ: Mapping[str, str], *, max_links: int) -> Ot
     )
     provider = TracerProvider(resource=resource, span_limits=limits)  # the sampler: OTEL_TRACES_SAMPLER
     tracer = OtelTracer(provider)
-    for exporter in exporters:
-        provider.add_span_processor(CountingProcessor(CountingExporter(exporter, tracer), tracer))
+    processors: list[CountingProcessor] = []
+    try:
+        for exporter in exporters:
+            processors.append(CountingProcessor(CountingExporter(exporter, tracer), tracer))
+    except ValueError as exc:  # the OTEL_BSP_* variables contradict each other
+        for made in processors:
+            made.shutdown()  # type: ignore[no-untyped-call]
+        raise TracingUnavailable(
+            f"OTEL_BSP_*: {exc} (OTEL_BSP_MAX_EXPORT_BATCH_SIZE defaults to 512)"
+        ) from None
+    for processor in processors:
+        provider.add_span_processor(processor)
     return tracer
 
 

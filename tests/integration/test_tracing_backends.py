@@ -13,6 +13,11 @@ Zipkin shows the parentage (its model has no links); the OTLP receiver shows the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,11 +35,13 @@ from opentelemetry.trace import SpanKind
 from schemas.events import ORIGIN_TRACEPARENT_HEADER, REDRIVEN_HEADER
 from service.cli import main
 from service.core.trace_context import trace_context
+from service.delivery.ingestor import Ingestor
+from service.ops.tracing import start_tracing
 from tests.backends.otlp import OtlpReceiver
 from tests.backends.zipkin import Zipkin
 from tests.conftest import BrokerHandle
 from tests.faults.harness import ServiceProcess, wait_until
-from tests.support import Topics, read_all, record, service_env
+from tests.support import Topics, feed, produce, read_all, record, service_env, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends, pytest.mark.timeout(420)]
 
@@ -252,11 +259,74 @@ async def test_one_trace_from_feed_to_article(
     commits = [s for s in ours if s.name == "commit transaction"]
     if committed:
         assert commits
-        assert all(
-            by_id[c.parent_span_id or ""].name == f"process {topics.input}" for c in commits
-        )
+        assert all(by_id[c.parent_span_id or ""].name == f"process {topics.input}" for c in commits)
     else:
         assert not commits
     logged = [line for svc in (first, second, third) for line in svc.events("record")]
     assert logged
     assert all(by_id[line["span_id"]].trace_id == line["trace_id"] for line in logged)
+
+
+class Blackhole:
+    """A collector that accepts connections and never answers (an export waits for its timeout)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self._thread.join(5)
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+async def test_an_unreachable_collector_neither_blocks_nor_stops_ingestion(
+    broker: BrokerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    topics = await Topics.unique("tracing-blackhole").create(bootstrap)
+    await produce(bootstrap, topics.input, feed(300, bad_every=10))
+    hole = Blackhole()
+    try:
+        for name, value in {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{hole.port}/v1/traces",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "30",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "4",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
+            "OTEL_BSP_SCHEDULE_DELAY": "10",
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = settings_for(
+            bootstrap, topics, idempotence=broker.idempotence, burst=True, batch_max_messages=10
+        )
+        tracer = start_tracing(os.environ, max_links=settings.batch_max_messages)
+        assert tracer is not None
+        ingestor = Ingestor(settings, tracer)
+        assert await asyncio.wait_for(ingestor.run(), 120) == 0, "the export thread waits, ingestion does not"
+        assert ingestor.records_done == 300
+        dropped = ingestor.metrics.registry.get_sample_value(
+            "marker_ingest_trace_spans_dropped_total", {"reason": "queue_full"}
+        )
+        assert dropped is not None
+        assert dropped > 0, "a full queue drops spans, and counts them"
+        started = time.monotonic()
+        await asyncio.to_thread(tracer.shutdown, 2.0)
+        assert time.monotonic() - started < 5, "a stop waits a bounded time for the collector"
+        assert hole.held, "the exporter did try the collector"
+    finally:
+        hole.close()
+    articles = await read_all(bootstrap, topics.output)
+    assert len(articles) == 270
+    assert all(_header(a, "traceparent") for a in articles), "contexts flow though no span is exported"

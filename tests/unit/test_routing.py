@@ -12,6 +12,7 @@ from cloudevents.core.formats.json import JSONFormat
 from hypothesis import given
 from hypothesis import strategies as st
 from markertext import NOW, VERSION, record
+from pydantic import SecretStr
 
 from schemas.events import (
     CLOUDEVENTS_CONTENT_TYPE,
@@ -19,6 +20,7 @@ from schemas.events import (
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
+    ORIGIN_TRACEPARENT_HEADER,
     REDRIVE_COUNT_HEADER,
     RecordDeadLettered,
 )
@@ -27,6 +29,14 @@ from service.core.limits import Limits
 from service.core.message import ARTICLE_RECORD_RESERVE
 from service.core.trace_context import trace_context
 from service.delivery.routing import ARTICLE_HEADERS, Destination, Routes, carried_headers, record_size, route
+from service.ops.tracing import Upstream
+from service.tools.redrive_messages import (
+    DeadLetterRecord,
+    origin_traceparent,
+    redriven_headers,
+    with_traceparent,
+)
+from service.tools.redrive_plan import Filters, plan_redrive, traced
 
 ROUTES = Routes("news.articles", "news.dead-letters", 1_000_000)
 SOURCE = Source("news.raw", 2, 40, timestamp_ms=1_706_054_400_123, key=b"feed-7")
@@ -314,3 +324,152 @@ def test_a_header_with_a_null_value_is_carried_onto_a_dead_letter_without_a_cras
     assert list(dest.headers) == [("feed", None), (ERROR_CODE_HEADER, b"no_markers")]
     small = route(outcome, [("feed", None)], Routes("o", "d", 400))  # type: ignore[list-item]
     assert small.topic == "d"
+
+
+# --- the trace a record started, for redrive ---------------------------------------------------------
+
+STARTING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_dead_letter_keeps_the_trace_its_record_started_after_its_error_code() -> None:
+    [outcome] = _outcomes(b"no markers here")
+    given = [("traceparent", PARENT), ("feed", b"bbc"), (ORIGIN_TRACEPARENT_HEADER, b"00-forged")]
+    dest = route(outcome, given, ROUTES, trace_context(given), STARTING)
+    assert list(dest.headers) == [
+        ("feed", b"bbc"),
+        ("traceparent", PARENT),
+        (ERROR_CODE_HEADER, b"no_markers"),
+        (ORIGIN_TRACEPARENT_HEADER, STARTING.encode()),
+    ]
+    assert list(route(outcome, given, ROUTES, trace_context(given)).headers) == [
+        ("feed", b"bbc"),
+        ("traceparent", PARENT),
+        (ERROR_CODE_HEADER, b"no_markers"),
+    ], "no starting trace: none, and never the input's own header"
+
+
+def test_a_dead_letter_cut_to_fit_keeps_the_trace_its_record_started() -> None:
+    [outcome] = _outcomes(b"no markers", Source("news.raw", 0, 7, key=b"k" * 999_990))
+    dest = route(outcome, [("feed", b"bbc")], ROUTES, None, STARTING)
+    assert record_size(dest.key, dest.value, dest.headers) <= ROUTES.max_record_bytes
+    assert list(dest.headers) == [
+        ("feed", b"bbc"),
+        (ERROR_CODE_HEADER, b"no_markers"),
+        (ORIGIN_TRACEPARENT_HEADER, STARTING.encode()),
+        (DROPPED_HEADER, b"key"),
+    ]
+
+
+def test_an_article_never_carries_an_origin_traceparent() -> None:
+    [outcome] = _outcomes(record().encode())
+    given = [("traceparent", PARENT), (ORIGIN_TRACEPARENT_HEADER, STARTING.encode())]
+    for context in (None, trace_context(given)):
+        dest = route(outcome, given, ROUTES, context, STARTING)
+        assert ORIGIN_TRACEPARENT_HEADER not in dict(dest.headers)
+        assert [name for name, _ in dest.headers] == [
+            "content-type",
+            *([] if context is None else ["traceparent"]),
+        ]
+
+
+def test_redriven_headers_put_the_origin_trace_between_the_origin_and_its_tag() -> None:
+    headers = [("t", b"1"), (ORIGIN_TRACEPARENT_HEADER, b"stale"), (REDRIVE_COUNT_HEADER, b"1")]
+    assert redriven_headers(headers, 2, "news.raw:0:5:1", "ab" * 32, STARTING.encode()) == (
+        ("t", b"1"),
+        (ORIGIN_HEADER, b"news.raw:0:5:1"),
+        (ORIGIN_TRACEPARENT_HEADER, STARTING.encode()),
+        (ORIGIN_TAG_HEADER, b"ab" * 32),
+        (REDRIVE_COUNT_HEADER, b"2"),
+    )
+    assert redriven_headers(headers, 2, "news.raw:0:5:1", "ab" * 32) == (
+        ("t", b"1"),
+        (ORIGIN_HEADER, b"news.raw:0:5:1"),
+        (ORIGIN_TAG_HEADER, b"ab" * 32),
+        (REDRIVE_COUNT_HEADER, b"2"),
+    ), "without one, the service's stale header is not carried"
+
+
+@pytest.mark.parametrize(
+    ("headers", "found"),
+    [
+        ([(ORIGIN_TRACEPARENT_HEADER, STARTING.encode())], STARTING.encode()),
+        (
+            [(ORIGIN_TRACEPARENT_HEADER, PARENT), (ORIGIN_TRACEPARENT_HEADER, STARTING.encode())],
+            STARTING.encode(),
+        ),
+        ([(ORIGIN_TRACEPARENT_HEADER, STARTING.encode()), (ORIGIN_TRACEPARENT_HEADER, b"x")], None),
+        ([], None),
+        ([("traceparent", PARENT)], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, b"garbage")], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, STARTING.upper().encode())], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, STARTING.encode() + b"-more")], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, b"01" + STARTING.encode()[2:] + b"-more")], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01")], None),
+        ([(ORIGIN_TRACEPARENT_HEADER, None)], None),
+    ],
+    ids=[
+        "valid",
+        "last-counts",
+        "last-malformed",
+        "none",
+        "not-this-header",
+        "garbage",
+        "upper-case",
+        "00-with-more",
+        "later-version-longer",
+        "zero-trace",
+        "null",
+    ],
+)
+def test_origin_traceparent_reads_only_a_valid_version_00_value(
+    headers: list[tuple[str, bytes]], found: bytes | None
+) -> None:
+    assert origin_traceparent(headers) == found
+
+
+def test_with_traceparent_replaces_the_traceparent_and_keeps_the_tracestate() -> None:
+    new = STARTING.encode()
+    headers = [("feed", b"bbc"), ("traceparent", PARENT), ("tracestate", STATE)]
+    assert with_traceparent(headers, new) == (("traceparent", new), ("feed", b"bbc"), ("tracestate", STATE))
+    assert with_traceparent([("feed", b"bbc")], new) == (("traceparent", new), ("feed", b"bbc"))
+    twice = [("traceparent", PARENT), ("traceparent", b"garbage")]
+    assert with_traceparent(twice, new) == (("traceparent", new),)
+
+
+def _redrivable(offset: int, input_headers: list[tuple[str, bytes]]) -> DeadLetterRecord:
+    """The dead letter the service makes of a message read at ``offset`` with ``input_headers``."""
+    [outcome] = _outcomes(b"no markers here", Source("news.raw", 0, offset, key=b"k"))
+    dest = route(outcome, input_headers, ROUTES, trace_context(input_headers), STARTING)
+    return DeadLetterRecord(0, offset, dest.key, dest.value, tuple(dest.headers))
+
+
+def test_traced_puts_the_redrive_span_on_every_message_and_links_the_contexts_they_carried() -> None:
+    traced_input = _redrivable(0, [("traceparent", PARENT), ("tracestate", STATE), ("feed", b"bbc")])
+    untraced_input = _redrivable(1, [("feed", b"cnn")])
+    foreign = _redrivable(2, [])
+    foreign = DeadLetterRecord(
+        0, 2, foreign.key, foreign.value, (("traceparent", b"garbage"), *foreign.headers)
+    )
+    skipped = _redrivable(3, [(REDRIVE_COUNT_HEADER, b"9")])
+    plan = plan_redrive([traced_input, untraced_input, foreign, skipped], Filters(), key=SecretStr("k" * 32))
+    before = [msg for _, msg in plan.messages]
+    assert len(before) == 3, "the last is at the redrive limit: no message"
+    assert [h for h in before[2].headers if h[0] == "traceparent"] == [("traceparent", b"garbage")]
+
+    redrive = b"00-11111111111111111111111111111111-2222222222222222-01"
+    links = traced(plan, redrive)
+    assert links == [Upstream(int(PARENT[3:35], 16), int(PARENT[36:52], 16), True, STATE)]
+    after = [msg for _, msg in plan.messages]
+    assert len(after) == 3
+    for old, new in zip(before, after, strict=True):
+        assert new.headers[0] == ("traceparent", redrive)
+        assert [h for h in new.headers[1:] if h[0] == "traceparent"] == [], "one traceparent only"
+        assert [h for h in new.headers if h[0] != "traceparent"] == [
+            h for h in old.headers if h[0] != "traceparent"
+        ]
+        assert (new.key, new.value) == (old.key, old.value)
+    assert dict(after[0].headers)["tracestate"] == STATE
+    for msg in after:
+        assert origin_traceparent(msg.headers) == STARTING.encode(), "the origin's trace stays"
+    assert plan.decisions[3].message is None
+    assert traced(plan_redrive([], Filters()), redrive) == []
