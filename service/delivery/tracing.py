@@ -21,7 +21,16 @@ from service.ops.tracing import ProcessSpan, SendSpan, Tracer, Upstream
 class PartitionTrace:
     """The spans of one input partition's share of a batch."""
 
-    __slots__ = ("_articles", "_dead", "_process", "_routes", "_sends", "log_fields", "traceparent")
+    __slots__ = (
+        "_articles",
+        "_dead",
+        "_linked",
+        "_process",
+        "_routes",
+        "_sends",
+        "log_fields",
+        "traceparent",
+    )
 
     def __init__(self, tracer: Tracer, topic: str, partition: int, group: str, routes: Routes) -> None:
         self._process: ProcessSpan = tracer.process(topic, partition, group)
@@ -32,6 +41,8 @@ class PartitionTrace:
         self._articles: tuple[SendSpan, TraceContext] | None = None
         self._dead: tuple[SendSpan, TraceContext] | None = None
         self._sends: list[SendSpan] = []
+        self._linked: set[bytes] = set()
+        """The upstream contexts linked already: records of one upstream span share one link."""
 
     def route(
         self,
@@ -42,9 +53,11 @@ class PartitionTrace:
         starting: str | None,
     ) -> list[Destination]:
         """Where a message's ``outcomes`` go, each carrying its ``send`` span's context (with the
-        input's ``tracestate``); the input's context becomes a link, each dead letter an event."""
+        input's ``tracestate``); the input's context becomes a link (one per distinct context: a
+        producer that sent many messages under one span gets one), each dead letter an event."""
         process = self._process
-        if upstream is not None and process.recording:
+        if upstream is not None and process.recording and upstream.traceparent not in self._linked:
+            self._linked.add(upstream.traceparent)
             process.link(Upstream(upstream.trace_id, upstream.span_id, upstream.sampled, upstream.tracestate))
         routed = []
         for outcome in outcomes:

@@ -325,7 +325,7 @@ class HttpEndpoint:
         assert slots is not None
         while True:
             try:
-                conn, _ = await loop.sock_accept(sock)
+                conn = await _accepted(loop, sock)
             except OSError as exc:  # out of file descriptors
                 self._log("warning", "http.accept_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
@@ -381,3 +381,18 @@ class HttpEndpoint:
         if self._owner is not None:
             with contextlib.suppress(RuntimeError):
                 self._owner.call_soon_threadsafe(functools.partial(getattr(log, level), event, **fields))
+
+
+async def _accepted(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> socket.socket:
+    """The next connection on ``sock``. Cancelled (the endpoint stops) just after the connection was
+    accepted, it closes that connection: a plain ``sock_accept`` would leave it to the collector."""
+    accept = asyncio.ensure_future(loop.sock_accept(sock))
+    try:
+        conn, _ = await asyncio.shield(accept)
+    except asyncio.CancelledError:
+        if accept.done() and not accept.cancelled() and accept.exception() is None:
+            accept.result()[0].close()
+        else:
+            accept.cancel()
+        raise
+    return conn

@@ -128,6 +128,25 @@ def test_a_message_without_a_context_adds_no_link(traced: tuple[OtelTracer, InMe
     assert trace.traceparent.encode() == _traceparent(process)
 
 
+def test_messages_of_one_upstream_span_share_one_link(
+    traced: tuple[OtelTracer, InMemorySpanExporter],
+) -> None:
+    tracer, exporter = traced
+    trace = PartitionTrace(tracer, TOPIC, PARTITION, GROUP, ROUTES)
+    other = [("traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")]
+    for offset, headers in enumerate([INPUT_HEADERS, INPUT_HEADERS, other, INPUT_HEADERS, other]):
+        trace.route(offset, _outcomes(), headers, trace_context(headers), STARTING)
+    trace.processed(0, 4, 5)
+    [process] = exporter.get_finished_spans()
+    upstream = trace_context(INPUT_HEADERS)
+    assert upstream is not None
+    assert [(link.context.trace_id, link.context.span_id) for link in process.links] == [
+        (upstream.trace_id, upstream.span_id),
+        (int("ab" * 16, 16), int("cd" * 8, 16)),
+    ]
+    assert len(process.events) == 5, "every dead letter is an event still"
+
+
 def test_send_spans_are_producer_children_whose_context_the_events_carry(
     traced: tuple[OtelTracer, InMemorySpanExporter],
 ) -> None:
