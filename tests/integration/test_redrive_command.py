@@ -18,6 +18,7 @@ from schemas.events import (
     ERROR_CODE_HEADER,
     ORIGIN_HEADER,
     ORIGIN_TAG_HEADER,
+    ORIGIN_TRACEPARENT_HEADER,
     REDRIVE_COUNT_HEADER,
     REDRIVEN_HEADER,
 )
@@ -457,6 +458,7 @@ async def test_a_dead_letter_keeps_no_cloudevents_header_and_a_forged_count_does
         ("feed", b"bbc"),
         ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         (ERROR_CODE_HEADER, b"no_markers"),
+        (ORIGIN_TRACEPARENT_HEADER, b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     ]
 
     _use_env(monkeypatch, broker, topics)
