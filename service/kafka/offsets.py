@@ -9,18 +9,28 @@ from ``INGEST_AUTO_OFFSET_RESET`` (everything again, or, with ``latest``, a gap)
 mode, the next transactions commit offsets behind the group's (found by the chaos run). Here the
 top-level error is an error: the caller retries, and ``None`` means the group really has no
 committed offset for the partition.
+
+And the coordinator asked is the one a majority of the brokers name (``agreed_coordinator``), not
+whichever one broker says. A broker cut off from the others and the controller, but still reachable
+by clients, goes on naming itself the group's coordinator after the cluster has moved the group
+away; its offsets stop where the cut began. A partition taken over from those offsets is processed
+again from there: in exactly-once mode, its events committed twice (found by the chaos run's
+``broker-partition`` fault, seed 3002).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError, for_code
 from aiokafka.protocol.commit import OffsetFetchRequest
+from aiokafka.protocol.coordination import FindCoordinatorRequest
 
 GROUP_COORDINATOR = 0
 """FindCoordinator's key type of a consumer group."""
@@ -40,6 +50,23 @@ def committed_from(response: Any) -> dict[TopicPartition, int | None]:
                 raise for_code(error_code)()
             offsets[TopicPartition(topic, partition)] = None if offset == NO_OFFSET else offset
     return offsets
+
+
+def agreed_coordinator(answers: Mapping[int, int], brokers: int) -> int | None:
+    """The coordinator that a strict majority of the ``brokers`` known name (``answers``: each
+    answering broker's node id to the coordinator it named), or None while no majority agrees."""
+    votes = Counter(answers.values())
+    for node, count in votes.most_common(1):
+        if count * 2 > brokers:
+            return node
+    return None
+
+
+class CoordinatorInDispute(KafkaError):  # type: ignore[misc]
+    """No majority of the brokers agrees on the group's coordinator (retriable: a broker's view is
+    catching up, or one is cut off)."""
+
+    retriable = True
 
 
 class CommittedOffsets:
@@ -62,7 +89,7 @@ class CommittedOffsets:
         by_topic: dict[str, list[int]] = defaultdict(list)
         for tp in wanted:
             by_topic[tp.topic].append(tp.partition)
-        coordinator = await self._client.coordinator_lookup(GROUP_COORDINATOR, self._group_id)
+        coordinator = await self._coordinator(self._client)
         response = await self._client.send(
             coordinator, OffsetFetchRequest(self._group_id, list(by_topic.items()))
         )
@@ -71,6 +98,40 @@ class CommittedOffsets:
         if missing:
             raise KafkaError(f"the group coordinator did not answer for {missing}")
         return {tp: found[tp] for tp in wanted}
+
+    async def _coordinator(self, client: AIOKafkaClient) -> int:
+        """The group's coordinator as a majority of the brokers name it: every known broker is
+        asked at once, and the first majority wins (a broker that does not answer only counts
+        against a majority). Raises ``CoordinatorInDispute`` when none forms."""
+        nodes = [broker.nodeId for broker in client.cluster.brokers()]
+        if len(nodes) <= 1:
+            coordinator: int = await client.coordinator_lookup(GROUP_COORDINATOR, self._group_id)
+            return coordinator
+        request = FindCoordinatorRequest(self._group_id, GROUP_COORDINATOR)
+        asking = {asyncio.ensure_future(client.send(node, request)): node for node in nodes}
+        answers: dict[int, int] = {}
+        pending = set(asking)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.cancelled() or task.exception() is not None:
+                        continue
+                    response = task.result()
+                    if not response.error_code:
+                        answers[asking[task]] = response.coordinator_id
+                agreed = agreed_coordinator(answers, len(nodes))
+                if agreed is not None:
+                    return agreed
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+        raise CoordinatorInDispute(
+            f"no majority of the {len(nodes)} brokers agree on the coordinator: {answers}"
+        )
 
     async def close(self) -> None:
         """Close the client, if it was started."""
