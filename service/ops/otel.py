@@ -133,10 +133,7 @@ class OtelTracer:
             context=_ROOT,
             kind=SpanKind.CONSUMER,
             attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": topic,
+                **_messaging("process", topic),
                 "messaging.destination.partition.id": str(partition),
                 "messaging.consumer.group.name": group,
             },
@@ -149,10 +146,7 @@ class OtelTracer:
             context=_ROOT,
             kind=SpanKind.PRODUCER,
             attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.name": "send",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
+                **_messaging("send", topic),
                 "messaging.batch.message_count": messages,
                 "marker_ingest.operation": "redrive",
             },
@@ -180,6 +174,16 @@ class OtelTracer:
             self.provider.force_flush()
         with contextlib.suppress(Exception):
             self.provider.shutdown()
+
+
+def _messaging(operation: str, topic: str) -> dict[str, str]:
+    """The messaging conventions' attributes every span of ``operation`` on ``topic`` carries."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.name": operation,
+        "messaging.operation.type": operation,
+        "messaging.destination.name": topic,
+    }
 
 
 def _span_context(upstream: Upstream) -> SpanContext:
@@ -237,12 +241,7 @@ class OtelProcess:
                 f"send {topic}",
                 context=set_span_in_context(self._span),
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.name": "send",
-                    "messaging.operation.type": "send",
-                    "messaging.destination.name": topic,
-                },
+                attributes=_messaging("send", topic),
             )
             send = self._sends[topic] = OtelSend(span)
         return send
